@@ -1,0 +1,107 @@
+//! The API's one error type. Every error answers `{"error": {"code", "message"}}`; client errors
+//! name what was wrong, server-side causes are logged and answered with a generic message.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{message}")]
+    InvalidField { field: String, message: String },
+    #[error("prompts[{index}] contains inappropriate content")]
+    InappropriateContent { index: usize },
+    #[error("{0}")]
+    MalformedId(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("intake is paused: the queue accepts no new jobs for now")]
+    IntakePaused,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the job failed: {message}")]
+    JobFailed { code: String, message: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Seconds a client is told to wait before retrying a paused or unavailable service.
+const RETRY_AFTER_SECS: &str = "30";
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &str) {
+        match self {
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ApiError::InappropriateContent { .. } => {
+                (StatusCode::BAD_REQUEST, "inappropriate_content")
+            }
+            ApiError::MalformedId(_) => (StatusCode::BAD_REQUEST, "malformed_id"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::IntakePaused => (StatusCode::SERVICE_UNAVAILABLE, "intake_paused"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            // The worker, not the client, failed: a gateway error carrying the job's own reason.
+            ApiError::JobFailed { code, .. } => (StatusCode::BAD_GATEWAY, code.as_str()),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %e, "PostgreSQL unavailable");
+                ApiError::Unavailable("the database is unavailable".into())
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = ?cause, "request failed");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({ "error": { "code": code, "message": message } });
+        if let ApiError::InvalidField { field, .. } = &self {
+            body["error"]["field"] = json!(field);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}

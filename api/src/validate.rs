@@ -1,0 +1,185 @@
+//! Checking a batch request before anything is stored: sizes, ranges, forbidden words, and
+//! whether the longest prompt plus max_tokens fits the model's context.
+
+use std::{collections::HashSet, sync::Arc};
+
+use genq_engine::Model;
+use genq_shared::types::JobParams;
+use serde::Deserialize;
+
+use crate::error::{ApiError, Result};
+
+/// Longest stop string and most stop strings a request may give.
+const MAX_STOP_LEN: usize = 64;
+const MAX_STOPS: usize = 4;
+
+/// `POST /batch` and `POST /generate` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub prompts: Vec<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<i32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u32>,
+    pub stop: Option<Stop>,
+}
+
+/// A stop string or a list of them, as OpenAI's API accepts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug)]
+pub struct Limits {
+    pub max_prompts: usize,
+    pub max_tokens: u32,
+    pub forbidden_words: HashSet<String>,
+    /// The model's vocabulary and each sequence's context, when the API was given the model.
+    pub context: Option<(Arc<Model>, u32)>,
+}
+
+pub struct ValidJob {
+    pub prompts: Vec<String>,
+    pub params: JobParams,
+}
+
+pub async fn validate(request: BatchRequest, limits: Arc<Limits>) -> Result<ValidJob> {
+    let job = check_fields(request, &limits)?;
+    if limits.context.is_none() {
+        return Ok(job);
+    }
+    // Tokenizing hundreds of prompts is CPU work: keep it off the async runtime.
+    tokio::task::spawn_blocking(move || check_context(&job, &limits).map(|()| job))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
+    let prompts = request.prompts;
+    if prompts.is_empty() || prompts.len() > limits.max_prompts {
+        return Err(ApiError::invalid(
+            "prompts",
+            format!(
+                "give between 1 and {} prompts; got {}",
+                limits.max_prompts,
+                prompts.len()
+            ),
+        ));
+    }
+    for (index, prompt) in prompts.iter().enumerate() {
+        if prompt.trim().is_empty() {
+            return Err(ApiError::invalid(
+                format!("prompts[{index}]"),
+                format!("prompts[{index}] is empty"),
+            ));
+        }
+        if has_forbidden_word(prompt, &limits.forbidden_words) {
+            return Err(ApiError::InappropriateContent { index });
+        }
+    }
+    let max_tokens = request.max_tokens.unwrap_or(JobParams::DEFAULT_MAX_TOKENS);
+    if !(1..=limits.max_tokens).contains(&max_tokens) {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("max_tokens must be between 1 and {}", limits.max_tokens),
+        ));
+    }
+    let temperature = request
+        .temperature
+        .unwrap_or(JobParams::DEFAULT_TEMPERATURE);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            "temperature",
+            "temperature must be between 0 and 2",
+        ));
+    }
+    let top_k = request.top_k.unwrap_or(JobParams::DEFAULT_TOP_K);
+    if top_k < 0 {
+        return Err(ApiError::invalid(
+            "top_k",
+            "top_k must be 0 (disabled) or more",
+        ));
+    }
+    let top_p = request.top_p.unwrap_or(JobParams::DEFAULT_TOP_P);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            "top_p",
+            "top_p must be greater than 0 and at most 1",
+        ));
+    }
+    let stop = match request.stop {
+        None => vec![],
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(list)) => list,
+    };
+    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!(
+                "stop takes at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_LEN} bytes"
+            ),
+        ));
+    }
+    let params = JobParams {
+        max_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed: request.seed,
+        stop,
+    };
+    Ok(ValidJob { prompts, params })
+}
+
+/// Whole words, case-insensitively: "hate" refuses "I HATE it" but not "chateau".
+pub fn has_forbidden_word(prompt: &str, forbidden: &HashSet<String>) -> bool {
+    !forbidden.is_empty()
+        && prompt
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .any(|w| forbidden.contains(&w.to_lowercase()))
+}
+
+fn check_context(job: &ValidJob, limits: &Limits) -> Result<()> {
+    let Some((model, context)) = &limits.context else {
+        return Ok(());
+    };
+    let max_tokens = job.params.max_tokens as usize;
+    for (index, prompt) in job.prompts.iter().enumerate() {
+        let tokens = model.count_prompt_tokens(prompt);
+        if tokens + max_tokens > *context as usize {
+            let field = if tokens >= *context as usize {
+                format!("prompts[{index}]")
+            } else {
+                "max_tokens".into()
+            };
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "prompts[{index}] is {tokens} tokens; with max_tokens {max_tokens} it exceeds the model's context of {context} tokens"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_words_match_whole_words_only() {
+        let words: HashSet<String> = ["hate".to_owned(), "violence".to_owned()].into();
+        assert!(has_forbidden_word("I HATE Mondays", &words));
+        assert!(has_forbidden_word("violence!", &words));
+        assert!(!has_forbidden_word("a chateau whatever", &words));
+        assert!(!has_forbidden_word("hatred", &words));
+        assert!(!has_forbidden_word("hate", &HashSet::new()));
+    }
+}

@@ -1,0 +1,124 @@
+//! `genqctl queue ...`: figures from PostgreSQL, intake control, drain and purge.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use genq_shared::{db, queue as dispatch, types::QueueStats};
+
+use crate::{Backends, Done, connect_db};
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    command: QueueCommand,
+    #[command(flatten)]
+    backends: Backends,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Jobs by status, live workers, and whether intake is paused.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop accepting new jobs (the API answers 503); queued jobs still run.
+    Pause,
+    /// Accept new jobs again.
+    Resume,
+    /// Pause intake and wait until nothing is queued or running.
+    Drain {
+        /// Give up (exit 1) after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Cancel every queued job and take it out of Redis.
+    Purge {
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
+    let pool = connect_db(&args.backends.database).await?;
+    match args.command {
+        QueueCommand::Stats { json } => {
+            let stats = db::jobs::stats(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_stats(&stats);
+            }
+        }
+        QueueCommand::Pause => {
+            db::control::set_intake_paused(&pool, true).await?;
+            println!("intake paused: the API refuses new jobs with 503; queued jobs still run");
+        }
+        QueueCommand::Resume => {
+            db::control::set_intake_paused(&pool, false).await?;
+            println!("intake resumed");
+        }
+        QueueCommand::Drain { timeout } => return drain(&pool, Duration::from_secs(timeout)).await,
+        QueueCommand::Purge { yes } => {
+            if !yes {
+                eprintln!("purge cancels every queued job; run again with --yes to do it");
+                return Ok(Done::Failed);
+            }
+            let ids = db::jobs::cancel_all_queued(&pool, "purged by an operator").await?;
+            let (_, mut redis) = dispatch::connect(&args.backends.queue).await?;
+            let removed = dispatch::remove(&mut redis, &args.backends.queue.queue, &ids).await?;
+            println!(
+                "purged {} queued jobs ({removed} taken out of Redis)",
+                ids.len()
+            );
+        }
+    }
+    Ok(Done::Ok)
+}
+
+fn print_stats(stats: &QueueStats) {
+    println!("queued     {}", stats.queued);
+    println!("running    {}", stats.running);
+    println!("completed  {}", stats.completed);
+    println!("failed     {}", stats.failed);
+    println!("cancelled  {}", stats.cancelled);
+    println!("workers    {} live", stats.live_workers);
+    println!(
+        "intake     {}",
+        if stats.intake_paused {
+            "paused"
+        } else {
+            "open"
+        }
+    );
+}
+
+async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {
+    db::control::set_intake_paused(pool, true).await?;
+    println!("intake paused; waiting for queued and running jobs to finish");
+    let started = Instant::now();
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        progress.tick().await;
+        let stats = db::jobs::stats(pool).await?;
+        println!(
+            "queued {:>6}  running {:>4}  workers {}",
+            stats.queued, stats.running, stats.live_workers
+        );
+        if stats.queued == 0 && stats.running == 0 {
+            println!(
+                "drained in {:.1} s; intake stays paused (genqctl queue resume)",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(Done::Ok);
+        }
+        if started.elapsed() >= timeout {
+            eprintln!(
+                "drain timed out after {} s with work left",
+                timeout.as_secs()
+            );
+            return Ok(Done::Failed);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! genq's use of llama.cpp: loading GGUF models, the continuous-batching inference engine, and the
+//! synthesizer of GPT-2-shaped test models.
+//!
+//! # Layout
+//! - [`model`]: the process-wide backend, loading a model or only its vocabulary.
+//! - [`engine`]: the decode loop on its own thread; async callers hand it prompts.
+//! - [`synth`]: writes GPT-2-architecture GGUF files with the real tokenizer and random weights.
+//! - [`gguf`]: the small GGUF writer `synth` uses.
+
+pub mod engine;
+pub mod gguf;
+pub mod model;
+pub mod synth;
+
+pub use engine::{
+    Engine, EngineConfig, FinishReason, Generation, GenerationError, GenerationParams,
+};
+pub use model::{Model, Placement};

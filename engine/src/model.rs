@@ -1,0 +1,141 @@
+//! Loading GGUF models: the full model for a worker, or only its vocabulary for the API, which
+//! counts prompt tokens to refuse requests that cannot fit the context before they are queued.
+
+use std::{
+    path::Path,
+    sync::{Mutex, OnceLock},
+};
+
+use anyhow::{Context, bail};
+use llama_cpp_2::{
+    LogOptions,
+    llama_backend::LlamaBackend,
+    model::{LlamaModel, params::LlamaModelParams},
+    send_logs_to_tracing,
+};
+
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+
+/// llama.cpp's process-wide backend. It can be initialised only once per process, so every model
+/// and context in the process shares this one.
+pub fn backend() -> &'static LlamaBackend {
+    BACKEND.get_or_init(|| {
+        send_logs_to_tracing(LogOptions::default().with_logs_enabled(false));
+        // Only this OnceLock initialises the backend, so "already initialised" cannot happen.
+        LlamaBackend::init().expect("llama.cpp backend initialises once per process")
+    })
+}
+
+/// Creating contexts from one model in parallel is unsound upstream (it mutates the model), so
+/// every context creation in the process takes this lock.
+pub(crate) static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
+
+/// Where a model's layers run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement {
+    /// Layers to offload to the GPU; `None` offloads all of them where a GPU backend is built in.
+    pub n_gpu_layers: Option<u32>,
+}
+
+/// A loaded GGUF model with the facts genq needs about it.
+pub struct Model {
+    pub(crate) inner: LlamaModel,
+    name: String,
+    context_length: u32,
+    file_size: u64,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("context_length", &self.context_length)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads the whole model, weights included.
+    pub fn load(path: &Path, placement: Placement) -> anyhow::Result<Model> {
+        let mut params = LlamaModelParams::default();
+        if let Some(layers) = placement.n_gpu_layers {
+            params = params.with_n_gpu_layers(layers);
+        }
+        Self::load_with(path, &params)
+    }
+
+    /// Loads only the vocabulary and metadata: enough to tokenize, cheap in memory.
+    pub fn load_vocabulary(path: &Path) -> anyhow::Result<Model> {
+        Self::load_with(path, &LlamaModelParams::default().with_vocab_only(true))
+    }
+
+    fn load_with(path: &Path, params: &LlamaModelParams) -> anyhow::Result<Model> {
+        let file_size = std::fs::metadata(path)
+            .with_context(|| format!("model file {} cannot be read", path.display()))?
+            .len();
+        let inner = LlamaModel::load_from_file(backend(), path, params).with_context(|| {
+            format!(
+                "llama.cpp could not load {} as a GGUF model",
+                path.display()
+            )
+        })?;
+        let name = inner
+            .meta_val_str("general.name")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        let context_length = match inner.n_ctx_train() {
+            // A vocabulary-only load skips the hyperparameters; the metadata still has them.
+            0 => context_length_from_metadata(&inner).unwrap_or(0),
+            n => n,
+        };
+        if context_length == 0 {
+            bail!("{} declares no context length", path.display());
+        }
+        Ok(Model {
+            inner,
+            name,
+            context_length,
+            file_size,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The context the model was trained with: GPT-2's position embeddings end there.
+    pub fn context_length(&self) -> u32 {
+        self.context_length
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// Prompt tokens as the engine will feed them (at least one: an empty prompt is conditioned
+    /// on the end-of-text token, as GPT-2 does for unconditional samples).
+    pub fn prompt_tokens(&self, prompt: &str) -> Vec<llama_cpp_2::token::LlamaToken> {
+        let vocab = self.inner.vocab();
+        let tokens = vocab.tokenize(prompt.as_bytes(), false, false);
+        if tokens.is_empty() {
+            vec![vocab.bos()]
+        } else {
+            tokens
+        }
+    }
+
+    pub fn count_prompt_tokens(&self, prompt: &str) -> usize {
+        self.prompt_tokens(prompt).len()
+    }
+}
+
+fn context_length_from_metadata(model: &LlamaModel) -> Option<u32> {
+    let arch = model.meta_val_str("general.architecture").ok()?;
+    model
+        .meta_val_str(&format!("{arch}.context_length"))
+        .ok()?
+        .parse()
+        .ok()
+}

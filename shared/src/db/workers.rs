@@ -1,0 +1,71 @@
+//! The worker registry: each worker process registers and heartbeats here, so operators see live
+//! workers whatever Redis holds.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// A worker is live while its heartbeat is younger than this many seconds.
+pub const LIVE_WITHIN_SECS: i32 = 15;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WorkerRow {
+    pub name: String,
+    pub hostname: String,
+    pub pid: i32,
+    pub model: String,
+    pub slots: i32,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+pub async fn register(
+    pool: &PgPool,
+    name: &str,
+    hostname: &str,
+    pid: i32,
+    model: &str,
+    slots: i32,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"insert into workers (name, hostname, pid, model, slots) values ($1, $2, $3, $4, $5)
+           on conflict (name) do update set hostname = excluded.hostname, pid = excluded.pid,
+               model = excluded.model, slots = excluded.slots, started_at = now(), last_seen = now(),
+               stopped_at = null"#,
+    )
+    .bind(name)
+    .bind(hostname)
+    .bind(pid)
+    .bind(model)
+    .bind(slots)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn heartbeat(pool: &PgPool, name: &str) -> sqlx::Result<()> {
+    sqlx::query(r#"update workers set last_seen = now() where name = $1"#)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn mark_stopped(pool: &PgPool, name: &str) -> sqlx::Result<()> {
+    sqlx::query(r#"update workers set stopped_at = now() where name = $1"#)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn live(pool: &PgPool) -> sqlx::Result<Vec<WorkerRow>> {
+    sqlx::query_as(
+        r#"select name, hostname, pid, model, slots, started_at, last_seen from workers
+           where stopped_at is null and last_seen > now() - make_interval(secs => $1)
+           order by name"#,
+    )
+    .bind(LIVE_WITHIN_SECS as f64)
+    .fetch_all(pool)
+    .await
+}

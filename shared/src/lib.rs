@@ -1,0 +1,17 @@
+//! What genq's API, workers and genqctl share: configuration, the job and generation types, all
+//! PostgreSQL access, and the Redis dispatch wiring.
+//!
+//! # Layout
+//! - [`config`]: settings groups (clap flags with environment variables).
+//! - [`types`]: JSON shapes of jobs, results and generations.
+//! - [`db`]: connecting, migrations, and the data access of each table.
+//! - [`queue`]: apalis/Redis dispatch and the removal of waiting tasks.
+//! - [`wait`]: waiting for jobs to reach a final status via `LISTEN`/`NOTIFY`.
+//! - [`telemetry`]: tracing setup for the binaries.
+
+pub mod config;
+pub mod db;
+pub mod queue;
+pub mod telemetry;
+pub mod types;
+pub mod wait;

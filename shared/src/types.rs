@@ -1,0 +1,161 @@
+//! The JSON shapes of jobs and generations, shared by the API, the worker and genqctl.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Sampling parameters of a job, defaults filled in, as stored with the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobParams {
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    /// `None` when the client gave none: the worker then derives one from the job id, so a job
+    /// that runs twice still produces the same text.
+    pub seed: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+impl JobParams {
+    pub const DEFAULT_MAX_TOKENS: u32 = 50;
+    pub const DEFAULT_TEMPERATURE: f32 = 0.8;
+    pub const DEFAULT_TOP_K: i32 = 40;
+    pub const DEFAULT_TOP_P: f32 = 0.95;
+
+    pub fn effective_seed(&self, job_id: Uuid) -> u32 {
+        self.seed.unwrap_or_else(|| {
+            let bytes = job_id.as_bytes();
+            // The random tail of a v7 id (its head is a timestamp).
+            u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]])
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum FinishReason {
+    Length,
+    Stop,
+}
+
+/// One prompt's result inside a job view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultItem {
+    pub index: i32,
+    pub prompt: String,
+    pub generated_text: String,
+    pub completion_tokens: i32,
+    pub finish_reason: FinishReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: i32,
+    pub completed: i32,
+    pub failed: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /batch_result/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub task_id: Uuid,
+    pub status: JobStatus,
+    pub model: Option<String>,
+    pub params: JobParams,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub counts: Counts,
+    pub results: Vec<ResultItem>,
+    pub error: Option<ErrorDetail>,
+}
+
+/// One stored generation, in the record shape Python GPT-2 services use (`/generate`, `/history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct GenerationRecord {
+    pub id: Uuid,
+    pub prompt: String,
+    pub generated_text: String,
+    pub model_name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub items: Vec<GenerationRecord>,
+    /// Pass as `before` for the next (older) page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// `202` answer of `POST /batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub task_id: Uuid,
+    pub status: JobStatus,
+}
+
+/// Queue-wide figures for `genqctl queue stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub queued: i64,
+    pub running: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub live_workers: i64,
+    pub intake_paused: bool,
+}

@@ -1,0 +1,152 @@
+//! genq's worker: takes job ids from Redis (apalis), runs their prompts through the llama.cpp
+//! engine on its own thread, and stores results in PostgreSQL. Replicas scale independently.
+//!
+//! # Layout
+//! - [`Config`]: flags and environment variables.
+//! - [`run`] / [`run_with_model`]: start everything, serve until the shutdown future resolves,
+//!   finish the jobs in hand, then stop.
+//! - `runner`: one job's life (claim, generate, store).
+//! - `registry`: the worker's registration and heartbeat in PostgreSQL.
+
+mod registry;
+mod runner;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use apalis::prelude::*;
+use genq_engine::{Engine, EngineConfig, Model, Placement};
+use genq_shared::{
+    config::{DatabaseConfig, QueueConfig},
+    db, queue,
+};
+
+use crate::runner::JobRunner;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "genq-worker", about = "genq's inference worker")]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub queue: QueueConfig,
+    /// GGUF model to serve.
+    #[arg(long, env = "GENQ_MODEL")]
+    pub model: PathBuf,
+    /// Sequences decoded together.
+    #[arg(long, env = "GENQ_SLOTS", default_value_t = 16)]
+    pub slots: u32,
+    /// CPU threads for llama.cpp; defaults to every core.
+    #[arg(long, env = "GENQ_THREADS")]
+    pub threads: Option<i32>,
+    /// Layers to offload to the GPU (cuda builds); defaults to all.
+    #[arg(long, env = "GENQ_N_GPU_LAYERS")]
+    pub n_gpu_layers: Option<u32>,
+    /// Context (prompt + new tokens) per sequence; defaults to the model's.
+    #[arg(long, env = "GENQ_CONTEXT_PER_SLOT")]
+    pub context_per_slot: Option<u32>,
+    /// Jobs taken at a time; defaults to the number of slots.
+    #[arg(long, env = "GENQ_MAX_JOBS")]
+    pub max_jobs: Option<usize>,
+    /// Name prefix; a unique suffix is always added so replicas never share a name.
+    #[arg(long, env = "GENQ_WORKER_NAME")]
+    pub name: Option<String>,
+    /// How often an idle worker asks Redis for work.
+    #[arg(long, env = "GENQ_POLL_INTERVAL_MS", default_value_t = 100)]
+    pub poll_interval_ms: u64,
+    /// On shutdown, how long jobs in hand may take to finish.
+    #[arg(long, env = "GENQ_SHUTDOWN_TIMEOUT_SECS", default_value_t = 600)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Loads the model from `config.model`, then serves as [`run_with_model`] does.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let path = config.model.clone();
+    let placement = Placement {
+        n_gpu_layers: config.n_gpu_layers,
+    };
+    let model = tokio::task::spawn_blocking(move || Model::load(&path, placement)).await??;
+    run_with_model(config, Arc::new(model), shutdown).await
+}
+
+/// Serves jobs with an already loaded model until `shutdown` resolves, then finishes the jobs in
+/// hand (fetched but unstarted ones go back to the queue) and returns.
+pub async fn run_with_model(
+    config: Config,
+    model: Arc<Model>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database.database_url, 8).await?;
+    db::migrate(&pool).await?;
+    let engine_config = EngineConfig {
+        slots: config.slots,
+        threads: config.threads.unwrap_or(EngineConfig::default().threads),
+        context_per_slot: config.context_per_slot,
+        ..EngineConfig::default()
+    };
+    let engine = tokio::task::spawn_blocking(move || Engine::start(model, engine_config)).await??;
+    let name = unique_name(config.name.as_deref());
+    let model_name = engine.model().name().to_owned();
+    let registration = registry::register(&pool, &name, &model_name, engine.slots()).await?;
+    let (storage, _) = queue::connect(&config.queue).await?;
+    tracing::info!(worker = %name, model = %model_name, slots = engine.slots(), "worker ready");
+
+    let runner = Arc::new(JobRunner {
+        db: pool.clone(),
+        engine,
+        worker_name: name.clone(),
+    });
+    let max_jobs = config.max_jobs.unwrap_or(config.slots as usize).max(1);
+    let poll = Duration::from_millis(config.poll_interval_ms.max(10));
+    let worker_runner = runner.clone();
+    let monitor = Monitor::new()
+        .register(move |_restarts| {
+            WorkerBuilder::new(name.as_str())
+                .backend(storage.clone().poll_with_interval(poll))
+                .concurrency(max_jobs)
+                .data(worker_runner.clone())
+                .build(handle)
+        })
+        .shutdown_timeout(Duration::from_secs(config.shutdown_timeout_secs));
+    let served = monitor
+        .run_with_signal(async move {
+            shutdown.await;
+            Ok(())
+        })
+        .await
+        .context("the job consumer stopped");
+
+    // Every handler has returned, so the runner (and the engine inside it) is ours alone again.
+    match Arc::try_unwrap(runner) {
+        Ok(runner) => tokio::task::spawn_blocking(move || runner.engine.shutdown()).await?,
+        Err(_) => tracing::warn!("a job handler outlived the consumer; not waiting for the engine"),
+    }
+    registration.stop(&pool).await;
+    served
+}
+
+/// apalis handler: job outcomes are recorded in PostgreSQL, so the Redis task is done either way;
+/// an error here means PostgreSQL could not be reached and apalis should deliver the task again.
+async fn handle(
+    dispatch: queue::Dispatch,
+    runner: Data<Arc<JobRunner>>,
+) -> Result<(), BoxDynError> {
+    let runner: Arc<JobRunner> = (*runner).clone();
+    runner.run(dispatch.job_id).await.map_err(|e| {
+        tracing::error!(error = ?e, task_id = %dispatch.job_id, "job could not be processed");
+        e.into()
+    })
+}
+
+fn unique_name(prefix: Option<&str>) -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!(
+        "{}-{}-{suffix}",
+        prefix.unwrap_or(&host),
+        std::process::id()
+    )
+}
