@@ -103,7 +103,8 @@ impl JobRunner {
                     None => break,
                     Some((index, Ok(generation))) => finished.push(NewGeneration {
                         index: index as i32,
-                        text: generation.text,
+                        // GPT-2 can emit a NUL byte, which PostgreSQL text cannot store.
+                        text: generation.text.replace('\0', "\u{FFFD}"),
                         completion_tokens: generation.completion_tokens as i32,
                         finish_reason: match generation.finish_reason {
                             genq_engine::FinishReason::Length => FinishReason::Length,

@@ -1,0 +1,116 @@
+//! Every error class of the HTTP contract: a clear JSON error, never a 500.
+
+use genq_tests::TestApp;
+use serde_json::{Value, json};
+
+async fn error_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    (status, body["error"].clone())
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let app = TestApp::spawn().await;
+    for body in [r#"{"prompts": ["#, "not json", ""] {
+        let (status, error) = error_of(app.post_raw("/batch", body).await).await;
+        assert_eq!(status, 400, "{body:?}");
+        assert_eq!(error["code"], "malformed_json");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forbidden_words_are_400_inappropriate_content_as_whole_words_only() {
+    let app = TestApp::spawn().await;
+    for prompt in ["I hate rainy days", "VIOLENCE!", "so much hate."] {
+        let (status, error) = error_of(app.post("/batch", &json!({ "prompts": ["fine", prompt] })).await).await;
+        assert_eq!(status, 400, "{prompt}");
+        assert!(error["message"].as_str().unwrap().contains("inappropriate content"), "{error}");
+        assert!(error["message"].as_str().unwrap().contains("prompts[1]"), "{error}");
+    }
+    let response = app.post("/batch", &json!({ "prompts": ["a chateau in whatever weather"] })).await;
+    assert_eq!(response.status(), 202);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_field_values_are_422_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let long_prompt = "word ".repeat(300);
+    let cases = [
+        (json!({}), "prompts"),
+        (json!({ "prompts": [] }), "prompts"),
+        (json!({ "prompts": "one" }), "prompts"),
+        (json!({ "prompts": vec!["x"; 257] }), "prompts"),
+        (json!({ "prompts": ["ok", "  "] }), "prompts[1]"),
+        (json!({ "prompts": [1] }), "prompts[0]"),
+        (json!({ "prompts": ["x"], "max_tokens": 0 }), "max_tokens"),
+        (json!({ "prompts": ["x"], "max_tokens": 513 }), "max_tokens"),
+        (json!({ "prompts": ["x"], "max_tokens": "ten" }), "max_tokens"),
+        (json!({ "prompts": ["x"], "max_tokens": 256 }), "max_tokens"),
+        (json!({ "prompts": [long_prompt] }), "prompts[0]"),
+        (json!({ "prompts": ["x"], "temperature": 5.0 }), "temperature"),
+        (json!({ "prompts": ["x"], "top_p": 0 }), "top_p"),
+        (json!({ "prompts": ["x"], "top_k": -1 }), "top_k"),
+        (json!({ "prompts": ["x"], "seed": -1 }), "seed"),
+        (json!({ "prompts": ["x"], "stop": [""] }), "stop"),
+        (json!({ "prompts": ["x"], "max_token": 5 }), "max_token"),
+    ];
+    for (body, field) in cases {
+        let (status, error) = error_of(app.post("/batch", &body).await).await;
+        assert_eq!(status, 422, "{body}: {error}");
+        assert_eq!(error["field"], field, "{body}: {error}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_tasks_are_404_and_malformed_ids_400() {
+    let app = TestApp::spawn().await;
+    let (status, error) = error_of(app.get(&format!("/batch_result/{}", uuid::Uuid::now_v7())).await).await;
+    assert_eq!((status, error["code"].as_str()), (404, Some("not_found")));
+    let (status, error) = error_of(app.get("/batch_result/not-a-uuid").await).await;
+    assert_eq!((status, error["code"].as_str()), (400, Some("malformed_id")));
+    let (status, _) = error_of(app.get("/history?limit=0").await).await;
+    assert_eq!(status, 422);
+    let (status, _) = error_of(app.get("/history?before=yesterday").await).await;
+    assert_eq!(status, 422);
+    let (status, _) = error_of(app.get("/no/such/route").await).await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn odd_bodies_never_get_a_server_error() {
+    let app = TestApp::spawn().await;
+    let bodies = [
+        json!(null),
+        json!([]),
+        json!("prompts"),
+        json!({ "prompts": null }),
+        json!({ "prompts": [null] }),
+        json!({ "prompts": ["x"], "temperature": null }),
+        json!({ "prompts": ["x"], "stop": 5 }),
+        json!({ "prompts": ["x"], "stop": vec!["s"; 10] }),
+        json!({ "prompts": ["\u{0000}\u{FFFF}"], "max_tokens": 1 }),
+        json!({ "prompts": ["x"], "max_tokens": 1e30 }),
+        json!({ "prompts": ["x"], "top_p": f64::MAX }),
+    ];
+    for body in bodies {
+        let status = app.post("/batch", &body).await.status();
+        assert!(status.is_client_error() || status == 202, "{body} -> {status}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = app.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+    app.stop().await;
+}
