@@ -44,7 +44,7 @@ pub struct Config {
     /// context; without it such jobs fail at the worker.
     #[arg(long, env = "GENQ_MODEL")]
     pub model: Option<PathBuf>,
-    /// Context per sequence, if workers are given one smaller than the model's.
+    /// Context per sequence; must match the workers' (default: the smaller of 512 and the model's).
     #[arg(long, env = "GENQ_CONTEXT_PER_SLOT")]
     pub context_per_slot: Option<u32>,
     #[arg(long, env = "GENQ_MAX_PROMPTS", default_value_t = 256)]
@@ -98,10 +98,8 @@ impl Application {
                 let path = path.clone();
                 let model =
                     tokio::task::spawn_blocking(move || Model::load_vocabulary(&path)).await??;
-                let context = config
-                    .context_per_slot
-                    .unwrap_or(model.context_length())
-                    .min(model.context_length());
+                let context =
+                    genq_engine::context_per_slot(model.context_length(), config.context_per_slot);
                 Some((Arc::new(model), context))
             }
             None => None,

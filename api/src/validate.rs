@@ -80,7 +80,10 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
         }
         if prompt.contains('\0') {
             // PostgreSQL text cannot hold NUL.
-            return Err(ApiError::invalid(format!("prompts[{index}]"), format!("prompts[{index}] contains a NUL character")));
+            return Err(ApiError::invalid(
+                format!("prompts[{index}]"),
+                format!("prompts[{index}] contains a NUL character"),
+            ));
         }
         if has_forbidden_word(prompt, &limits.forbidden_words) {
             return Err(ApiError::InappropriateContent { index });
@@ -121,7 +124,11 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(list)) => list,
     };
-    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN || s.contains('\0')) {
+    if stop.len() > MAX_STOPS
+        || stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_STOP_LEN || s.contains('\0'))
+    {
         return Err(ApiError::invalid(
             "stop",
             format!(

@@ -67,12 +67,36 @@ pub enum GenerationError {
     EngineStopped,
 }
 
+/// Context per sequence unless asked for more: room for a prompt and the API's default
+/// max_tokens limit without reserving GPT-2's whole 1,024 positions in every slot.
+pub const DEFAULT_CONTEXT_PER_SLOT: u32 = 512;
+
+/// The context each sequence gets: what was asked for, else [`DEFAULT_CONTEXT_PER_SLOT`], and never
+/// more than the model has positions for. The API uses it too, to refuse prompts up front.
+pub fn context_per_slot(model_context: u32, asked: Option<u32>) -> u32 {
+    asked
+        .unwrap_or(DEFAULT_CONTEXT_PER_SLOT)
+        .min(model_context)
+        .max(1)
+}
+
+/// Sequences decoded together by default. On CPU, throughput grows with the batch until about 16
+/// sequences per core (measured on 2 cores: 87 tok/s alone, 338 at 32) and then flattens while
+/// each sequence slows; GPUs keep gaining well past that.
+pub fn default_slots() -> u32 {
+    if cfg!(feature = "cuda") {
+        return 64;
+    }
+    let cores = thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (16 * cores).clamp(16, 64)
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Sequences decoded together.
     pub slots: u32,
     pub threads: i32,
-    /// Context (prompt + generated tokens) each sequence may use; defaults to the model's.
+    /// Context (prompt + generated tokens) each sequence may use; see [`context_per_slot`].
     pub context_per_slot: Option<u32>,
     /// Most tokens in one decode step: prompt chunks fill what running sequences leave free.
     pub batch_tokens: u32,
@@ -82,7 +106,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         EngineConfig {
-            slots: 16,
+            slots: default_slots(),
             threads: cores as i32,
             context_per_slot: None,
             batch_tokens: 512,
@@ -118,10 +142,7 @@ impl Engine {
     /// Starts the engine thread and waits until its llama.cpp context exists.
     pub fn start(model: Arc<Model>, config: EngineConfig) -> anyhow::Result<Engine> {
         let slots = config.slots.clamp(1, 256);
-        let context_per_slot = config
-            .context_per_slot
-            .unwrap_or(model.context_length())
-            .min(model.context_length());
+        let context_per_slot = context_per_slot(model.context_length(), config.context_per_slot);
         let batch_tokens = config.batch_tokens.max(slots);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(slots * context_per_slot))
@@ -203,6 +224,11 @@ impl Engine {
 
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// Bytes the KV cache takes: every slot's context, in f16.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        u64::from(self.slots) * u64::from(self.context_per_slot) * self.model.kv_bytes_per_token()
     }
 
     /// Finishes every request already handed in, then stops the thread. Blocks: call it from a

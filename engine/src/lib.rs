@@ -13,6 +13,7 @@ pub mod model;
 pub mod synth;
 
 pub use engine::{
-    Engine, EngineConfig, FinishReason, Generation, GenerationError, GenerationParams,
+    DEFAULT_CONTEXT_PER_SLOT, Engine, EngineConfig, FinishReason, Generation, GenerationError,
+    GenerationParams, context_per_slot, default_slots,
 };
 pub use model::{Model, Placement};

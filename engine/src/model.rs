@@ -114,6 +114,17 @@ impl Model {
         self.file_size
     }
 
+    /// The llama.cpp model itself, for code that drives llama.cpp directly (the benchmark's
+    /// no-queue ceiling).
+    pub fn llama(&self) -> &LlamaModel {
+        &self.inner
+    }
+
+    /// Bytes of f16 K and V cache one token of context takes.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        2 * u64::from(self.inner.n_layer()) * self.inner.n_embd() as u64 * 2
+    }
+
     /// Prompt tokens as the engine will feed them (at least one: an empty prompt is conditioned
     /// on the end-of-text token, as GPT-2 does for unconditional samples).
     pub fn prompt_tokens(&self, prompt: &str) -> Vec<llama_cpp_2::token::LlamaToken> {

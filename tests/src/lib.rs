@@ -13,7 +13,11 @@ use std::{
 
 use clap::Parser;
 use genq_engine::{Model, Placement, synth};
-use genq_shared::{db, types::{JobStatus, JobView}, wait::FinalJobs};
+use genq_shared::{
+    db,
+    types::{JobStatus, JobView},
+    wait::FinalJobs,
+};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -23,7 +27,8 @@ use uuid::Uuid;
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
 pub fn postgres_base() -> String {
-    std::env::var("GENQ_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("GENQ_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn redis_url() -> String {
@@ -46,7 +51,12 @@ pub fn tiny_model_path() -> &'static Path {
 pub fn tiny_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL
-        .get_or_init(|| Arc::new(Model::load(tiny_model_path(), Placement::default()).expect("loading the tiny model")))
+        .get_or_init(|| {
+            Arc::new(
+                Model::load(tiny_model_path(), Placement::default())
+                    .expect("loading the tiny model"),
+            )
+        })
         .clone()
 }
 
@@ -65,7 +75,10 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions { generate_timeout_secs: 60, with_model: true }
+        AppOptions {
+            generate_timeout_secs: 60,
+            with_model: true,
+        }
     }
 }
 
@@ -101,14 +114,20 @@ impl TestApp {
         if options.with_model {
             args.push(format!("--model={}", tiny_model_path().display()));
         }
-        let app = genq_api::Application::build(genq_api::Config::parse_from(args)).await.expect("building the API");
+        let app = genq_api::Application::build(genq_api::Config::parse_from(args))
+            .await
+            .expect("building the API");
         let address = format!("http://{}", app.local_addr());
         let (stop_api, stopped) = oneshot::channel();
         let api = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        let pool = db::connect(&database_url.parse().unwrap(), 5).await.expect("test pool");
-        let finals = FinalJobs::listen(pool.clone()).await.expect("listening for final jobs");
+        let pool = db::connect(&database_url.parse().unwrap(), 5)
+            .await
+            .expect("test pool");
+        let finals = FinalJobs::listen(pool.clone())
+            .await
+            .expect("listening for final jobs");
         TestApp {
             address,
             database_url,
@@ -125,10 +144,17 @@ impl TestApp {
     pub async fn start_worker(&self, slots: u32) -> TestWorker {
         let config = genq_worker::Config::parse_from(self.worker_args(slots));
         let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokio::spawn(genq_worker::run_with_model(config, tiny_model(), async move {
-            let _ = stopped.await;
-        }));
-        TestWorker { stop: Some(stop), run: Some(run) }
+        let run = tokio::spawn(genq_worker::run_with_model(
+            config,
+            tiny_model(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestWorker {
+            stop: Some(stop),
+            run: Some(run),
+        }
     }
 
     /// Arguments that point a worker (in-process or the binary) at this app's database and queue.
@@ -145,7 +171,12 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client.post(format!("{}{path}", self.address)).json(body).send().await.expect("request")
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn post_raw(&self, path: &str, body: &'static str) -> reqwest::Response {
@@ -159,30 +190,53 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(format!("{}{path}", self.address)).send().await.expect("request")
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request")
     }
 
     /// Submits a batch and returns its task id, failing the test unless it is accepted.
     pub async fn submit(&self, body: &Value) -> Uuid {
         let response = self.post("/batch", body).await;
-        assert_eq!(response.status(), 202, "submit refused: {}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            202,
+            "submit refused: {}",
+            response.text().await.unwrap_or_default()
+        );
         let body: Value = response.json().await.unwrap();
         body["task_id"].as_str().unwrap().parse().unwrap()
     }
 
     /// Waits (on PostgreSQL notifications) until the job is final; fails the test after [`PATIENCE`].
     pub async fn wait_final(&self, id: Uuid) -> JobView {
-        let status = self.finals.wait(id, PATIENCE).await.expect("reading job status").expect("job exists");
-        assert!(status.is_final(), "job {id} still {status} after {PATIENCE:?}");
+        let status = self
+            .finals
+            .wait(id, PATIENCE)
+            .await
+            .expect("reading job status")
+            .expect("job exists");
+        assert!(
+            status.is_final(),
+            "job {id} still {status} after {PATIENCE:?}"
+        );
         self.view(id).await
     }
 
     pub async fn view(&self, id: Uuid) -> JobView {
-        db::jobs::view(&self.pool, id).await.unwrap().expect("job exists")
+        db::jobs::view(&self.pool, id)
+            .await
+            .unwrap()
+            .expect("job exists")
     }
 
     pub async fn status(&self, id: Uuid) -> JobStatus {
-        db::jobs::status(&self.pool, id).await.unwrap().expect("job exists")
+        db::jobs::status(&self.pool, id)
+            .await
+            .unwrap()
+            .expect("job exists")
     }
 
     /// Runs the real `genqctl` binary against this app's database and queue (asynchronously: the
@@ -222,7 +276,9 @@ impl TestWorker {
             let _ = stop.send(());
         }
         if let Some(run) = self.run.take() {
-            run.await.expect("worker task").expect("worker stopped cleanly");
+            run.await
+                .expect("worker task")
+                .expect("worker stopped cleanly");
         }
     }
 }
@@ -230,9 +286,16 @@ impl TestWorker {
 /// A workspace binary next to the test executable (target/<profile>/).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built: run scripts/test.sh (it builds the binaries first)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run scripts/test.sh (it builds the binaries first)",
+        path.display()
+    );
     path
 }
 

@@ -8,9 +8,20 @@ use serde_json::{Value, json};
 async fn a_batch_completes_with_one_result_per_prompt_in_order() {
     let app = TestApp::spawn().await;
     let worker = app.start_worker(4).await;
-    let prompts = ["Hello, my name is", "The capital of France is", "Once upon a time", "I think", "Rust is"];
+    let prompts = [
+        "Hello, my name is",
+        "The capital of France is",
+        "Once upon a time",
+        "I think",
+        "Rust is",
+    ];
 
-    let response = app.post("/batch", &json!({ "prompts": prompts, "max_tokens": 12, "seed": 3 })).await;
+    let response = app
+        .post(
+            "/batch",
+            &json!({ "prompts": prompts, "max_tokens": 12, "seed": 3 }),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let accepted: Value = response.json().await.unwrap();
@@ -22,7 +33,10 @@ async fn a_batch_completes_with_one_result_per_prompt_in_order() {
     let view: Value = app.get(&location).await.json().await.unwrap();
     assert_eq!(view["status"], "completed");
     assert_eq!(view["model"], "gpt2-tiny-synthetic");
-    assert_eq!(view["counts"], json!({ "total": 5, "completed": 5, "failed": 0 }));
+    assert_eq!(
+        view["counts"],
+        json!({ "total": 5, "completed": 5, "failed": 0 })
+    );
     assert!(view["error"].is_null());
     for key in ["created_at", "started_at", "finished_at"] {
         assert!(view[key].is_string(), "{key} missing: {view}");
@@ -71,10 +85,19 @@ async fn the_same_seed_and_parameters_give_the_same_text() {
 async fn stop_strings_end_the_text_before_them() {
     let app = TestApp::spawn().await;
     let worker = app.start_worker(2).await;
-    let free = app.wait_final(app.submit(&json!({ "prompts": ["Weather report:"], "max_tokens": 24, "seed": 5 })).await).await;
+    let free = app
+        .wait_final(
+            app.submit(&json!({ "prompts": ["Weather report:"], "max_tokens": 24, "seed": 5 }))
+                .await,
+        )
+        .await;
     let text = &free.results[0].generated_text;
     // Take a stop string from the middle of the free text: the seeded rerun must end right before it.
-    let stop: String = text.chars().skip(text.chars().count() / 2).take(2).collect();
+    let stop: String = text
+        .chars()
+        .skip(text.chars().count() / 2)
+        .take(2)
+        .collect();
     let cut = text.find(&stop).unwrap();
 
     let stopped = app
@@ -92,12 +115,27 @@ async fn generate_answers_with_the_stored_records() {
     let app = TestApp::spawn().await;
     let worker = app.start_worker(4).await;
 
-    let response = app.post("/generate", &json!({ "prompts": ["First", "Second"], "max_tokens": 8 })).await;
+    let response = app
+        .post(
+            "/generate",
+            &json!({ "prompts": ["First", "Second"], "max_tokens": 8 }),
+        )
+        .await;
 
     assert_eq!(response.status(), 200);
     let records: Vec<GenerationRecord> = response.json().await.unwrap();
-    assert_eq!(records.iter().map(|r| r.prompt.as_str()).collect::<Vec<_>>(), ["First", "Second"]);
-    assert!(records.iter().all(|r| r.model_name == "gpt2-tiny-synthetic" && !r.generated_text.is_empty()));
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r.prompt.as_str())
+            .collect::<Vec<_>>(),
+        ["First", "Second"]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.model_name == "gpt2-tiny-synthetic" && !r.generated_text.is_empty())
+    );
     let history: HistoryPage = app.get("/history").await.json().await.unwrap();
     let ids: Vec<_> = history.items.iter().map(|r| r.id).collect();
     assert!(records.iter().all(|r| ids.contains(&r.id)));
@@ -107,10 +145,16 @@ async fn generate_answers_with_the_stored_records() {
 
 #[tokio::test]
 async fn generate_answers_202_with_the_task_id_when_the_wait_runs_out() {
-    let app = TestApp::spawn_with(AppOptions { generate_timeout_secs: 0, ..AppOptions::default() }).await;
+    let app = TestApp::spawn_with(AppOptions {
+        generate_timeout_secs: 0,
+        ..AppOptions::default()
+    })
+    .await;
 
     // No worker runs, so the job cannot finish within the (zero) wait.
-    let response = app.post("/generate", &json!({ "prompts": ["Anyone there?"] })).await;
+    let response = app
+        .post("/generate", &json!({ "prompts": ["Anyone there?"] }))
+        .await;
 
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
@@ -128,7 +172,11 @@ async fn history_pages_newest_first_and_stay_stable_under_concurrent_inserts() {
     let app = TestApp::spawn().await;
     let worker = app.start_worker(4).await;
     let prompts: Vec<String> = (0..7).map(|i| format!("prompt {i}")).collect();
-    app.wait_final(app.submit(&json!({ "prompts": prompts, "max_tokens": 2 })).await).await;
+    app.wait_final(
+        app.submit(&json!({ "prompts": prompts, "max_tokens": 2 }))
+            .await,
+    )
+    .await;
     let everything: HistoryPage = app.get("/history?limit=500").await.json().await.unwrap();
     assert_eq!(everything.items.len(), 7);
     assert!(everything.next.is_none());
@@ -136,17 +184,36 @@ async fn history_pages_newest_first_and_stay_stable_under_concurrent_inserts() {
     let mut seen = Vec::new();
     let mut page: HistoryPage = app.get("/history?limit=3").await.json().await.unwrap();
     // Newer generations land while the client pages through older ones.
-    app.wait_final(app.submit(&json!({ "prompts": ["newer", "newest"], "max_tokens": 2 })).await).await;
+    app.wait_final(
+        app.submit(&json!({ "prompts": ["newer", "newest"], "max_tokens": 2 }))
+            .await,
+    )
+    .await;
     loop {
         seen.extend(page.items.iter().map(|r| r.id));
         let Some(next) = page.next else { break };
-        page = app.get(&format!("/history?limit=3&before={next}")).await.json().await.unwrap();
+        page = app
+            .get(&format!("/history?limit=3&before={next}"))
+            .await
+            .json()
+            .await
+            .unwrap();
     }
 
     let expected: Vec<_> = everything.items.iter().map(|r| r.id).collect();
-    assert_eq!(seen, expected, "pages must list the original rows once each, newest first");
+    assert_eq!(
+        seen, expected,
+        "pages must list the original rows once each, newest first"
+    );
     let fresh: HistoryPage = app.get("/history?limit=2").await.json().await.unwrap();
-    assert_eq!(fresh.items.iter().map(|r| r.prompt.as_str()).collect::<Vec<_>>(), ["newest", "newer"]);
+    assert_eq!(
+        fresh
+            .items
+            .iter()
+            .map(|r| r.prompt.as_str())
+            .collect::<Vec<_>>(),
+        ["newest", "newer"]
+    );
     worker.stop().await;
     app.stop().await;
 }

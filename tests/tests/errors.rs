@@ -6,7 +6,10 @@ use serde_json::{Value, json};
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("error bodies are JSON");
-    assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    assert!(
+        body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+        "{body}"
+    );
     (status, body["error"].clone())
 }
 
@@ -25,12 +28,30 @@ async fn malformed_json_is_400() {
 async fn forbidden_words_are_400_inappropriate_content_as_whole_words_only() {
     let app = TestApp::spawn().await;
     for prompt in ["I hate rainy days", "VIOLENCE!", "so much hate."] {
-        let (status, error) = error_of(app.post("/batch", &json!({ "prompts": ["fine", prompt] })).await).await;
+        let (status, error) = error_of(
+            app.post("/batch", &json!({ "prompts": ["fine", prompt] }))
+                .await,
+        )
+        .await;
         assert_eq!(status, 400, "{prompt}");
-        assert!(error["message"].as_str().unwrap().contains("inappropriate content"), "{error}");
-        assert!(error["message"].as_str().unwrap().contains("prompts[1]"), "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("inappropriate content"),
+            "{error}"
+        );
+        assert!(
+            error["message"].as_str().unwrap().contains("prompts[1]"),
+            "{error}"
+        );
     }
-    let response = app.post("/batch", &json!({ "prompts": ["a chateau in whatever weather"] })).await;
+    let response = app
+        .post(
+            "/batch",
+            &json!({ "prompts": ["a chateau in whatever weather"] }),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     app.stop().await;
 }
@@ -48,10 +69,16 @@ async fn bad_field_values_are_422_naming_the_field() {
         (json!({ "prompts": [1] }), "prompts[0]"),
         (json!({ "prompts": ["x"], "max_tokens": 0 }), "max_tokens"),
         (json!({ "prompts": ["x"], "max_tokens": 513 }), "max_tokens"),
-        (json!({ "prompts": ["x"], "max_tokens": "ten" }), "max_tokens"),
+        (
+            json!({ "prompts": ["x"], "max_tokens": "ten" }),
+            "max_tokens",
+        ),
         (json!({ "prompts": ["x"], "max_tokens": 256 }), "max_tokens"),
         (json!({ "prompts": [long_prompt] }), "prompts[0]"),
-        (json!({ "prompts": ["x"], "temperature": 5.0 }), "temperature"),
+        (
+            json!({ "prompts": ["x"], "temperature": 5.0 }),
+            "temperature",
+        ),
         (json!({ "prompts": ["x"], "top_p": 0 }), "top_p"),
         (json!({ "prompts": ["x"], "top_k": -1 }), "top_k"),
         (json!({ "prompts": ["x"], "seed": -1 }), "seed"),
@@ -69,10 +96,17 @@ async fn bad_field_values_are_422_naming_the_field() {
 #[tokio::test]
 async fn unknown_tasks_are_404_and_malformed_ids_400() {
     let app = TestApp::spawn().await;
-    let (status, error) = error_of(app.get(&format!("/batch_result/{}", uuid::Uuid::now_v7())).await).await;
+    let (status, error) = error_of(
+        app.get(&format!("/batch_result/{}", uuid::Uuid::now_v7()))
+            .await,
+    )
+    .await;
     assert_eq!((status, error["code"].as_str()), (404, Some("not_found")));
     let (status, error) = error_of(app.get("/batch_result/not-a-uuid").await).await;
-    assert_eq!((status, error["code"].as_str()), (400, Some("malformed_id")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("malformed_id"))
+    );
     let (status, _) = error_of(app.get("/history?limit=0").await).await;
     assert_eq!(status, 422);
     let (status, _) = error_of(app.get("/history?before=yesterday").await).await;
@@ -100,7 +134,10 @@ async fn odd_bodies_never_get_a_server_error() {
     ];
     for body in bodies {
         let status = app.post("/batch", &body).await.status();
-        assert!(status.is_client_error() || status == 202, "{body} -> {status}");
+        assert!(
+            status.is_client_error() || status == 202,
+            "{body} -> {status}"
+        );
     }
     app.stop().await;
 }

@@ -15,7 +15,11 @@ fn sha256(bytes: &[u8]) -> String {
 #[test]
 fn synthesis_is_deterministic_per_seed() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"), dir.path().join("c.gguf"));
+    let (a, b, c) = (
+        dir.path().join("a.gguf"),
+        dir.path().join("b.gguf"),
+        dir.path().join("c.gguf"),
+    );
     write_model(&a, Shape::Tiny, 42).unwrap();
     write_model(&b, Shape::Tiny, 42).unwrap();
     write_model(&c, Shape::Tiny, 43).unwrap();
@@ -37,7 +41,13 @@ async fn serve_files() -> String {
 }
 
 async fn download(args: Vec<String>) -> Output {
-    tokio::process::Command::new(binary("genqctl")).arg("model").arg("download").args(args).output().await.unwrap()
+    tokio::process::Command::new(binary("genqctl"))
+        .arg("model")
+        .arg("download")
+        .args(args)
+        .output()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -47,9 +57,18 @@ async fn download_fetches_and_verifies_a_gguf() {
     let out = dir.path().join("models/gpt2.gguf");
     let expected = sha256(&std::fs::read(tiny_model_path()).unwrap());
 
-    let ok = download(vec![format!("{server}/model.gguf"), format!("--out={}", out.display()), format!("--sha256={expected}")]).await;
+    let ok = download(vec![
+        format!("{server}/model.gguf"),
+        format!("--out={}", out.display()),
+        format!("--sha256={expected}"),
+    ])
+    .await;
 
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(sha256(&std::fs::read(&out).unwrap()), expected);
 }
 
@@ -59,13 +78,33 @@ async fn download_refuses_wrong_checksums_and_non_models_leaving_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("gpt2.gguf");
 
-    let wrong = download(vec![format!("{server}/model.gguf"), format!("--out={}", out.display()), "--sha256=00".into()]).await;
-    let html = download(vec![format!("{server}/page.html"), format!("--out={}", out.display())]).await;
-    let missing = download(vec![format!("{server}/nothing.gguf"), format!("--out={}", out.display())]).await;
+    let wrong = download(vec![
+        format!("{server}/model.gguf"),
+        format!("--out={}", out.display()),
+        "--sha256=00".into(),
+    ])
+    .await;
+    let html = download(vec![
+        format!("{server}/page.html"),
+        format!("--out={}", out.display()),
+    ])
+    .await;
+    let missing = download(vec![
+        format!("{server}/nothing.gguf"),
+        format!("--out={}", out.display()),
+    ])
+    .await;
 
     for (case, output) in [("checksum", wrong), ("not gguf", html), ("404", missing)] {
         assert!(!output.status.success(), "{case} must fail");
-        assert!(!String::from_utf8_lossy(&output.stderr).is_empty(), "{case} must say why");
+        assert!(
+            !String::from_utf8_lossy(&output.stderr).is_empty(),
+            "{case} must say why"
+        );
     }
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial or bad file is left");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no partial or bad file is left"
+    );
 }

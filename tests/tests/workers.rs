@@ -3,8 +3,11 @@
 use std::{collections::HashSet, process::Stdio, time::Duration};
 
 use genq_shared::types::JobStatus;
-use nix::{sys::signal::{Signal, kill}, unistd::Pid};
 use genq_tests::{PATIENCE, TestApp, binary};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -16,7 +19,10 @@ async fn two_hundred_jobs_over_two_workers_all_complete_exactly_once() {
 
     let submits = (0..200).map(|i| {
         let app = &app;
-        async move { app.submit(&json!({ "prompts": [format!("job number {i}")], "max_tokens": 6 })).await }
+        async move {
+            app.submit(&json!({ "prompts": [format!("job number {i}")], "max_tokens": 6 }))
+                .await
+        }
     });
     let ids: Vec<Uuid> = futures_join_all(submits).await;
     for id in &ids {
@@ -30,7 +36,11 @@ async fn two_hundred_jobs_over_two_workers_all_complete_exactly_once() {
     .await
     .unwrap();
     assert_eq!(rows.len(), 200);
-    assert!(rows.iter().all(|(_, attempt, _, results)| *attempt == 1 && *results == 1), "each job ran once");
+    assert!(
+        rows.iter()
+            .all(|(_, attempt, _, results)| *attempt == 1 && *results == 1),
+        "each job ran once"
+    );
     let workers: HashSet<&str> = rows.iter().map(|(_, _, w, _)| w.as_str()).collect();
     assert_eq!(workers.len(), 2, "both workers took jobs: {workers:?}");
     first.stop().await;
@@ -63,23 +73,40 @@ async fn sigterm_during_a_job_finishes_it_and_loses_nothing() {
         .spawn()
         .expect("starting genq-worker");
     let prompts: Vec<String> = (0..8).map(|i| format!("long story {i}")).collect();
-    let long = app.submit(&json!({ "prompts": prompts, "max_tokens": 200 })).await;
-    let queued_behind = app.submit(&json!({ "prompts": ["waiting"], "max_tokens": 4 })).await;
+    let long = app
+        .submit(&json!({ "prompts": prompts, "max_tokens": 200 }))
+        .await;
+    let queued_behind = app
+        .submit(&json!({ "prompts": ["waiting"], "max_tokens": 4 }))
+        .await;
     wait_until_running(&app, long).await;
 
     let pid = Pid::from_raw(worker.id().expect("worker pid") as i32);
     kill(pid, Signal::SIGTERM).expect("sending SIGTERM");
-    let exit = tokio::time::timeout(PATIENCE, worker.wait()).await.expect("worker exits").unwrap();
+    let exit = tokio::time::timeout(PATIENCE, worker.wait())
+        .await
+        .expect("worker exits")
+        .unwrap();
 
     assert!(exit.success(), "worker exit: {exit:?}");
     let view = app.view(long).await;
-    assert_eq!(view.status, JobStatus::Completed, "the job in hand finishes before exit");
+    assert_eq!(
+        view.status,
+        JobStatus::Completed,
+        "the job in hand finishes before exit"
+    );
     assert_eq!(view.results.len(), 8);
     // The job behind it is not lost: it is still queued (or done), and a new worker completes it.
     let status = app.status(queued_behind).await;
-    assert!(matches!(status, JobStatus::Queued | JobStatus::Completed), "{status}");
+    assert!(
+        matches!(status, JobStatus::Queued | JobStatus::Completed),
+        "{status}"
+    );
     let replacement = app.start_worker(2).await;
-    assert_eq!(app.wait_final(queued_behind).await.status, JobStatus::Completed);
+    assert_eq!(
+        app.wait_final(queued_behind).await.status,
+        JobStatus::Completed
+    );
     replacement.stop().await;
     app.stop().await;
 }
@@ -88,7 +115,10 @@ async fn wait_until_running(app: &TestApp, id: Uuid) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut check = tokio::time::interval(Duration::from_millis(20));
     while app.status(id).await != JobStatus::Running {
-        assert!(tokio::time::Instant::now() < deadline, "job {id} never started");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} never started"
+        );
         check.tick().await;
     }
 }

@@ -33,16 +33,17 @@ pub struct Config {
     /// GGUF model to serve.
     #[arg(long, env = "GENQ_MODEL")]
     pub model: PathBuf,
-    /// Sequences decoded together.
-    #[arg(long, env = "GENQ_SLOTS", default_value_t = 16)]
-    pub slots: u32,
+    /// Sequences decoded together; defaults to 16 per core (16..=64), 64 on cuda builds.
+    #[arg(long, env = "GENQ_SLOTS")]
+    pub slots: Option<u32>,
     /// CPU threads for llama.cpp; defaults to every core.
     #[arg(long, env = "GENQ_THREADS")]
     pub threads: Option<i32>,
     /// Layers to offload to the GPU (cuda builds); defaults to all.
     #[arg(long, env = "GENQ_N_GPU_LAYERS")]
     pub n_gpu_layers: Option<u32>,
-    /// Context (prompt + new tokens) per sequence; defaults to the model's.
+    /// Context (prompt + new tokens) per sequence; defaults to the smaller of 512 and the model's.
+    /// The KV cache holds slots x this many tokens.
     #[arg(long, env = "GENQ_CONTEXT_PER_SLOT")]
     pub context_per_slot: Option<u32>,
     /// Jobs taken at a time; defaults to the number of slots.
@@ -82,7 +83,7 @@ pub async fn run_with_model(
     let pool = db::connect(&config.database.database_url, 8).await?;
     db::migrate(&pool).await?;
     let engine_config = EngineConfig {
-        slots: config.slots,
+        slots: config.slots.unwrap_or_else(genq_engine::default_slots),
         threads: config.threads.unwrap_or(EngineConfig::default().threads),
         context_per_slot: config.context_per_slot,
         ..EngineConfig::default()
@@ -92,14 +93,24 @@ pub async fn run_with_model(
     let model_name = engine.model().name().to_owned();
     let registration = registry::register(&pool, &name, &model_name, engine.slots()).await?;
     let (storage, _) = queue::connect(&config.queue).await?;
-    tracing::info!(worker = %name, model = %model_name, slots = engine.slots(), "worker ready");
+    tracing::info!(
+        worker = %name,
+        model = %model_name,
+        slots = engine.slots(),
+        context_per_slot = engine.context_per_slot(),
+        kv_cache_mib = engine.kv_cache_bytes() >> 20,
+        "worker ready"
+    );
 
     let runner = Arc::new(JobRunner {
         db: pool.clone(),
         engine,
         worker_name: name.clone(),
     });
-    let max_jobs = config.max_jobs.unwrap_or(config.slots as usize).max(1);
+    let max_jobs = config
+        .max_jobs
+        .unwrap_or(runner.engine.slots() as usize)
+        .max(1);
     let poll = Duration::from_millis(config.poll_interval_ms.max(10));
     let worker_runner = runner.clone();
     let monitor = Monitor::new()

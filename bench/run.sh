@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The benchmark: llama.cpp alone vs genq end to end vs Python transformers, one table.
+#   bench/run.sh                      all workloads, 3 repetitions each (about 10 minutes on 2 cores)
+#   bench/run.sh --workloads b --reps 5
+#   bench/run.sh --python-all         also the Python row on workload (c) (slow)
+# Flags are genq-bench's (--help). The Python row needs torch and transformers; they are installed
+# into bench/.venv on first use, and the row is skipped, saying why, if that fails.
+
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+ensure_services
+build_release
+
+venv="$GENQ_ROOT/bench/.venv"
+if [[ " $* " != *" --no-python "* ]] && ! "$venv/bin/python" -c 'import torch, transformers' 2>/dev/null; then
+    say "installing torch and transformers into $venv (large download, once)"
+    { python3 -m venv "$venv" && "$venv/bin/pip" install -q torch transformers; } ||
+        warn "could not install the Python stack; its row will say so"
+fi
+
+cd "$GENQ_ROOT"
+exec target/release/genq-bench "$@"

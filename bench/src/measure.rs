@@ -1,0 +1,111 @@
+//! What one run of a workload measured, and the medians over repetitions.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::workload::{Request, SHORT_JOB_TOKENS};
+
+/// One run: every request's latency (finish minus arrival) and finish time, both from the first
+/// arrival.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Run {
+    pub tokens: u64,
+    pub wall_s: f64,
+    pub latencies_s: Vec<f64>,
+    pub finishes_s: Vec<f64>,
+    /// The serving process's peak resident memory, where known.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl Run {
+    pub fn new(
+        tokens: u64,
+        wall: Duration,
+        latencies: Vec<Duration>,
+        finishes: Vec<Duration>,
+    ) -> Run {
+        Run {
+            tokens,
+            wall_s: wall.as_secs_f64(),
+            latencies_s: latencies.iter().map(Duration::as_secs_f64).collect(),
+            finishes_s: finishes.iter().map(Duration::as_secs_f64).collect(),
+            peak_rss_bytes: None,
+        }
+    }
+}
+
+/// The figures of one table row: each the median over repetitions.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub tokens_per_s: f64,
+    pub p50_s: f64,
+    pub p95_s: f64,
+    pub first_result_s: f64,
+    pub p95_short_s: Option<f64>,
+    pub p95_long_s: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+pub fn summarize(runs: &[Run], requests: &[Request]) -> Summary {
+    let per_run = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    let split = |short: bool| {
+        let picked: Vec<usize> = (0..requests.len())
+            .filter(|&i| (requests[i].max_tokens <= SHORT_JOB_TOKENS) == short)
+            .collect();
+        let varied = requests
+            .iter()
+            .any(|r| r.max_tokens != requests[0].max_tokens);
+        (varied && !picked.is_empty()).then(|| {
+            per_run(&|run: &Run| {
+                percentile(picked.iter().map(|&i| run.latencies_s[i]).collect(), 0.95)
+            })
+        })
+    };
+    Summary {
+        tokens_per_s: per_run(&|r| r.tokens as f64 / r.wall_s),
+        p50_s: per_run(&|r| percentile(r.latencies_s.clone(), 0.50)),
+        p95_s: per_run(&|r| percentile(r.latencies_s.clone(), 0.95)),
+        first_result_s: per_run(&|r| r.finishes_s.iter().copied().fold(f64::INFINITY, f64::min)),
+        p95_short_s: split(true),
+        p95_long_s: split(false),
+        peak_rss_bytes: runs.iter().filter_map(|r| r.peak_rss_bytes).max(),
+    }
+}
+
+fn median(values: Vec<f64>) -> f64 {
+    percentile(values, 0.5)
+}
+
+/// Nearest-rank percentile.
+fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// Peak resident memory of a process, from /proc (Linux).
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(values.clone(), 0.5), 10.0);
+        assert_eq!(percentile(values.clone(), 0.95), 19.0);
+        assert_eq!(percentile(vec![3.0], 0.95), 3.0);
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+    }
+}

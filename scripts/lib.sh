@@ -1,0 +1,87 @@
+# Shared by up.sh, test.sh and the bench/fault scripts: make sure the build tools, PostgreSQL and
+# Redis are there and running. Written for Debian/Ubuntu; sourced, not run.
+
+set -euo pipefail
+
+GENQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export GENQ_ROOT
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+warn() { printf '\033[1;33m!!! %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# llama-cpp-sys-2 builds llama.cpp with cmake and generates bindings with libclang.
+ensure_build_tools() {
+    local missing=()
+    command -v cmake >/dev/null || missing+=(cmake)
+    command -v clang >/dev/null || missing+=(clang)
+    ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+    command -v pg_isready >/dev/null || missing+=(postgresql-client)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "installing ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+    command -v cargo >/dev/null || {
+        warn "cargo not found: install Rust from https://rustup.rs first"
+        exit 1
+    }
+}
+
+# Only a local default service is installed and started: a DATABASE_URL or REDIS_URL pointing
+# elsewhere is taken as given.
+ensure_postgres() {
+    if pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        say "installing PostgreSQL"
+        apt_install postgresql
+    fi
+    say "starting PostgreSQL"
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -1)"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+    pg_isready -q -h 127.0.0.1 -p 5432 || { warn "PostgreSQL did not start"; exit 1; }
+    # genq connects as `postgres` over TCP; a fresh Debian cluster wants a password there, so
+    # trust local connections as the CI machines do.
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -c 'select 1' >/dev/null 2>&1; then
+        local hba="/etc/postgresql/$version/main/pg_hba.conf"
+        say "allowing local TCP connections without a password ($hba)"
+        as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    fi
+}
+
+ensure_redis() {
+    if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
+    command -v redis-server >/dev/null || { say "installing Redis"; apt_install redis-server; }
+    say "starting Redis"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+        --appendonly no --dir /var/lib/redis --logfile /var/log/redis/genq.log
+    for _ in $(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.2; done
+    redis-cli ping >/dev/null 2>&1 || { warn "Redis did not start"; exit 1; }
+}
+
+ensure_services() {
+    ensure_build_tools
+    ensure_postgres
+    ensure_redis
+}
+
+build_release() {
+    say "building genq (release; the first build compiles llama.cpp and takes several minutes)"
+    (cd "$GENQ_ROOT" && cargo build --release --workspace --bins --locked)
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Quickstart: bring genq up on this machine and run a real batch end to end.
+#
+#   scripts/up.sh            run one sample batch, print its results, stop everything
+#   scripts/up.sh --serve    the same, then keep the API (port 8000) and a worker running
+#
+# Uses GENQ_MODEL if set; otherwise synthesizes a GPT-2 124M-shape model whose text is noise.
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+serve=0
+case "${1:-}" in
+    --serve) serve=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--serve]" >&2; exit 2 ;;
+esac
+
+ensure_services
+build_release
+
+bin="$GENQ_ROOT/target/release"
+state="$GENQ_ROOT/.genq"
+mkdir -p "$state"
+export GENQ_API_ADDR="${GENQ_API_ADDR:-127.0.0.1:8000}"
+export GENQ_API_URL="http://$GENQ_API_ADDR"
+
+if [ -z "${GENQ_MODEL:-}" ]; then
+    GENQ_MODEL="$GENQ_ROOT/models/gpt2-124m-synthetic-q8_0.gguf"
+    if [ ! -f "$GENQ_MODEL" ]; then
+        say "synthesizing $GENQ_MODEL"
+        "$bin/genqctl" model synth --out "$GENQ_MODEL" --shape gpt2-124m
+    fi
+    warn "GENQ_MODEL is not set: using a synthesized GPT-2 124M-shape model with RANDOM weights."
+    warn "Its text is meaningless; set GENQ_MODEL to a real GPT-2 GGUF (genqctl model download) for real text."
+fi
+export GENQ_MODEL
+
+say "migrating"
+"$bin/genqctl" migrate
+
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+
+say "starting genq-api on $GENQ_API_ADDR (log: $state/api.log)"
+"$bin/genq-api" >"$state/api.log" 2>&1 &
+pids+=($!)
+say "starting genq-worker (log: $state/worker.log)"
+"$bin/genq-worker" >"$state/worker.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 100); do
+    curl -fsS "$GENQ_API_URL/ready" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+curl -fsS "$GENQ_API_URL/ready" >/dev/null || { warn "API not ready; see $state/api.log"; exit 1; }
+
+say "submitting a sample batch"
+"$bin/genqctl" submit --wait --max-tokens 32 --seed 7 \
+    "Once upon a time" "The meaning of life is" "In a distant galaxy"
+
+if [ "$serve" -eq 1 ]; then
+    say "serving on $GENQ_API_URL; Ctrl-C stops. Try:"
+    echo "  curl -s $GENQ_API_URL/batch -H 'content-type: application/json' -d '{\"prompts\":[\"Hello\"]}'"
+    wait
+fi
