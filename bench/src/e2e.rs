@@ -65,6 +65,8 @@ impl Genq {
                 .env("GENQ_API_ADDR", addr.to_string())
                 .env("GENQ_MODEL", &options.model)
                 .env("RUST_LOG", "info")
+                // Repetitions repeat seeded requests: measure inference, not the result cache.
+                .env("GENQ_RESULT_CACHE_TTL_SECS", "0")
                 .stdout(Stdio::null())
                 .stderr(log);
             if let Some(slots) = options.slots {

@@ -5,11 +5,13 @@
 //! # Layout
 //! - `workload`: the three workloads; `measure`: per-run figures and medians.
 //! - `ceiling`: llama.cpp alone; `e2e`: genq's API and worker processes; `python`: transformers.
+//! - `reproducibility`: whether a seeded result depends on the batch around it.
 
 mod ceiling;
 mod e2e;
 mod measure;
 mod python;
+mod reproducibility;
 mod workload;
 
 use std::{path::PathBuf, sync::Arc};
@@ -156,6 +158,13 @@ async fn main() -> anyhow::Result<()> {
         args.reps
     );
     print_table(&rows);
+    let repro_model = Arc::clone(&model);
+    let repro =
+        tokio::task::spawn_blocking(move || reproducibility::measure(repro_model, slots)).await??;
+    println!(
+        "seeded results identical alone and inside a batch of {}: {}/{}",
+        repro.batch, repro.identical, repro.total
+    );
     let kv = u64::from(slots) * u64::from(context_per_slot) * model.kv_bytes_per_token();
     println!(
         "RSS target for the worker: model file + KV cache + 150 MiB = {} MiB",

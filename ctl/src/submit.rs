@@ -103,8 +103,19 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Done> {
     );
     for result in &view.results {
         println!(
-            "--- [{}] {:?} ({} tokens, {:?})",
-            result.index, result.prompt, result.completion_tokens, result.finish_reason
+            "--- [{}] {:?} ({} tokens, finish: {}{})",
+            result.index,
+            result.prompt,
+            result.completion_tokens,
+            serde_json::to_value(result.finish_reason)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?"),
+            if result.cached {
+                ", from the result cache"
+            } else {
+                ""
+            }
         );
         println!("{}{}", result.prompt, result.generated_text);
     }

@@ -2,7 +2,7 @@
 //! counts prompt tokens to refuse requests that cannot fit the context before they are queued.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
 };
 
@@ -43,6 +43,7 @@ pub struct Model {
     name: String,
     context_length: u32,
     file_size: u64,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for Model {
@@ -98,6 +99,7 @@ impl Model {
             name,
             context_length,
             file_size,
+            path: path.to_owned(),
         })
     }
 
@@ -112,6 +114,11 @@ impl Model {
 
     pub fn file_size(&self) -> u64 {
         self.file_size
+    }
+
+    /// The GGUF file the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The llama.cpp model itself, for code that drives llama.cpp directly (the benchmark's

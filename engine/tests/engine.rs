@@ -1,50 +1,9 @@
 //! The engine on a synthesized tiny GPT-2: real llama.cpp, no mocks.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, OnceLock},
-};
+mod common;
 
-use genq_engine::{
-    Engine, EngineConfig, FinishReason, GenerationError, GenerationParams, Model, Placement, synth,
-};
-
-fn tiny_model() -> Arc<Model> {
-    static MODEL: OnceLock<(tempfile::TempDir, Arc<Model>)> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let path: PathBuf = dir.path().join("tiny.gguf");
-            synth::write_model(&path, synth::Shape::Tiny, 1).unwrap();
-            let model = Arc::new(Model::load(&path, Placement::default()).unwrap());
-            (dir, model)
-        })
-        .1
-        .clone()
-}
-
-fn params(max_tokens: u32, seed: u32) -> GenerationParams {
-    GenerationParams {
-        max_tokens,
-        temperature: 0.8,
-        top_k: 40,
-        top_p: 0.95,
-        seed,
-        stop: vec![],
-    }
-}
-
-fn engine(slots: u32) -> Engine {
-    Engine::start(
-        tiny_model(),
-        EngineConfig {
-            slots,
-            threads: 2,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap()
-}
+use common::{engine, params, tiny_model};
+use genq_engine::{FinishReason, GenerationError, GenerationParams, Model, synth};
 
 #[test]
 fn tokenizes_like_gpt2() {

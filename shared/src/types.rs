@@ -94,6 +94,8 @@ pub struct ResultItem {
     pub generated_text: String,
     pub completion_tokens: i32,
     pub finish_reason: FinishReason,
+    /// Answered from the result cache: an identical deterministic request ran within the TTL.
+    pub cached: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

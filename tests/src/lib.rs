@@ -142,7 +142,14 @@ impl TestApp {
 
     /// Starts an in-process worker on the shared tiny model.
     pub async fn start_worker(&self, slots: u32) -> TestWorker {
-        let config = genq_worker::Config::parse_from(self.worker_args(slots));
+        self.start_worker_with(slots, &[]).await
+    }
+
+    /// Starts an in-process worker with extra flags, e.g. `--result-cache-ttl-secs=0`.
+    pub async fn start_worker_with(&self, slots: u32, extra: &[&str]) -> TestWorker {
+        let mut args = self.worker_args(slots);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let config = genq_worker::Config::parse_from(args);
         let (stop, stopped) = oneshot::channel::<()>();
         let run = tokio::spawn(genq_worker::run_with_model(
             config,

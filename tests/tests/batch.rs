@@ -61,7 +61,10 @@ async fn a_batch_completes_with_one_result_per_prompt_in_order() {
 #[tokio::test]
 async fn the_same_seed_and_parameters_give_the_same_text() {
     let app = TestApp::spawn().await;
-    let worker = app.start_worker(4).await;
+    // Cache off: the second run must be real inference reaching the same text.
+    let worker = app
+        .start_worker_with(4, &["--result-cache-ttl-secs=0"])
+        .await;
     let request = |seed: u32| json!({ "prompts": ["Tell me a story", "Numbers:"], "max_tokens": 16, "seed": seed });
 
     let first = app.submit(&request(7)).await;

@@ -7,7 +7,9 @@
 //!   finish the jobs in hand, then stop.
 //! - `runner`: one job's life (claim, generate, store).
 //! - `registry`: the worker's registration and heartbeat in PostgreSQL.
+//! - `cache`: the result cache for deterministic requests.
 
+mod cache;
 mod registry;
 mod runner;
 
@@ -21,7 +23,7 @@ use genq_shared::{
     db, queue,
 };
 
-use crate::runner::JobRunner;
+use crate::{cache::ResultCache, runner::JobRunner};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "genq-worker", about = "genq's inference worker")]
@@ -55,6 +57,10 @@ pub struct Config {
     /// How often an idle worker asks Redis for work.
     #[arg(long, env = "GENQ_POLL_INTERVAL_MS", default_value_t = 100)]
     pub poll_interval_ms: u64,
+    /// How long a deterministic result (explicit seed, or temperature 0) answers identical
+    /// requests without inference; 0 turns the result cache off.
+    #[arg(long, env = "GENQ_RESULT_CACHE_TTL_SECS", default_value_t = 300)]
+    pub result_cache_ttl_secs: u64,
     /// On shutdown, how long jobs in hand may take to finish.
     #[arg(long, env = "GENQ_SHUTDOWN_TIMEOUT_SECS", default_value_t = 600)]
     pub shutdown_timeout_secs: u64,
@@ -102,10 +108,15 @@ pub async fn run_with_model(
         "worker ready"
     );
 
+    let cache_ttl = Duration::from_secs(config.result_cache_ttl_secs);
+    let model_file = engine.model().path().to_owned();
+    let cache =
+        tokio::task::spawn_blocking(move || ResultCache::open(&model_file, cache_ttl)).await??;
     let runner = Arc::new(JobRunner {
         db: pool.clone(),
         engine,
         worker_name: name.clone(),
+        cache,
     });
     let max_jobs = config
         .max_jobs

@@ -18,6 +18,8 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::cache::ResultCache;
+
 /// How often a running job's status is re-read to notice a cancellation.
 const CANCEL_CHECK: Duration = Duration::from_millis(500);
 
@@ -25,6 +27,7 @@ pub struct JobRunner {
     pub(crate) db: PgPool,
     pub(crate) engine: Engine,
     pub(crate) worker_name: String,
+    pub(crate) cache: Option<ResultCache>,
 }
 
 enum Outcome {
@@ -83,18 +86,40 @@ impl JobRunner {
             seed: claim.params.effective_seed(claim.id),
             stop: claim.params.stop.clone(),
         };
-        // Every prompt goes to the engine now, so they share decode steps. Dropping `pending`
-        // cancels whatever has not finished.
+        let keys: Vec<Option<Vec<u8>>> = claim
+            .prompts
+            .iter()
+            .map(|p| self.cache.as_ref().and_then(|c| c.key(p, &claim.params)))
+            .collect();
+        let mut finished = match &self.cache {
+            Some(cache) => {
+                let wanted: Vec<(usize, Vec<u8>)> = keys
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| Some((i, k.clone()?)))
+                    .collect();
+                cache.lookup(&self.db, &wanted).await?
+            }
+            None => Vec::new(),
+        };
+        if !finished.is_empty() {
+            tracing::info!(hits = finished.len(), "answered from the result cache");
+        }
+        let answered: Vec<bool> = (0..claim.prompts.len())
+            .map(|i| finished.iter().any(|g| g.index as usize == i))
+            .collect();
+        // Every other prompt goes to the engine now, so they share decode steps. Dropping
+        // `pending` cancels whatever has not finished.
         let mut pending: FuturesUnordered<_> = claim
             .prompts
             .iter()
             .enumerate()
+            .filter(|(index, _)| !answered[*index])
             .map(|(index, prompt)| {
                 let generation = self.engine.generate(prompt.clone(), params.clone());
                 async move { (index, generation.await) }
             })
             .collect();
-        let mut finished = Vec::with_capacity(claim.prompts.len());
         let mut cancel_check = tokio::time::interval(CANCEL_CHECK);
         cancel_check.tick().await;
         loop {
@@ -110,6 +135,8 @@ impl JobRunner {
                             genq_engine::FinishReason::Length => FinishReason::Length,
                             genq_engine::FinishReason::Stop => FinishReason::Stop,
                         },
+                        cache_key: keys[index].clone(),
+                        cached: false,
                     }),
                     Some((index, Err(error))) => {
                         finished.sort_by_key(|g| g.index);

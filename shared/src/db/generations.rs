@@ -1,8 +1,10 @@
 //! Stored generations: one row per prompt of a finished job; `/history` reads them newest first.
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 
-use crate::types::{GenerationRecord, HistoryPage};
+use crate::types::{FinishReason, GenerationRecord, HistoryPage};
 
 /// Keyset pagination on the generation sequence: a page never repeats or skips rows because newer
 /// ones were inserted meanwhile.
@@ -44,6 +46,33 @@ pub async fn of_job(pool: &PgPool, job_id: uuid::Uuid) -> sqlx::Result<Vec<Gener
            where job_id = $1 order by prompt_index"#,
     )
     .bind(job_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// A result the cache can answer with.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CachedResult {
+    pub cache_key: Vec<u8>,
+    pub generated_text: String,
+    pub completion_tokens: i32,
+    pub finish_reason: FinishReason,
+}
+
+/// The newest inferred result for each key, among those younger than `ttl`.
+pub async fn cached(
+    pool: &PgPool,
+    keys: &[Vec<u8>],
+    ttl: Duration,
+) -> sqlx::Result<Vec<CachedResult>> {
+    sqlx::query_as(
+        r#"select distinct on (cache_key) cache_key, generated_text, completion_tokens, finish_reason
+           from generations
+           where cache_key = any($1) and created_at > now() - make_interval(secs => $2)
+           order by cache_key, created_at desc"#,
+    )
+    .bind(keys)
+    .bind(ttl.as_secs_f64())
     .fetch_all(pool)
     .await
 }

@@ -40,6 +40,10 @@ pub struct NewGeneration {
     pub text: String,
     pub completion_tokens: i32,
     pub finish_reason: FinishReason,
+    /// Set on results of inference for a deterministic request, so later ones can reuse them.
+    pub cache_key: Option<Vec<u8>>,
+    /// Answered from the result cache, without inference.
+    pub cached: bool,
 }
 
 pub async fn insert(
@@ -86,8 +90,11 @@ pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
     else {
         return Ok(None);
     };
-    let results: Vec<ResultItem> = sqlx::query_as::<_, (i32, String, String, i32, FinishReason)>(
-        r#"select prompt_index, prompt, generated_text, completion_tokens, finish_reason
+    let results: Vec<ResultItem> = sqlx::query_as::<
+        _,
+        (i32, String, String, i32, FinishReason, bool),
+    >(
+        r#"select prompt_index, prompt, generated_text, completion_tokens, finish_reason, cached
            from generations where job_id = $1 order by prompt_index"#,
     )
     .bind(id)
@@ -95,12 +102,13 @@ pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
     .await?
     .into_iter()
     .map(
-        |(index, prompt, generated_text, completion_tokens, finish_reason)| ResultItem {
+        |(index, prompt, generated_text, completion_tokens, finish_reason, cached)| ResultItem {
             index,
             prompt,
             generated_text,
             completion_tokens,
             finish_reason,
+            cached,
         },
     )
     .collect();
@@ -230,12 +238,16 @@ async fn insert_generations(
     let texts: Vec<&str> = results.iter().map(|r| r.text.as_str()).collect();
     let tokens: Vec<i32> = results.iter().map(|r| r.completion_tokens).collect();
     let reasons: Vec<FinishReason> = results.iter().map(|r| r.finish_reason).collect();
+    let cache_keys: Vec<Option<&[u8]>> = results.iter().map(|r| r.cache_key.as_deref()).collect();
+    let cached: Vec<bool> = results.iter().map(|r| r.cached).collect();
     sqlx::query(
         r#"insert into generations
-               (id, job_id, prompt_index, prompt, generated_text, completion_tokens, finish_reason, model_name)
-           select id, $2, idx, prompt, text, tokens, reason, $8
-           from unnest($1::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[])
-               as t(id, idx, prompt, text, tokens, reason)
+               (id, job_id, prompt_index, prompt, generated_text, completion_tokens, finish_reason,
+                model_name, cache_key, cached)
+           select id, $2, idx, prompt, text, tokens, reason, $8, key, hit
+           from unnest($1::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
+                       $9::bytea[], $10::bool[])
+               as t(id, idx, prompt, text, tokens, reason, key, hit)
            order by idx"#,
     )
     .bind(ids)
@@ -246,6 +258,8 @@ async fn insert_generations(
     .bind(tokens)
     .bind(reasons)
     .bind(model)
+    .bind(cache_keys)
+    .bind(cached)
     .execute(&mut **tx)
     .await?;
     Ok(())
