@@ -20,6 +20,7 @@ use genq_engine::Model;
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, queue,
+    reconcile::{ReconcileConfig, Reconciler},
     wait::FinalJobs,
 };
 use sqlx::PgPool;
@@ -64,6 +65,20 @@ pub struct Config {
     pub generate_timeout_secs: u64,
     #[arg(long, env = "GENQ_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
+    /// Claims a job may have before a lost worker or a transient failure fails it for good.
+    #[arg(long, env = "GENQ_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+    /// A job's deadline when the request gives no `timeout_secs`.
+    #[arg(long, env = "GENQ_JOB_TIMEOUT_SECS", default_value_t = 600)]
+    pub job_timeout_secs: u64,
+    /// The largest `timeout_secs` a request may ask for.
+    #[arg(long, env = "GENQ_JOB_TIMEOUT_MAX_SECS", default_value_t = 86_400)]
+    pub job_timeout_max_secs: u64,
+    #[command(flatten)]
+    pub reconcile: ReconcileConfig,
+    /// How often the reconciler runs; 0 turns it off in this process.
+    #[arg(long, env = "GENQ_RECONCILE_INTERVAL_SECS", default_value_t = 5)]
+    pub reconcile_interval_secs: u64,
 }
 
 #[derive(Clone)]
@@ -74,6 +89,7 @@ pub struct AppState {
     redis: redis::aio::ConnectionManager,
     finals: FinalJobs,
     limits: Arc<validate::Limits>,
+    max_attempts: i32,
     generate_wait: Duration,
     model_name: Option<String>,
 }
@@ -81,6 +97,7 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    reconciler: Option<(Reconciler, Duration)>,
 }
 
 impl Application {
@@ -114,7 +131,16 @@ impl Application {
                 .filter(|w| !w.is_empty())
                 .collect::<HashSet<_>>(),
             context,
+            default_timeout_secs: config.job_timeout_secs,
+            max_timeout_secs: config.job_timeout_max_secs,
         };
+        let reconciler = (config.reconcile_interval_secs > 0).then(|| Reconciler {
+            db: pool.clone(),
+            storage: storage.clone(),
+            redis: redis.clone(),
+            queue: config.queue.queue.clone(),
+            config: config.reconcile.clone(),
+        });
         let state = AppState {
             db: pool,
             queue: storage,
@@ -123,6 +149,7 @@ impl Application {
             finals,
             model_name: limits.context.as_ref().map(|(m, _)| m.name().to_owned()),
             limits: Arc::new(limits),
+            max_attempts: config.max_attempts.max(1),
             generate_wait: Duration::from_secs(config.generate_timeout_secs),
         };
         let router = routes::router()
@@ -132,7 +159,12 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding the API to {}", config.addr))?;
-        Ok(Application { listener, router })
+        Ok(Application {
+            listener,
+            router,
+            reconciler: reconciler
+                .map(|r| (r, Duration::from_secs(config.reconcile_interval_secs))),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -145,9 +177,20 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
+        let (stop_reconciler, reconciler_stopped) = tokio::sync::oneshot::channel::<()>();
+        let reconciling = self.reconciler.map(|(reconciler, every)| {
+            tokio::spawn(reconciler.run(every, async move {
+                let _ = reconciler_stopped.await;
+            }))
+        });
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        drop(stop_reconciler);
+        if let Some(task) = reconciling {
+            let _ = task.await;
+        }
+        served
     }
 }

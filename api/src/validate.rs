@@ -24,6 +24,8 @@ pub struct BatchRequest {
     pub top_p: Option<f32>,
     pub seed: Option<u32>,
     pub stop: Option<Stop>,
+    /// Seconds from submission until the job ends failed with code `timeout`.
+    pub timeout_secs: Option<u64>,
 }
 
 /// A stop string or a list of them, as OpenAI's API accepts.
@@ -41,11 +43,14 @@ pub struct Limits {
     pub forbidden_words: HashSet<String>,
     /// The model's vocabulary and each sequence's context, when the API was given the model.
     pub context: Option<(Arc<Model>, u32)>,
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
 }
 
 pub struct ValidJob {
     pub prompts: Vec<String>,
     pub params: JobParams,
+    pub timeout: std::time::Duration,
 }
 
 pub async fn validate(request: BatchRequest, limits: Arc<Limits>) -> Result<ValidJob> {
@@ -136,6 +141,16 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
             ),
         ));
     }
+    let timeout_secs = request.timeout_secs.unwrap_or(limits.default_timeout_secs);
+    if !(1..=limits.max_timeout_secs).contains(&timeout_secs) {
+        return Err(ApiError::invalid(
+            "timeout_secs",
+            format!(
+                "timeout_secs must be between 1 and {}",
+                limits.max_timeout_secs
+            ),
+        ));
+    }
     let params = JobParams {
         max_tokens,
         temperature,
@@ -144,7 +159,11 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
         seed: request.seed,
         stop,
     };
-    Ok(ValidJob { prompts, params })
+    Ok(ValidJob {
+        prompts,
+        params,
+        timeout: std::time::Duration::from_secs(timeout_secs),
+    })
 }
 
 /// Whole words, case-insensitively: "hate" refuses "I HATE it" but not "chateau".

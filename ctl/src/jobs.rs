@@ -5,6 +5,7 @@ use genq_shared::{
     config::DatabaseConfig,
     db::{self, jobs::CancelOutcome},
     queue as dispatch,
+    types::JobStatus,
 };
 use uuid::Uuid;
 
@@ -24,6 +25,27 @@ enum JobsCommand {
     Show { id: Uuid },
     /// Cancel a queued or running job.
     Cancel { id: Uuid },
+    /// List jobs, newest first; `--status failed` is the dead list.
+    List {
+        #[arg(long, value_enum)]
+        status: Option<JobStatus>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put failed jobs back in the queue with fresh attempts: one, or every failed job.
+    Retry {
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<Uuid>,
+        #[arg(long)]
+        all_failed: bool,
+    },
+    /// Delete finished jobs (and their results) that finished longer ago than this.
+    Cleanup {
+        #[arg(long, value_name = "SECONDS")]
+        older_than: u64,
+    },
 }
 
 pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
@@ -51,6 +73,53 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
                 return Ok(Done::Failed);
             }
         },
+        JobsCommand::List {
+            status,
+            limit,
+            json,
+        } => {
+            let jobs = db::recovery::list(&pool, status, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                return Ok(Done::Ok);
+            }
+            println!(
+                "{:<36}  {:<9}  {:>7}  {:>7}  error",
+                "id", "status", "prompts", "attempt"
+            );
+            for job in &jobs {
+                let error = job.error_code.as_ref().map_or(String::new(), |code| {
+                    format!("{code}: {}", job.error_message.as_deref().unwrap_or(""))
+                });
+                println!(
+                    "{:<36}  {:<9}  {:>7}  {:>7}  {error}",
+                    job.id, job.status, job.prompt_count, job.attempt
+                );
+            }
+        }
+        JobsCommand::Retry { id, all_failed: _ } => {
+            let ids = db::recovery::retry_failed(&pool, id).await?;
+            if ids.is_empty() {
+                eprintln!("no failed job to retry");
+                return Ok(if id.is_some() { Done::Failed } else { Done::Ok });
+            }
+            let (mut storage, mut redis) = dispatch::connect(&args.backends.queue).await?;
+            dispatch::redispatch(&mut storage, &mut redis, &args.backends.queue.queue, &ids)
+                .await?;
+            println!("{} job(s) queued again", ids.len());
+        }
+        JobsCommand::Cleanup { older_than } => {
+            let older = std::time::Duration::from_secs(older_than);
+            let mut deleted = 0;
+            loop {
+                let batch = db::recovery::delete_finished(&pool, older, 1000).await?;
+                deleted += batch.len();
+                if batch.len() < 1000 {
+                    break;
+                }
+            }
+            println!("{deleted} finished job(s) deleted");
+        }
     }
     Ok(Done::Ok)
 }

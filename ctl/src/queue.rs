@@ -3,7 +3,11 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use genq_shared::{db, queue as dispatch, types::QueueStats};
+use genq_shared::{
+    db, queue as dispatch,
+    reconcile::{ReconcileConfig, Reconciler},
+    types::QueueStats,
+};
 
 use crate::{Backends, Done, connect_db};
 
@@ -38,6 +42,14 @@ enum QueueCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// One reconciler pass now: re-queue jobs of lost workers, re-dispatch queued jobs Redis
+    /// lost, fail queued jobs past their deadline, vacuum Redis, apply retention.
+    Reconcile {
+        #[command(flatten)]
+        config: ReconcileConfig,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
@@ -60,6 +72,9 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
             println!("intake resumed");
         }
         QueueCommand::Drain { timeout } => return drain(&pool, Duration::from_secs(timeout)).await,
+        QueueCommand::Reconcile { config, json } => {
+            return reconcile(pool, &args.backends, config, json).await;
+        }
         QueueCommand::Purge { yes } => {
             if !yes {
                 eprintln!("purge cancels every queued job; run again with --yes to do it");
@@ -92,6 +107,38 @@ fn print_stats(stats: &QueueStats) {
             "open"
         }
     );
+}
+
+async fn reconcile(
+    pool: sqlx::PgPool,
+    backends: &crate::Backends,
+    config: ReconcileConfig,
+    json: bool,
+) -> anyhow::Result<Done> {
+    let (storage, redis) = dispatch::connect(&backends.queue).await?;
+    let mut reconciler = Reconciler {
+        db: pool,
+        storage,
+        redis,
+        queue: backends.queue.queue.clone(),
+        config,
+    };
+    let pass = reconciler.pass().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pass)?);
+    } else {
+        println!(
+            "re-queued {} (lost workers), failed {} (out of attempts), timed out {}, \
+             re-dispatched {}, vacuumed {} Redis task(s), deleted {} old job(s)",
+            pass.requeued,
+            pass.failed_lost,
+            pass.timed_out,
+            pass.redispatched,
+            pass.vacuumed,
+            pass.deleted
+        );
+    }
+    Ok(Done::Ok)
 }
 
 async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {

@@ -6,12 +6,14 @@
 //! - [`types`]: JSON shapes of jobs, results and generations.
 //! - [`db`]: connecting, migrations, and the data access of each table.
 //! - [`queue`]: apalis/Redis dispatch and the removal of waiting tasks.
+//! - [`reconcile`]: re-dispatching what Redis lost, re-queueing jobs of lost workers, retention.
 //! - [`wait`]: waiting for jobs to reach a final status via `LISTEN`/`NOTIFY`.
 //! - [`telemetry`]: tracing setup for the binaries.
 
 pub mod config;
 pub mod db;
 pub mod queue;
+pub mod reconcile;
 pub mod telemetry;
 pub mod types;
 pub mod wait;

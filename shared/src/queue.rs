@@ -21,6 +21,7 @@ pub struct Dispatch {
 }
 
 pub type Storage = RedisStorage<Dispatch>;
+pub type RedisConnection = ConnectionManager;
 
 /// apalis's settings for genq's queue. The queue name is always explicit: apalis's default is the
 /// Rust type name, which differs between binaries built from different module paths.
@@ -82,6 +83,80 @@ pub async fn remove(
         removed += replies.chunks(4).filter(|r| r[0] + r[1] > 0).count() as u64;
     }
     Ok(removed)
+}
+
+/// Puts jobs back on the queue: drops whatever Redis still holds of their tasks (apalis will not
+/// overwrite an existing payload), then pushes them afresh. A task still in a worker's hands may
+/// then be delivered twice; the claim in PostgreSQL lets only one delivery run.
+pub async fn redispatch(
+    storage: &mut Storage,
+    conn: &mut ConnectionManager,
+    queue: &str,
+    job_ids: &[Uuid],
+) -> anyhow::Result<()> {
+    remove(conn, queue, job_ids).await?;
+    for id in job_ids {
+        dispatch(storage, *id).await?;
+    }
+    Ok(())
+}
+
+/// Which of these jobs Redis no longer has a live task for: no payload (Redis lost it) or a
+/// task apalis has finished with, although PostgreSQL still has the job queued.
+pub async fn missing(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    job_ids: &[Uuid],
+) -> anyhow::Result<Vec<Uuid>> {
+    let config = storage_config(queue);
+    let mut pipe = redis::pipe();
+    for id in job_ids {
+        let task = task_id(*id).to_string();
+        pipe.hexists(config.job_data_hash(), &task)
+            .sismember(config.done_jobs_set(), &task)
+            .sismember(config.dead_jobs_set(), &task);
+    }
+    let replies: Vec<bool> = pipe
+        .query_async(conn)
+        .await
+        .context("reading task states from Redis")?;
+    Ok(job_ids
+        .iter()
+        .zip(replies.chunks(3))
+        .filter(|(_, r)| !r[0] || r[1] || r[2])
+        .map(|(id, _)| *id)
+        .collect())
+}
+
+/// Drops payloads and metadata of tasks apalis has finished with (its done and dead sets), which
+/// it would otherwise keep forever. Returns how many went.
+pub async fn vacuum(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<u64> {
+    let config = storage_config(queue);
+    let mut vacuumed = 0;
+    for set in [config.done_jobs_set(), config.dead_jobs_set()] {
+        loop {
+            let tasks: Vec<String> = redis::cmd("SPOP")
+                .arg(&set)
+                .arg(500)
+                .query_async(conn)
+                .await
+                .context("reading finished tasks from Redis")?;
+            if tasks.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for task in &tasks {
+                pipe.hdel(config.job_data_hash(), task)
+                    .del(format!("{}:{task}", config.job_meta_hash()))
+                    .ignore();
+            }
+            pipe.query_async::<()>(conn)
+                .await
+                .context("vacuuming Redis")?;
+            vacuumed += tasks.len() as u64;
+        }
+    }
+    Ok(vacuumed)
 }
 
 /// Tasks waiting in Redis (ready or scheduled), for operators' figures.

@@ -161,3 +161,16 @@ pub struct QueueStats {
     pub live_workers: i64,
     pub intake_paused: bool,
 }
+
+/// One line of `genqctl jobs list`.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct JobSummary {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub prompt_count: i32,
+    pub attempt: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}

@@ -21,6 +21,7 @@ use genq_engine::{Engine, EngineConfig, Model, Placement};
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, queue,
+    wait::FinalJobs,
 };
 
 use crate::{cache::ResultCache, runner::JobRunner};
@@ -98,7 +99,8 @@ pub async fn run_with_model(
     let name = unique_name(config.name.as_deref());
     let model_name = engine.model().name().to_owned();
     let registration = registry::register(&pool, &name, &model_name, engine.slots()).await?;
-    let (storage, _) = queue::connect(&config.queue).await?;
+    let (storage, redis) = queue::connect(&config.queue).await?;
+    let finals = FinalJobs::listen(pool.clone()).await?;
     tracing::info!(
         worker = %name,
         model = %model_name,
@@ -117,6 +119,10 @@ pub async fn run_with_model(
         engine,
         worker_name: name.clone(),
         cache,
+        finals,
+        storage: storage.clone(),
+        redis,
+        queue: config.queue.queue.clone(),
     });
     let max_jobs = config
         .max_jobs

@@ -11,8 +11,11 @@ use genq_shared::{
     db::{
         self,
         jobs::{Claim, NewGeneration},
+        recovery::Released,
     },
-    types::{ErrorDetail, FinishReason, JobStatus},
+    queue,
+    types::{ErrorDetail, FinishReason},
+    wait::FinalJobs,
 };
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -20,20 +23,25 @@ use uuid::Uuid;
 
 use crate::cache::ResultCache;
 
-/// How often a running job's status is re-read to notice a cancellation.
-const CANCEL_CHECK: Duration = Duration::from_millis(500);
-
 pub struct JobRunner {
     pub(crate) db: PgPool,
     pub(crate) engine: Engine,
     pub(crate) worker_name: String,
     pub(crate) cache: Option<ResultCache>,
+    /// Tells a running job it was cancelled (its status went final under it).
+    pub(crate) finals: FinalJobs,
+    /// For putting a job back on the queue after a transient failure.
+    pub(crate) storage: queue::Storage,
+    pub(crate) redis: genq_shared::queue::RedisConnection,
+    pub(crate) queue: String,
 }
 
 enum Outcome {
     Completed(Vec<NewGeneration>),
     Failed(Vec<NewGeneration>, ErrorDetail),
-    Cancelled,
+    /// Worth another attempt (the engine stopped or llama.cpp failed a decode).
+    Transient(ErrorDetail),
+    Cancelled(Vec<NewGeneration>),
 }
 
 impl JobRunner {
@@ -55,8 +63,41 @@ impl JobRunner {
             "job started"
         );
         let stored = match self.generate(&claim).await? {
-            Outcome::Cancelled => {
-                tracing::info!("job cancelled while running");
+            Outcome::Cancelled(finished) => {
+                let write = || db::jobs::keep_cancelled_results(&self.db, &claim, model, &finished);
+                let kept = write.retry(write_backoff()).notify(log_retry).await?;
+                tracing::info!(
+                    finished = finished.len(),
+                    kept,
+                    "job cancelled while running"
+                );
+                return Ok(());
+            }
+            Outcome::Transient(error) => {
+                let release = || {
+                    db::recovery::release(
+                        &self.db,
+                        claim.id,
+                        claim.attempt,
+                        &error.code,
+                        &error.message,
+                    )
+                };
+                let released = release.retry(write_backoff()).notify(log_retry).await?;
+                tracing::warn!(code = %error.code, message = %error.message, ?released, "job attempt failed");
+                if released == Released::Requeued {
+                    let mut storage = self.storage.clone();
+                    let mut redis = self.redis.clone();
+                    // If this fails the reconciler finds the queued job missing from Redis.
+                    if let Err(e) =
+                        queue::redispatch(&mut storage, &mut redis, &self.queue, &[claim.id]).await
+                    {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "could not re-dispatch; the reconciler will"
+                        );
+                    }
+                }
                 return Ok(());
             }
             Outcome::Completed(results) => {
@@ -120,8 +161,26 @@ impl JobRunner {
                 async move { (index, generation.await) }
             })
             .collect();
-        let mut cancel_check = tokio::time::interval(CANCEL_CHECK);
-        cancel_check.tick().await;
+        // The job's status turning final under us means it was cancelled: PostgreSQL notifies at
+        // once, and the wait re-reads the status every second in case a notification is missed.
+        let cancelled = async {
+            loop {
+                match self.finals.wait(claim.id, Duration::from_secs(3600)).await {
+                    Ok(Some(status)) if status.is_final() => return,
+                    // Deleted under us: nobody wants the results.
+                    Ok(None) => return,
+                    Ok(Some(_)) => {}
+                    // PostgreSQL unreachable: that is no cancellation; keep generating.
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        };
+        tokio::pin!(cancelled);
+        let deadline = claim.deadline.map_or(Duration::MAX, |d| {
+            (d - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO)
+        });
+        let past_deadline = tokio::time::sleep(deadline);
+        tokio::pin!(past_deadline);
         loop {
             tokio::select! {
                 next = pending.next() => match next {
@@ -140,13 +199,30 @@ impl JobRunner {
                     }),
                     Some((index, Err(error))) => {
                         finished.sort_by_key(|g| g.index);
-                        return Ok(Outcome::Failed(finished, error_detail(index, &error)));
+                        let detail = error_detail(index, &error);
+                        return Ok(match error {
+                            GenerationError::PromptTooLong { .. } => Outcome::Failed(finished, detail),
+                            GenerationError::Decode(_) | GenerationError::EngineStopped => {
+                                Outcome::Transient(detail)
+                            }
+                        });
                     }
                 },
-                _ = cancel_check.tick() => {
-                    if db::jobs::status(&self.db, claim.id).await? != Some(JobStatus::Running) {
-                        return Ok(Outcome::Cancelled);
-                    }
+                _ = &mut cancelled => {
+                    finished.sort_by_key(|g| g.index);
+                    return Ok(Outcome::Cancelled(finished));
+                }
+                _ = &mut past_deadline => {
+                    finished.sort_by_key(|g| g.index);
+                    let error = ErrorDetail {
+                        code: "timeout".into(),
+                        message: format!(
+                            "the deadline passed with {} of {} prompts finished",
+                            finished.len(),
+                            claim.prompts.len()
+                        ),
+                    };
+                    return Ok(Outcome::Failed(finished, error));
                 }
             }
         }

@@ -3,15 +3,20 @@
 use axum::{
     Json, Router,
     extract::{Path, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use genq_shared::{
-    db::{self, jobs::CancelOutcome},
+    db::{
+        self,
+        idempotency::Earlier,
+        jobs::{CancelOutcome, RunPolicy},
+    },
     queue,
     types::{Accepted, JobStatus, JobView},
 };
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::parse_task_id;
@@ -19,7 +24,7 @@ use crate::{
     AppState,
     error::{ApiError, Result},
     extract::JsonBody,
-    validate::{BatchRequest, validate},
+    validate::{BatchRequest, ValidJob, validate},
 };
 
 pub fn router() -> Router<AppState> {
@@ -29,11 +34,29 @@ pub fn router() -> Router<AppState> {
         .route("/batch/{task_id}/cancel", post(cancel_batch))
 }
 
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
 async fn submit_batch(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
-    let id = submit(&state, request).await?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_owned()),
+            _ => {
+                return Err(ApiError::invalid(
+                    "Idempotency-Key",
+                    format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                    ),
+                ));
+            }
+        },
+    };
+    let id = submit(&state, request, key.as_deref()).await?;
     Ok(accepted(id))
 }
 
@@ -51,14 +74,42 @@ pub(crate) fn accepted(id: Uuid) -> Response {
 /// Validates, records and dispatches a job. The job is recorded before it is dispatched, so a
 /// worker never receives an id PostgreSQL does not know.
 #[tracing::instrument(skip_all, fields(task_id = tracing::field::Empty), err(level = "info"))]
-pub(crate) async fn submit(state: &AppState, request: BatchRequest) -> Result<Uuid> {
+pub(crate) async fn submit(
+    state: &AppState,
+    request: BatchRequest,
+    idempotency_key: Option<&str>,
+) -> Result<Uuid> {
     let job = validate(request, state.limits.clone()).await?;
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
     let id = Uuid::now_v7();
     tracing::Span::current().record("task_id", tracing::field::display(id));
-    db::jobs::insert(&state.db, id, &job.prompts, &job.params).await?;
+    let policy = RunPolicy {
+        max_attempts: state.max_attempts,
+        timeout: job.timeout,
+    };
+    match idempotency_key {
+        None => db::jobs::insert(&state.db, id, &job.prompts, &job.params, policy).await?,
+        Some(key) => {
+            let mut tx = state.db.begin().await?;
+            db::jobs::insert(&mut *tx, id, &job.prompts, &job.params, policy).await?;
+            match db::idempotency::claim(&mut tx, key, &request_hash(&job), id).await? {
+                None => tx.commit().await?,
+                Some(Earlier::Same(earlier)) => {
+                    tx.rollback().await?;
+                    tracing::info!(%earlier, "repeat of an idempotent request");
+                    return Ok(earlier);
+                }
+                Some(Earlier::Different) => {
+                    tx.rollback().await?;
+                    return Err(ApiError::Conflict(format!(
+                        "Idempotency-Key {key:?} was already used with a different request"
+                    )));
+                }
+            }
+        }
+    }
     let mut storage = state.queue.clone();
     if let Err(e) = queue::dispatch(&mut storage, id).await {
         tracing::warn!(error = ?e, "dispatch failed; withdrawing the job");
@@ -72,6 +123,17 @@ pub(crate) async fn submit(state: &AppState, request: BatchRequest) -> Result<Uu
     }
     tracing::info!(prompts = job.prompts.len(), "job queued");
     Ok(id)
+}
+
+/// What makes two requests "the same" for an idempotency key: the validated job, defaults
+/// filled in.
+fn request_hash(job: &ValidJob) -> Vec<u8> {
+    let canonical = serde_json::json!({
+        "prompts": job.prompts,
+        "params": job.params,
+        "timeout_secs": job.timeout.as_secs(),
+    });
+    Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
 async fn batch_result(

@@ -25,7 +25,7 @@ async fn generate(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
-    let id = submit(&state, request).await?;
+    let id = submit(&state, request, None).await?;
     let status = state
         .finals
         .wait(id, state.generate_wait)

@@ -31,6 +31,16 @@ pub struct Claim {
     pub attempt: i32,
     pub prompts: Vec<String>,
     pub params: JobParams,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// How a job is run, beyond its sampling parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct RunPolicy {
+    /// Claims allowed before a lost worker or transient failure fails the job.
+    pub max_attempts: i32,
+    /// From submission to the deadline.
+    pub timeout: std::time::Duration,
 }
 
 /// One prompt's finished result, as a worker hands it in.
@@ -46,19 +56,25 @@ pub struct NewGeneration {
     pub cached: bool,
 }
 
-pub async fn insert(
-    pool: &PgPool,
+pub async fn insert<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     id: Uuid,
     prompts: &[String],
     params: &JobParams,
+    policy: RunPolicy,
 ) -> sqlx::Result<()> {
-    sqlx::query(r#"insert into jobs (id, prompts, prompt_count, params) values ($1, $2, $3, $4)"#)
-        .bind(id)
-        .bind(Json(prompts))
-        .bind(prompts.len() as i32)
-        .bind(Json(params))
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        r#"insert into jobs (id, prompts, prompt_count, params, max_attempts, deadline)
+           values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))"#,
+    )
+    .bind(id)
+    .bind(Json(prompts))
+    .bind(prompts.len() as i32)
+    .bind(Json(params))
+    .bind(policy.max_attempts)
+    .bind(policy.timeout.as_secs_f64())
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
@@ -148,22 +164,29 @@ pub async fn claim(
     worker: &str,
     model: &str,
 ) -> sqlx::Result<Option<Claim>> {
-    let row: Option<(i32, Json<Vec<String>>, Json<JobParams>)> = sqlx::query_as(
+    type Row = (
+        i32,
+        Json<Vec<String>>,
+        Json<JobParams>,
+        Option<DateTime<Utc>>,
+    );
+    let row: Option<Row> = sqlx::query_as(
         r#"update jobs set status = 'running', worker = $2, model = $3, attempt = attempt + 1,
                   started_at = now()
            where id = $1 and status = 'queued'
-           returning attempt, prompts, params"#,
+           returning attempt, prompts, params, deadline"#,
     )
     .bind(id)
     .bind(worker)
     .bind(model)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(attempt, prompts, params)| Claim {
+    Ok(row.map(|(attempt, prompts, params, deadline)| Claim {
         id,
         attempt,
         prompts: prompts.0,
         params: params.0,
+        deadline,
     }))
 }
 
@@ -187,6 +210,32 @@ pub async fn fail(
     error: &ErrorDetail,
 ) -> sqlx::Result<bool> {
     finish(pool, claim, model, finished, JobStatus::Failed, Some(error)).await
+}
+
+/// Keeps the prompts that finished before the job was cancelled, if the cancellation came during
+/// this claim. `false` when the claim is not the one cancelled.
+pub async fn keep_cancelled_results(
+    pool: &PgPool,
+    claim: &Claim,
+    model: &str,
+    finished: &[NewGeneration],
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let ours: Option<i32> = sqlx::query_scalar(
+        r#"select attempt from jobs where id = $1 and status = 'cancelled' and attempt = $2
+           for update"#,
+    )
+    .bind(claim.id)
+    .bind(claim.attempt)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if ours.is_none() {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    insert_generations(&mut tx, claim, model, finished).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn finish(
@@ -265,7 +314,7 @@ async fn insert_generations(
     Ok(())
 }
 
-async fn notify_final(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<()> {
+pub(super) async fn notify_final(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(r#"select pg_notify($1, $2)"#)
         .bind(FINAL_CHANNEL)
         .bind(id.to_string())

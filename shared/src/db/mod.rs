@@ -3,7 +3,9 @@
 
 pub mod control;
 pub mod generations;
+pub mod idempotency;
 pub mod jobs;
+pub mod recovery;
 pub mod workers;
 
 use std::time::Duration;

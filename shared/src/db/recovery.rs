@@ -1,0 +1,180 @@
+//! What the reconciler and operators need to bring jobs back: jobs held by workers that stopped
+//! heartbeating, queued jobs past their deadline or possibly lost by Redis, the dead list and its
+//! retry, and removal of finished jobs past retention.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::jobs::notify_final;
+use crate::types::{JobStatus, JobSummary};
+
+/// Running jobs whose worker has not heartbeated for `stale_after`, has stopped, or is unknown,
+/// with the attempt they are at.
+pub async fn abandoned(pool: &PgPool, stale_after: Duration) -> sqlx::Result<Vec<(Uuid, i32)>> {
+    sqlx::query_as(
+        r#"select j.id, j.attempt from jobs j left join workers w on w.name = j.worker
+           where j.status = 'running'
+             and (w.name is null or w.stopped_at is not null
+                  or w.last_seen < now() - make_interval(secs => $1))"#,
+    )
+    .bind(stale_after.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// What became of a job taken back from a lost claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Back to queued: the caller dispatches it again.
+    Requeued,
+    /// Out of attempts: failed for good.
+    Failed,
+    /// The claim was no longer current (finished, cancelled or claimed again meanwhile).
+    Stale,
+}
+
+/// Takes a job back from the claim `attempt`: queued again while attempts remain, else failed
+/// with `code` and `message`. Finished results of the lost attempt are discarded: the next one
+/// runs every prompt.
+pub async fn release(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    code: &str,
+    message: &str,
+) -> sqlx::Result<Released> {
+    let mut tx = pool.begin().await?;
+    let status: Option<JobStatus> = sqlx::query_scalar(
+        r#"update jobs set
+               status = case when attempt < max_attempts then 'queued' else 'failed' end,
+               queued_at = now(),
+               finished_at = case when attempt < max_attempts then null else now() end,
+               error_code = $3,
+               error_message = case when attempt < max_attempts then $4
+                                    else $4 || ' (gave up after ' || attempt || ' attempts)' end
+           where id = $1 and attempt = $2 and status = 'running'
+           returning status"#,
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(code)
+    .bind(message)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let released = match status {
+        None => Released::Stale,
+        Some(JobStatus::Queued) => {
+            sqlx::query(r#"delete from generations where job_id = $1"#)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            Released::Requeued
+        }
+        Some(_) => {
+            notify_final(&mut tx, id).await?;
+            Released::Failed
+        }
+    };
+    tx.commit().await?;
+    Ok(released)
+}
+
+/// Queued jobs past their deadline end failed with code `timeout`; returns their ids.
+pub async fn expire_queued(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        r#"update jobs set status = 'failed', finished_at = now(), error_code = 'timeout',
+                  error_message = 'the deadline passed before a worker took the job'
+           where status = 'queued' and deadline < now() returning id"#,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &ids {
+        notify_final(&mut tx, *id).await?;
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Queued jobs that have waited at least `waited`: candidates for a check against Redis.
+pub async fn queued_since(pool: &PgPool, waited: Duration, limit: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        r#"select id from jobs
+           where status = 'queued' and queued_at < now() - make_interval(secs => $1)
+           order by queued_at limit $2"#,
+    )
+    .bind(waited.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks jobs as dispatched again now, so they are not checked again at once.
+pub async fn touch_queued(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(r#"update jobs set queued_at = now() where id = any($1) and status = 'queued'"#)
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Jobs, newest first, optionally of one status.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<JobStatus>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobSummary>> {
+    sqlx::query_as(
+        r#"select id, status, prompt_count, attempt, error_code, error_message, created_at, finished_at
+           from jobs where $1::text is null or status = $1
+           order by created_at desc limit $2"#,
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts failed jobs back to queued with fresh attempts and deadline; their partial results go.
+/// `None` retries every failed job. Returns the ids to dispatch.
+pub async fn retry_failed(pool: &PgPool, id: Option<Uuid>) -> sqlx::Result<Vec<Uuid>> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        r#"update jobs set status = 'queued', attempt = 0, worker = null, error_code = null,
+                  error_message = null, started_at = null, finished_at = null, queued_at = now(),
+                  deadline = now() + (deadline - created_at)
+           where status = 'failed' and ($1::uuid is null or id = $1) returning id"#,
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(r#"delete from generations where job_id = any($1)"#)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Deletes finished jobs (and their results and idempotency keys) finished over `older_than`
+/// ago, a batch at a time; returns their ids.
+pub async fn delete_finished(
+    pool: &PgPool,
+    older_than: Duration,
+    batch: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        r#"delete from jobs where id in (
+               select id from jobs
+               where status in ('completed', 'failed', 'cancelled')
+                 and finished_at < now() - make_interval(secs => $1)
+               order by finished_at limit $2)
+           returning id"#,
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(batch)
+    .fetch_all(pool)
+    .await
+}
