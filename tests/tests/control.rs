@@ -1,0 +1,343 @@
+//! Job control against the real services: cancel, deadlines, lost workers and attempts, the dead
+//! list and retry, bad input, idempotency keys, retention, and Redis losing its queue.
+
+use std::time::Duration;
+
+use genq_shared::{
+    db::{self, recovery::Released},
+    types::{JobStatus, JobSummary},
+};
+use genq_tests::{AppOptions, PATIENCE, TestApp, redis_url, stdout};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Polls until the job is running (a worker has claimed it); fails after [`PATIENCE`].
+async fn until_running(app: &TestApp, id: Uuid) {
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while app.status(id).await != JobStatus::Running {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "job {id} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Makes the job look claimed by a worker that died: running, under an unknown worker name.
+async fn strand(app: &TestApp, id: Uuid, attempt: i32) {
+    sqlx::query("update jobs set status = 'running', worker = 'ghost', attempt = $2 where id = $1")
+        .bind(id)
+        .bind(attempt)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
+async fn reconcile(app: &TestApp) -> Value {
+    let out = app.genqctl(&["queue", "reconcile", "--json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// Enough work that a job is still running well after it starts: 48 prompts x 200 tokens
+/// through one slot.
+fn long_job() -> Value {
+    let prompts: Vec<String> = (0..48).map(|i| format!("Long story number {i}")).collect();
+    json!({ "prompts": prompts, "max_tokens": 200 })
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_stops_it_and_keeps_what_finished() {
+    let app = TestApp::spawn().await;
+    let worker = app.start_worker(1).await;
+    let id = app.submit(&long_job()).await;
+    until_running(&app, id).await;
+
+    let response = app.post(&format!("/batch/{id}/cancel"), &json!({})).await;
+    assert_eq!(response.status(), 200);
+    let view = app.wait_final(id).await;
+
+    assert_eq!(view.status, JobStatus::Cancelled);
+    assert!(view.counts.completed < 48, "{:?}", view.counts);
+    assert_eq!(view.counts.completed as usize, view.results.len());
+    assert!(
+        view.results.iter().all(|r| r.completion_tokens == 200),
+        "only whole prompts are kept"
+    );
+    // The slot is free again: a new job runs to completion on the one-slot worker.
+    let next = app
+        .submit(&json!({ "prompts": ["after"], "max_tokens": 4 }))
+        .await;
+    assert_eq!(app.wait_final(next).await.status, JobStatus::Completed);
+    let again = app.post(&format!("/batch/{id}/cancel"), &json!({})).await;
+    assert_eq!(again.status(), 409);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_job_past_its_deadline_fails_with_timeout_and_keeps_finished_prompts() {
+    let app = TestApp::spawn().await;
+    let worker = app.start_worker(1).await;
+    let mut body = long_job();
+    body["timeout_secs"] = json!(1);
+    let view = app.wait_final(app.submit(&body).await).await;
+
+    assert_eq!(view.status, JobStatus::Failed);
+    assert_eq!(view.error.as_ref().unwrap().code, "timeout");
+    assert_eq!(view.counts.completed as usize, view.results.len());
+    assert_eq!(view.counts.failed, 48 - view.counts.completed);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_job_past_its_deadline_is_failed_by_the_reconciler() {
+    let app = TestApp::spawn().await;
+    let id = app.submit(&json!({ "prompts": ["never run"] })).await;
+    sqlx::query("update jobs set deadline = now() - interval '1 second' where id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    assert_eq!(reconcile(&app).await["timed_out"], 1);
+    let view = app.view(id).await;
+    assert_eq!(view.status, JobStatus::Failed);
+    assert_eq!(view.error.unwrap().code, "timeout");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn timeout_secs_out_of_range_is_refused() {
+    let app = TestApp::spawn().await;
+    for bad in [json!(0), json!(86_401), json!("soon")] {
+        let response = app
+            .post("/batch", &json!({ "prompts": ["x"], "timeout_secs": bad }))
+            .await;
+        assert_eq!(response.status(), 422, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "timeout_secs");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_workers_job_is_requeued_and_completes_once() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(&json!({ "prompts": ["one", "two"], "max_tokens": 6 }))
+        .await;
+    strand(&app, id, 1).await;
+
+    assert_eq!(reconcile(&app).await["requeued"], 1);
+    assert_eq!(app.status(id).await, JobStatus::Queued);
+    let worker = app.start_worker(2).await;
+    let view = app.wait_final(id).await;
+
+    assert_eq!(view.status, JobStatus::Completed);
+    assert_eq!(view.results.len(), 2);
+    let attempt: i32 = sqlx::query_scalar("select attempt from jobs where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt, 2);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_out_of_attempts_is_dead_listed_and_can_be_retried() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(&json!({ "prompts": ["retry me"], "max_tokens": 5 }))
+        .await;
+    strand(&app, id, 3).await;
+
+    assert_eq!(reconcile(&app).await["failed_lost"], 1);
+    let view = app.view(id).await;
+    assert_eq!(view.status, JobStatus::Failed);
+    assert_eq!(view.error.unwrap().code, "worker_lost");
+    let listed = app
+        .genqctl(&["jobs", "list", "--status", "failed", "--json"])
+        .await;
+    let dead: Vec<JobSummary> = serde_json::from_str(&stdout(&listed)).unwrap();
+    assert_eq!(dead.iter().map(|j| j.id).collect::<Vec<_>>(), [id]);
+
+    let retried = app.genqctl(&["jobs", "retry", &id.to_string()]).await;
+    assert!(retried.status.success(), "{retried:?}");
+    let worker = app.start_worker(1).await;
+    let view = app.wait_final(id).await;
+    assert_eq!(view.status, JobStatus::Completed);
+    assert!(view.error.is_none());
+    let none_left = app.genqctl(&["jobs", "retry", "--all-failed"]).await;
+    assert!(stdout(&none_left).is_empty() || !stdout(&none_left).contains("queued again"));
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_fails_at_once_and_is_not_retried() {
+    // Without the model the API cannot see that the prompt is too long; the worker can.
+    let app = TestApp::spawn_with(AppOptions {
+        with_model: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let worker = app.start_worker(1).await;
+    let view = app
+        .wait_final(
+            app.submit(&json!({ "prompts": ["word ".repeat(300)] }))
+                .await,
+        )
+        .await;
+
+    assert_eq!(view.status, JobStatus::Failed);
+    assert_eq!(view.error.unwrap().code, "prompt_too_long");
+    let attempt: i32 = sqlx::query_scalar("select attempt from jobs where id = $1")
+        .bind(view.task_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt, 1);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_claims_late_write_is_refused() {
+    let app = TestApp::spawn().await;
+    let id = app.submit(&json!({ "prompts": ["race"] })).await;
+    let first = db::jobs::claim(&app.pool, id, "w1", "m")
+        .await
+        .unwrap()
+        .unwrap();
+    let released = db::recovery::release(&app.pool, id, first.attempt, "worker_lost", "test").await;
+    assert_eq!(released.unwrap(), Released::Requeued);
+    let second = db::jobs::claim(&app.pool, id, "w2", "m")
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(
+        !db::jobs::complete(&app.pool, &first, "m", &[])
+            .await
+            .unwrap()
+    );
+    assert!(
+        db::jobs::complete(&app.pool, &second, "m", &[])
+            .await
+            .unwrap()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_original_job_or_409() {
+    let app = TestApp::spawn().await;
+    let body = json!({ "prompts": ["once"], "max_tokens": 4 });
+    let send = |key: &'static str, body: Value| {
+        app.client
+            .post(format!("{}/batch", app.address))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+
+    let first = send("k-1", body.clone()).await.unwrap();
+    let repeat = send("k-1", body.clone()).await.unwrap();
+    let other_body = send("k-1", json!({ "prompts": ["twice"] })).await.unwrap();
+    let other_key = send("k-2", body).await.unwrap();
+
+    assert_eq!(first.status(), 202);
+    assert_eq!(repeat.status(), 202);
+    let id = |v: Value| v["task_id"].as_str().unwrap().to_owned();
+    let first_id = id(first.json().await.unwrap());
+    assert_eq!(id(repeat.json().await.unwrap()), first_id);
+    assert_eq!(other_body.status(), 409);
+    assert_ne!(id(other_key.json().await.unwrap()), first_id);
+    let jobs: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn finished_jobs_past_retention_are_deleted_and_redis_keeps_nothing() {
+    let app = TestApp::spawn().await;
+    let worker = app.start_worker(2).await;
+    let id = app
+        .submit(&json!({ "prompts": ["keep briefly"], "max_tokens": 4 }))
+        .await;
+    app.wait_final(id).await;
+    worker.stop().await;
+
+    // apalis keeps finished tasks' payloads; a reconcile pass removes them.
+    assert!(reconcile(&app).await["vacuumed"].as_u64().unwrap() >= 1);
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", app.queue))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains(":data") && !k.contains(":meta:") && !k.ends_with(":done")),
+        "{keys:?}"
+    );
+    sqlx::query("update jobs set finished_at = now() - interval '2 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let cleaned = app
+        .genqctl(&["jobs", "cleanup", "--older-than", "3600"])
+        .await;
+    assert!(
+        stdout(&cleaned).contains("1 finished job(s) deleted"),
+        "{}",
+        stdout(&cleaned)
+    );
+    assert_eq!(app.get(&format!("/batch_result/{id}")).await.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn queued_jobs_redis_lost_are_dispatched_again() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(&json!({ "prompts": ["lost and found"], "max_tokens": 4 }))
+        .await;
+    // Redis restarted empty, for this queue's namespace (other tests share the server).
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", app.queue))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    sqlx::query("update jobs set queued_at = now() - interval '1 minute'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    assert_eq!(reconcile(&app).await["redispatched"], 1);
+    let worker = app.start_worker(1).await;
+    assert_eq!(app.wait_final(id).await.status, JobStatus::Completed);
+    worker.stop().await;
+    app.stop().await;
+}
