@@ -141,11 +141,5 @@ pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result
             }
         }
     }
-    let wall = finishes.iter().copied().max().unwrap_or_default();
-    let latencies = requests
-        .iter()
-        .zip(&finishes)
-        .map(|(r, f)| f.saturating_sub(r.arrival()))
-        .collect();
-    Ok(Run::new(tokens, wall, latencies, finishes))
+    Ok(Run::from_finishes(tokens, requests, &finishes))
 }

@@ -171,13 +171,7 @@ impl Genq {
         .bind(&ids)
         .fetch_one(&self.pool)
         .await?;
-        let wall = finishes.iter().copied().max().unwrap_or_default();
-        let latencies = requests
-            .iter()
-            .zip(&finishes)
-            .map(|(r, f)| f.saturating_sub(r.arrival()))
-            .collect();
-        let mut run = Run::new(tokens as u64, wall, latencies, finishes);
+        let mut run = Run::from_finishes(tokens as u64, requests, &finishes);
         run.peak_rss_bytes = peak_rss_bytes(self.worker.id());
         Ok(run)
     }

@@ -20,16 +20,18 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(
-        tokens: u64,
-        wall: Duration,
-        latencies: Vec<Duration>,
-        finishes: Vec<Duration>,
-    ) -> Run {
+    /// From each request's finish time (since the first arrival): the wall time is the last
+    /// finish, a latency is finish minus arrival.
+    pub fn from_finishes(tokens: u64, requests: &[Request], finishes: &[Duration]) -> Run {
+        let wall = finishes.iter().copied().max().unwrap_or_default();
         Run {
             tokens,
             wall_s: wall.as_secs_f64(),
-            latencies_s: latencies.iter().map(Duration::as_secs_f64).collect(),
+            latencies_s: requests
+                .iter()
+                .zip(finishes)
+                .map(|(r, f)| f.saturating_sub(r.arrival()).as_secs_f64())
+                .collect(),
             finishes_s: finishes.iter().map(Duration::as_secs_f64).collect(),
             peak_rss_bytes: None,
         }

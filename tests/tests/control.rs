@@ -33,6 +33,14 @@ async fn strand(app: &TestApp, id: Uuid, attempt: i32) {
         .unwrap();
 }
 
+async fn attempt(app: &TestApp, id: Uuid) -> i32 {
+    sqlx::query_scalar("select attempt from jobs where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 async fn reconcile(app: &TestApp) -> Value {
     let out = app.genqctl(&["queue", "reconcile", "--json"]).await;
     assert!(out.status.success(), "{out:?}");
@@ -137,12 +145,7 @@ async fn a_lost_workers_job_is_requeued_and_completes_once() {
 
     assert_eq!(view.status, JobStatus::Completed);
     assert_eq!(view.results.len(), 2);
-    let attempt: i32 = sqlx::query_scalar("select attempt from jobs where id = $1")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(attempt, 2);
+    assert_eq!(attempt(&app, id).await, 2);
     worker.stop().await;
     app.stop().await;
 }
@@ -195,12 +198,7 @@ async fn bad_input_fails_at_once_and_is_not_retried() {
 
     assert_eq!(view.status, JobStatus::Failed);
     assert_eq!(view.error.unwrap().code, "prompt_too_long");
-    let attempt: i32 = sqlx::query_scalar("select attempt from jobs where id = $1")
-        .bind(view.task_id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(attempt, 1);
+    assert_eq!(attempt(&app, view.task_id).await, 1);
     worker.stop().await;
     app.stop().await;
 }

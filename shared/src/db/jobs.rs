@@ -314,6 +314,19 @@ async fn insert_generations(
     Ok(())
 }
 
+/// Announces many jobs final in one round trip.
+pub(super) async fn notify_final_all(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query(r#"select pg_notify($1, id::text) from unnest($2::uuid[]) as id"#)
+        .bind(FINAL_CHANNEL)
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 pub(super) async fn notify_final(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(r#"select pg_notify($1, $2)"#)
         .bind(FINAL_CHANNEL)
@@ -365,9 +378,7 @@ pub async fn cancel_all_queued(pool: &PgPool, reason: &str) -> sqlx::Result<Vec<
     .bind(reason)
     .fetch_all(&mut *tx)
     .await?;
-    for id in &ids {
-        notify_final(&mut tx, *id).await?;
-    }
+    notify_final_all(&mut tx, &ids).await?;
     tx.commit().await?;
     Ok(ids)
 }

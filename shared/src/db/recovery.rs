@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::jobs::notify_final;
+use super::jobs::{notify_final, notify_final_all};
 use crate::types::{JobStatus, JobSummary};
 
 /// Running jobs whose worker has not heartbeated for `stale_after`, has stopped, or is unknown,
@@ -91,9 +91,7 @@ pub async fn expire_queued(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     )
     .fetch_all(&mut *tx)
     .await?;
-    for id in &ids {
-        notify_final(&mut tx, *id).await?;
-    }
+    notify_final_all(&mut tx, &ids).await?;
     tx.commit().await?;
     Ok(ids)
 }
