@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, against real PostgreSQL, Redis and llama.cpp. `.ci/run` calls this.
+# The whole test suite, against real PostgreSQL, Redis and llama.cpp, then the fault-injection
+# suite's short version. `.ci/run` calls this.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -16,3 +17,6 @@ build_release
 say "running the tests"
 cd "$GENQ_ROOT"
 cargo test --release --workspace --locked --no-fail-fast "$@"
+
+# Last, as it restarts PostgreSQL and Redis: the fault-injection suite's short version.
+"$GENQ_ROOT/scripts/chaos.sh" --short

@@ -71,12 +71,11 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(error = %e, "PostgreSQL unavailable");
-                ApiError::Unavailable("the database is unavailable".into())
-            }
-            other => ApiError::Internal(other.into()),
+        if genq_shared::db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "PostgreSQL unavailable");
+            ApiError::Unavailable("the database is unavailable".into())
+        } else {
+            ApiError::Internal(e.into())
         }
     }
 }

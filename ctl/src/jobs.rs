@@ -61,7 +61,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
         JobsCommand::Cancel { id } => match db::jobs::cancel(&pool, id).await? {
             CancelOutcome::Cancelled => {
                 let (_, mut redis) = dispatch::connect(&args.backends.queue).await?;
-                dispatch::remove(&mut redis, &args.backends.queue.queue, &[id]).await?;
+                dispatch::remove(&pool, &mut redis, &args.backends.queue.queue, &[id]).await?;
                 println!("job {id} cancelled");
             }
             CancelOutcome::AlreadyFinal(status) => {
@@ -103,9 +103,8 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
                 eprintln!("no failed job to retry");
                 return Ok(if id.is_some() { Done::Failed } else { Done::Ok });
             }
-            let (mut storage, mut redis) = dispatch::connect(&args.backends.queue).await?;
-            dispatch::redispatch(&mut storage, &mut redis, &args.backends.queue.queue, &ids)
-                .await?;
+            let (mut storage, _) = dispatch::connect(&args.backends.queue).await?;
+            dispatch::redispatch(&pool, &mut storage, &ids).await?;
             println!("{} job(s) queued again", ids.len());
         }
         JobsCommand::Cleanup { older_than } => {

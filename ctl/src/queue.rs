@@ -82,7 +82,8 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
             }
             let ids = db::jobs::cancel_all_queued(&pool, "purged by an operator").await?;
             let (_, mut redis) = dispatch::connect(&args.backends.queue).await?;
-            let removed = dispatch::remove(&mut redis, &args.backends.queue.queue, &ids).await?;
+            let removed =
+                dispatch::remove(&pool, &mut redis, &args.backends.queue.queue, &ids).await?;
             println!(
                 "purged {} queued jobs ({removed} taken out of Redis)",
                 ids.len()

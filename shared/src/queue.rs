@@ -1,8 +1,9 @@
 //! Redis dispatch through apalis. Redis only carries job ids to workers; every job's state lives in
 //! PostgreSQL, so anything Redis loses can be dispatched again from there.
 //!
-//! Each job is one apalis task whose id is derived from the job id, so operators' tools can find
-//! and remove a job's task without apalis's (broken in 1.0) listing APIs.
+//! Each delivery of a job is one apalis task whose id PostgreSQL records (`jobs.dispatch_id`), so
+//! the reconciler and operators' tools can find and remove a job's task without apalis's (broken
+//! in 1.0) listing APIs.
 
 use std::time::Duration;
 
@@ -10,9 +11,10 @@ use anyhow::Context;
 use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::config::QueueConfig;
+use crate::{config::QueueConfig, db};
 
 /// What travels through Redis: only the job id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,10 +30,11 @@ pub type RedisConnection = ConnectionManager;
 pub fn storage_config(queue: &str) -> apalis_redis::Config {
     apalis_redis::Config::default()
         .queue(queue)
-        // apalis's default of 30 s x 10 missed beats leaves a crashed worker's jobs stuck for
-        // five minutes; inference runs off the runtime, so heartbeats keep flowing.
-        .heartbeat_interval(Duration::from_secs(5))
-        .missed_heartbeats(4)
+        // Tasks a dead worker had fetched but not started are re-queued by the other workers'
+        // heartbeats once its own stop for this long: 10 s instead of apalis's default five
+        // minutes. Inference runs off the runtime, so a live worker's heartbeats keep flowing.
+        .heartbeat_interval(Duration::from_secs(2))
+        .missed_heartbeats(5)
 }
 
 pub async fn connect(config: &QueueConfig) -> anyhow::Result<(Storage, ConnectionManager)> {
@@ -42,13 +45,19 @@ pub async fn connect(config: &QueueConfig) -> anyhow::Result<(Storage, Connectio
     Ok((storage, conn))
 }
 
-pub fn task_id(job_id: Uuid) -> TaskId {
-    TaskId::from_ulid(ulid::Ulid(job_id.as_u128()))
+/// The apalis task id of a dispatch (see `db::dispatches`).
+pub fn task_id(dispatch_id: Uuid) -> TaskId {
+    TaskId::from_ulid(ulid::Ulid(dispatch_id.as_u128()))
 }
 
-pub async fn dispatch(storage: &mut Storage, job_id: Uuid) -> anyhow::Result<()> {
+/// Pushes one delivery of a job. `dispatch_id` must be the one PostgreSQL records for the job.
+pub async fn dispatch(
+    storage: &mut Storage,
+    job_id: Uuid,
+    dispatch_id: Uuid,
+) -> anyhow::Result<()> {
     let task = TaskBuilder::new(Dispatch { job_id })
-        .task_id(task_id(job_id))
+        .task_id(task_id(dispatch_id))
         .build();
     storage
         .push_task(task)
@@ -56,62 +65,83 @@ pub async fn dispatch(storage: &mut Storage, job_id: Uuid) -> anyhow::Result<()>
         .with_context(|| format!("pushing job {job_id} to Redis"))
 }
 
-/// Takes jobs' tasks out of Redis wherever they wait (ready list, scheduled set) and drops their
-/// payloads. A task already fetched by a worker is left to it: the worker finds the job cancelled
-/// in PostgreSQL and skips it. Returns how many tasks were still waiting.
+/// Puts queued jobs back on the queue under fresh dispatch ids, recorded in PostgreSQL first.
+/// Whatever Redis still holds of an earlier delivery is left alone: a worker that gets it finds
+/// the job claimed already, or claims it once. Returns how many were pushed.
+pub async fn redispatch(
+    pool: &PgPool,
+    storage: &mut Storage,
+    job_ids: &[Uuid],
+) -> anyhow::Result<usize> {
+    let fresh = db::dispatches::renew(pool, job_ids)
+        .await
+        .context("recording new dispatches")?;
+    for (job_id, dispatch_id) in &fresh {
+        dispatch(storage, *job_id, *dispatch_id).await?;
+    }
+    Ok(fresh.len())
+}
+
+/// Takes jobs' tasks out of Redis where they still wait (ready list, scheduled set) and drops
+/// their payloads. A task already fetched by a worker keeps its payload (the worker, or apalis
+/// re-queueing a dead worker's tasks, still needs it); the worker finds the job final and skips it.
+/// Returns how many tasks were still waiting.
 pub async fn remove(
+    pool: &PgPool,
     conn: &mut ConnectionManager,
     queue: &str,
     job_ids: &[Uuid],
 ) -> anyhow::Result<u64> {
     let config = storage_config(queue);
+    let dispatches = db::dispatches::of(pool, job_ids)
+        .await
+        .context("reading the jobs' dispatch ids")?;
     let mut removed = 0;
-    for chunk in job_ids.chunks(500) {
+    for chunk in dispatches.chunks(500) {
+        let tasks: Vec<String> = chunk.iter().map(|d| task_id(*d).to_string()).collect();
         let mut pipe = redis::pipe();
-        for id in chunk {
-            let task = task_id(*id).to_string();
-            pipe.lrem(config.active_jobs_list(), 0, &task)
-                .zrem(config.scheduled_jobs_set(), &task)
-                .hdel(config.job_data_hash(), &task)
-                .del(format!("{}:{task}", config.job_meta_hash()));
+        for task in &tasks {
+            pipe.lrem(config.active_jobs_list(), 0, task)
+                .zrem(config.scheduled_jobs_set(), task);
         }
         let replies: Vec<u64> = pipe
             .query_async(conn)
             .await
             .context("removing tasks from Redis")?;
-        // Per job: lrem count, zrem count, hdel count, del count.
-        removed += replies.chunks(4).filter(|r| r[0] + r[1] > 0).count() as u64;
+        // Only a task taken out of the list or set is nowhere else: its payload can go.
+        let waiting: Vec<&String> = tasks
+            .iter()
+            .zip(replies.chunks(2))
+            .filter(|(_, r)| r[0] + r[1] > 0)
+            .map(|(task, _)| task)
+            .collect();
+        if !waiting.is_empty() {
+            let mut pipe = redis::pipe();
+            for task in &waiting {
+                pipe.hdel(config.job_data_hash(), *task)
+                    .del(format!("{}:{task}", config.job_meta_hash()))
+                    .ignore();
+            }
+            pipe.query_async::<()>(conn)
+                .await
+                .context("dropping removed tasks' payloads")?;
+        }
+        removed += waiting.len() as u64;
     }
     Ok(removed)
 }
 
-/// Puts jobs back on the queue: drops whatever Redis still holds of their tasks (apalis will not
-/// overwrite an existing payload), then pushes them afresh. A task still in a worker's hands may
-/// then be delivered twice; the claim in PostgreSQL lets only one delivery run.
-pub async fn redispatch(
-    storage: &mut Storage,
-    conn: &mut ConnectionManager,
-    queue: &str,
-    job_ids: &[Uuid],
-) -> anyhow::Result<()> {
-    remove(conn, queue, job_ids).await?;
-    for id in job_ids {
-        dispatch(storage, *id).await?;
-    }
-    Ok(())
-}
-
-/// Which of these jobs Redis no longer has a live task for: no payload (Redis lost it) or a
-/// task apalis has finished with, although PostgreSQL still has the job queued.
+/// Which of these queued jobs (job id, dispatch id) Redis no longer has a live task for: no
+/// payload (Redis lost it) or a task apalis has finished with.
 pub async fn missing(
     conn: &mut ConnectionManager,
     queue: &str,
-    job_ids: &[Uuid],
+    queued: &[(Uuid, Uuid)],
 ) -> anyhow::Result<Vec<Uuid>> {
     let config = storage_config(queue);
     let mut pipe = redis::pipe();
-    for id in job_ids {
-        let task = task_id(*id).to_string();
+    for (_, dispatch_id) in queued {
+        let task = task_id(*dispatch_id).to_string();
         pipe.hexists(config.job_data_hash(), &task)
             .sismember(config.done_jobs_set(), &task)
             .sismember(config.dead_jobs_set(), &task);
@@ -120,16 +150,17 @@ pub async fn missing(
         .query_async(conn)
         .await
         .context("reading task states from Redis")?;
-    Ok(job_ids
+    Ok(queued
         .iter()
         .zip(replies.chunks(3))
         .filter(|(_, r)| !r[0] || r[1] || r[2])
-        .map(|(id, _)| *id)
+        .map(|((job_id, _), _)| *job_id)
         .collect())
 }
 
 /// Drops payloads and metadata of tasks apalis has finished with (its done and dead sets), which
-/// it would otherwise keep forever. Returns how many went.
+/// it would otherwise keep forever. Safe because a task id is never pushed twice: a re-dispatch
+/// takes a fresh one. Returns how many went.
 pub async fn vacuum(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<u64> {
     let config = storage_config(queue);
     let mut vacuumed = 0;

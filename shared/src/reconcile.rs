@@ -16,8 +16,8 @@ use crate::{
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReconcileConfig {
-    /// A running job's worker counts as lost after this long without a heartbeat (workers beat
-    /// every 5 s).
+    /// A running job is taken back after this long without its lease renewed (workers renew the
+    /// leases of the jobs they run every 5 s).
     #[arg(long, env = "GENQ_WORKER_STALE_SECS", default_value_t = 15)]
     pub worker_stale_secs: u64,
     /// A queued job that waited this long is checked against Redis and dispatched again if Redis
@@ -32,9 +32,9 @@ pub struct ReconcileConfig {
 /// What one pass did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Pass {
-    /// Jobs of lost workers put back in the queue.
+    /// Running jobs whose lease lapsed, put back in the queue.
     pub requeued: usize,
-    /// Jobs of lost workers that were out of attempts.
+    /// Running jobs whose lease lapsed that were out of attempts.
     pub failed_lost: usize,
     /// Queued jobs past their deadline.
     pub timed_out: usize,
@@ -60,7 +60,7 @@ impl Reconciler {
         let stale = Duration::from_secs(self.config.worker_stale_secs);
         let mut requeued = Vec::new();
         for (id, attempt) in recovery::abandoned(&self.db, stale).await? {
-            let message = "its worker stopped heartbeating";
+            let message = "its worker stopped renewing the job's lease (killed or cut off)";
             match recovery::release(&self.db, id, attempt, "worker_lost", message).await? {
                 Released::Requeued => requeued.push(id),
                 Released::Failed => pass.failed_lost += 1,
@@ -69,8 +69,11 @@ impl Reconciler {
         }
         pass.requeued = requeued.len();
         if !requeued.is_empty() {
-            tracing::warn!(jobs = requeued.len(), "re-queueing jobs of lost workers");
-            queue::redispatch(&mut self.storage, &mut self.redis, &self.queue, &requeued).await?;
+            tracing::warn!(
+                jobs = requeued.len(),
+                "re-queueing running jobs whose lease lapsed"
+            );
+            queue::redispatch(&self.db, &mut self.storage, &requeued).await?;
         }
 
         pass.timed_out = recovery::expire_queued(&self.db).await?.len();
@@ -84,9 +87,10 @@ impl Reconciler {
                     jobs = lost.len(),
                     "dispatching again queued jobs Redis had lost"
                 );
-                queue::redispatch(&mut self.storage, &mut self.redis, &self.queue, &lost).await?;
+                queue::redispatch(&self.db, &mut self.storage, &lost).await?;
             }
-            recovery::touch_queued(&self.db, &candidates).await?;
+            let checked: Vec<_> = candidates.iter().map(|(job_id, _)| *job_id).collect();
+            recovery::touch_queued(&self.db, &checked).await?;
             pass.redispatched = lost.len();
         }
 

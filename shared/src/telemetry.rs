@@ -1,6 +1,8 @@
 //! Logging for the binaries: `RUST_LOG` filters (default `info`), `GENQ_LOG_FORMAT=json` for
 //! structured logs.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 pub fn init() {
@@ -14,7 +16,12 @@ pub fn init() {
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour codes only for a terminal, not for log files and collectors.
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init()
     };
 }

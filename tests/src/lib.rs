@@ -71,6 +71,9 @@ fn init_logs() {
 pub struct AppOptions {
     pub generate_timeout_secs: u64,
     pub with_model: bool,
+    /// The API's reconciler timer; off by default so tests run passes themselves
+    /// (`genqctl queue reconcile`) and their counts are exact.
+    pub reconcile_interval_secs: u64,
 }
 
 impl Default for AppOptions {
@@ -78,6 +81,7 @@ impl Default for AppOptions {
         AppOptions {
             generate_timeout_secs: 60,
             with_model: true,
+            reconcile_interval_secs: 0,
         }
     }
 }
@@ -110,6 +114,10 @@ impl TestApp {
             format!("--queue={name}"),
             format!("--generate-timeout-secs={}", options.generate_timeout_secs),
             "--forbidden-words=hate,violence".into(),
+            format!(
+                "--reconcile-interval-secs={}",
+                options.reconcile_interval_secs
+            ),
         ];
         if options.with_model {
             args.push(format!("--model={}", tiny_model_path().display()));

@@ -25,9 +25,14 @@ async fn until_running(app: &TestApp, id: Uuid) {
 
 /// Makes the job look claimed by a worker that died: running, under an unknown worker name.
 async fn strand(app: &TestApp, id: Uuid, attempt: i32) {
-    sqlx::query("update jobs set status = 'running', worker = 'ghost', attempt = $2 where id = $1")
+    claim_as(app, id, attempt, "ghost").await;
+}
+
+async fn claim_as(app: &TestApp, id: Uuid, attempt: i32, worker: &str) {
+    sqlx::query("update jobs set status = 'running', worker = $3, attempt = $2 where id = $1")
         .bind(id)
         .bind(attempt)
+        .bind(worker)
         .execute(&app.pool)
         .await
         .unwrap();
@@ -146,6 +151,78 @@ async fn a_lost_workers_job_is_requeued_and_completes_once() {
     assert_eq!(view.status, JobStatus::Completed);
     assert_eq!(view.results.len(), 2);
     assert_eq!(attempt(&app, id).await, 2);
+    worker.stop().await;
+    app.stop().await;
+}
+
+async fn set_lease_age(app: &TestApp, id: Uuid, age_secs: i32) {
+    sqlx::query(
+        "update jobs set lease_renewed_at = now() - make_interval(secs => $2) where id = $1",
+    )
+    .bind(id)
+    .bind(age_secs as f64)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_is_taken_back_although_its_worker_heartbeats() {
+    let app = TestApp::spawn().await;
+    // A live worker that does not know it holds the job, as when the answer to its claim was lost.
+    db::workers::register(&app.pool, "forgetful", "host", 1, "gpt2-tiny", 1)
+        .await
+        .unwrap();
+    let lapsed = app
+        .submit(&json!({ "prompts": ["lost claim"], "max_tokens": 4 }))
+        .await;
+    let fresh = app
+        .submit(&json!({ "prompts": ["held claim"], "max_tokens": 4 }))
+        .await;
+    for id in [lapsed, fresh] {
+        claim_as(&app, id, 1, "forgetful").await;
+    }
+    set_lease_age(&app, lapsed, 60).await;
+    set_lease_age(&app, fresh, 0).await;
+
+    assert_eq!(reconcile(&app).await["requeued"], 1);
+    assert_eq!(app.status(lapsed).await, JobStatus::Queued);
+    assert_eq!(app.status(fresh).await, JobStatus::Running);
+    let worker = app.start_worker(1).await;
+    let view = app.wait_final(lapsed).await;
+    assert_eq!(view.status, JobStatus::Completed);
+    assert_eq!(attempt(&app, lapsed).await, 2);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_working_worker_renews_the_leases_of_the_jobs_it_runs() {
+    let app = TestApp::spawn().await;
+    let worker = app.start_worker(1).await;
+    let id = app.submit(&long_job()).await;
+    until_running(&app, id).await;
+    set_lease_age(&app, id, 60).await;
+
+    // The worker's next heartbeat (every 5 s) renews it.
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let age: f64 = sqlx::query_scalar(
+            "select extract(epoch from now() - lease_renewed_at)::float8 from jobs where id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if age < 30.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "lease never renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reconcile(&app).await["requeued"], 0);
+    assert_eq!(app.status(id).await, JobStatus::Running);
+    app.post(&format!("/batch/{id}/cancel"), &json!({})).await;
     worker.stop().await;
     app.stop().await;
 }
@@ -334,6 +411,58 @@ async fn queued_jobs_redis_lost_are_dispatched_again() {
         .unwrap();
 
     assert_eq!(reconcile(&app).await["redispatched"], 1);
+    let worker = app.start_worker(1).await;
+    assert_eq!(app.wait_final(id).await.status, JobStatus::Completed);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redispatched_job_survives_the_clean_up_of_its_earlier_delivery() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(&json!({ "prompts": ["second delivery"], "max_tokens": 4 }))
+        .await;
+    // As apalis leaves a delivery it has finished (a worker skipped it, say) while PostgreSQL
+    // still has the job queued: no longer waiting (apalis pushes into the scheduled set, due at
+    // once), in the done set, payload kept.
+    let config = genq_shared::queue::storage_config(&app.queue);
+    let first = genq_shared::queue::task_id(id).to_string();
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::pipe()
+        .lrem(config.active_jobs_list(), 0, &first)
+        .zrem(config.scheduled_jobs_set(), &first)
+        .sadd(config.done_jobs_set(), &first)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    sqlx::query("update jobs set queued_at = now() - interval '1 minute'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // One pass re-dispatches the job and vacuums the finished delivery; the new delivery must
+    // keep its payload, or a worker fetching it would fail.
+    let pass = reconcile(&app).await;
+    assert_eq!(pass["redispatched"], 1);
+    assert_eq!(pass["vacuumed"], 1);
+    let dispatch_id: Uuid = sqlx::query_scalar("select dispatch_id from jobs where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_ne!(dispatch_id, id);
+    let payload_kept: bool = redis::cmd("HEXISTS")
+        .arg(config.job_data_hash())
+        .arg(genq_shared::queue::task_id(dispatch_id).to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(payload_kept);
     let worker = app.start_worker(1).await;
     assert_eq!(app.wait_final(id).await.status, JobStatus::Completed);
     worker.stop().await;

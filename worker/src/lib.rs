@@ -5,18 +5,19 @@
 //! - [`Config`]: flags and environment variables.
 //! - [`run`] / [`run_with_model`]: start everything, serve until the shutdown future resolves,
 //!   finish the jobs in hand, then stop.
+//! - `consumer`: takes job ids from Redis through apalis, restarting after Redis failures.
 //! - `runner`: one job's life (claim, generate, store).
-//! - `registry`: the worker's registration and heartbeat in PostgreSQL.
+//! - `registry`: the worker's registration, heartbeat and job leases in PostgreSQL.
 //! - `cache`: the result cache for deterministic requests.
 
 mod cache;
+mod consumer;
 mod registry;
 mod runner;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Context;
-use apalis::prelude::*;
+use futures::FutureExt;
 use genq_engine::{Engine, EngineConfig, Model, Placement};
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
@@ -24,7 +25,9 @@ use genq_shared::{
     wait::FinalJobs,
 };
 
-use crate::{cache::ResultCache, runner::JobRunner};
+use tokio_util::task::TaskTracker;
+
+use crate::{cache::ResultCache, consumer::Consumer, registry::HeldJobs, runner::JobRunner};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "genq-worker", about = "genq's inference worker")]
@@ -62,7 +65,7 @@ pub struct Config {
     /// requests without inference; 0 turns the result cache off.
     #[arg(long, env = "GENQ_RESULT_CACHE_TTL_SECS", default_value_t = 300)]
     pub result_cache_ttl_secs: u64,
-    /// On shutdown, how long jobs in hand may take to finish.
+    /// On shutdown, how long jobs in hand may take to finish; the reconciler re-queues the rest.
     #[arg(long, env = "GENQ_SHUTDOWN_TIMEOUT_SECS", default_value_t = 600)]
     pub shutdown_timeout_secs: u64,
 }
@@ -80,8 +83,8 @@ pub async fn run(
     run_with_model(config, Arc::new(model), shutdown).await
 }
 
-/// Serves jobs with an already loaded model until `shutdown` resolves, then finishes the jobs in
-/// hand (fetched but unstarted ones go back to the queue) and returns.
+/// Serves jobs with an already loaded model until `shutdown` resolves, then gives the jobs in hand
+/// up to the shutdown timeout to finish and returns.
 pub async fn run_with_model(
     config: Config,
     model: Arc<Model>,
@@ -98,8 +101,10 @@ pub async fn run_with_model(
     let engine = tokio::task::spawn_blocking(move || Engine::start(model, engine_config)).await??;
     let name = unique_name(config.name.as_deref());
     let model_name = engine.model().name().to_owned();
-    let registration = registry::register(&pool, &name, &model_name, engine.slots()).await?;
-    let (storage, redis) = queue::connect(&config.queue).await?;
+    let held = Arc::new(HeldJobs::default());
+    let registration =
+        registry::register(&pool, &name, &model_name, engine.slots(), held.clone()).await?;
+    let (storage, _) = queue::connect(&config.queue).await?;
     let finals = FinalJobs::listen(pool.clone()).await?;
     tracing::info!(
         worker = %name,
@@ -118,55 +123,53 @@ pub async fn run_with_model(
         db: pool.clone(),
         engine,
         worker_name: name.clone(),
+        held,
         cache,
         finals,
         storage: storage.clone(),
-        redis,
-        queue: config.queue.queue.clone(),
     });
     let max_jobs = config
         .max_jobs
         .unwrap_or(runner.engine.slots() as usize)
         .max(1);
-    let poll = Duration::from_millis(config.poll_interval_ms.max(10));
-    let worker_runner = runner.clone();
-    let monitor = Monitor::new()
-        .register(move |_restarts| {
-            WorkerBuilder::new(name.as_str())
-                .backend(storage.clone().poll_with_interval(poll))
-                .concurrency(max_jobs)
-                .data(worker_runner.clone())
-                .build(handle)
-        })
-        .shutdown_timeout(Duration::from_secs(config.shutdown_timeout_secs));
-    let served = monitor
-        .run_with_signal(async move {
-            shutdown.await;
-            Ok(())
-        })
-        .await
-        .context("the job consumer stopped");
+    let jobs = TaskTracker::new();
+    let shutdown = shutdown.boxed().shared();
+    let consumer = Consumer {
+        name: name.clone(),
+        storage,
+        poll: Duration::from_millis(config.poll_interval_ms.max(10)),
+        max_jobs,
+        runner: runner.clone(),
+        jobs: jobs.clone(),
+    };
+    let consuming = tokio::spawn(consumer.run(shutdown.clone()));
+    shutdown.await;
+    tracing::info!(
+        running = jobs.len(),
+        "shutting down: finishing the jobs in hand"
+    );
+    jobs.close();
+    let grace = Duration::from_secs(config.shutdown_timeout_secs);
+    let finished = tokio::time::timeout(grace, async {
+        let _ = consuming.await;
+        jobs.wait().await;
+    })
+    .await;
+    if finished.is_err() {
+        // Marking the worker stopped below lets the reconciler re-queue them at once.
+        tracing::warn!(
+            running = jobs.len(),
+            "jobs still running at the shutdown timeout are left to the reconciler"
+        );
+    }
 
-    // Every handler has returned, so the runner (and the engine inside it) is ours alone again.
+    // Every job has returned, so the runner (and the engine inside it) is ours alone again.
     match Arc::try_unwrap(runner) {
         Ok(runner) => tokio::task::spawn_blocking(move || runner.engine.shutdown()).await?,
-        Err(_) => tracing::warn!("a job handler outlived the consumer; not waiting for the engine"),
+        Err(_) => tracing::warn!("a job outlived the shutdown timeout; not waiting for the engine"),
     }
     registration.stop(&pool).await;
-    served
-}
-
-/// apalis handler: job outcomes are recorded in PostgreSQL, so the Redis task is done either way;
-/// an error here means PostgreSQL could not be reached and apalis should deliver the task again.
-async fn handle(
-    dispatch: queue::Dispatch,
-    runner: Data<Arc<JobRunner>>,
-) -> Result<(), BoxDynError> {
-    let runner: Arc<JobRunner> = (*runner).clone();
-    runner.run(dispatch.job_id).await.map_err(|e| {
-        tracing::error!(error = ?e, task_id = %dispatch.job_id, "job could not be processed");
-        e.into()
-    })
+    Ok(())
 }
 
 fn unique_name(prefix: Option<&str>) -> String {

@@ -21,19 +21,19 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::cache::ResultCache;
+use crate::{cache::ResultCache, registry::HeldJobs};
 
 pub struct JobRunner {
     pub(crate) db: PgPool,
     pub(crate) engine: Engine,
     pub(crate) worker_name: String,
+    /// Jobs this process runs; their leases are renewed by the heartbeat.
+    pub(crate) held: Arc<HeldJobs>,
     pub(crate) cache: Option<ResultCache>,
     /// Tells a running job it was cancelled (its status went final under it).
     pub(crate) finals: FinalJobs,
     /// For putting a job back on the queue after a transient failure.
     pub(crate) storage: queue::Storage,
-    pub(crate) redis: genq_shared::queue::RedisConnection,
-    pub(crate) queue: String,
 }
 
 enum Outcome {
@@ -57,6 +57,9 @@ impl JobRunner {
             tracing::info!("job is not queued; skipping");
             return Ok(());
         };
+        // Should this claim's answer have been lost instead, the job is not held and its lease
+        // lapses, so the reconciler takes it back.
+        let _held = self.held.hold(claim.id);
         tracing::info!(
             prompts = claim.prompts.len(),
             attempt = claim.attempt,
@@ -87,11 +90,8 @@ impl JobRunner {
                 tracing::warn!(code = %error.code, message = %error.message, ?released, "job attempt failed");
                 if released == Released::Requeued {
                     let mut storage = self.storage.clone();
-                    let mut redis = self.redis.clone();
                     // If this fails the reconciler finds the queued job missing from Redis.
-                    if let Err(e) =
-                        queue::redispatch(&mut storage, &mut redis, &self.queue, &[claim.id]).await
-                    {
+                    if let Err(e) = queue::redispatch(&self.db, &mut storage, &[claim.id]).await {
                         tracing::warn!(
                             error = format!("{e:#}"),
                             "could not re-dispatch; the reconciler will"
@@ -139,7 +139,11 @@ impl JobRunner {
                     .enumerate()
                     .filter_map(|(i, k)| Some((i, k.clone()?)))
                     .collect();
-                cache.lookup(&self.db, &wanted).await?
+                // The cache only saves work: if PostgreSQL cannot answer now, generate.
+                cache.lookup(&self.db, &wanted).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "result cache lookup failed; generating instead");
+                    Vec::new()
+                })
             }
             None => Vec::new(),
         };

@@ -111,7 +111,7 @@ pub(crate) async fn submit(
         }
     }
     let mut storage = state.queue.clone();
-    if let Err(e) = queue::dispatch(&mut storage, id).await {
+    if let Err(e) = queue::dispatch(&mut storage, id, id).await {
         tracing::warn!(error = ?e, "dispatch failed; withdrawing the job");
         // The client hears 503 and was never given the id, so the job must not linger as queued.
         if let Err(e) = db::jobs::delete_unacknowledged(&state.db, id).await {
@@ -156,7 +156,7 @@ async fn cancel_batch(
         CancelOutcome::Cancelled => {
             // Best effort: a task left in Redis is skipped by the worker that fetches it.
             let mut redis = state.redis.clone();
-            if let Err(e) = queue::remove(&mut redis, &state.queue_name, &[id]).await {
+            if let Err(e) = queue::remove(&state.db, &mut redis, &state.queue_name, &[id]).await {
                 tracing::warn!(error = ?e, %id, "cancelled job's task stays in Redis until a worker skips it");
             }
         }

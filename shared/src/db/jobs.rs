@@ -64,8 +64,8 @@ pub async fn insert<'e>(
     policy: RunPolicy,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        r#"insert into jobs (id, prompts, prompt_count, params, max_attempts, deadline)
-           values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))"#,
+        r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline)
+           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6))"#,
     )
     .bind(id)
     .bind(Json(prompts))
@@ -172,7 +172,7 @@ pub async fn claim(
     );
     let row: Option<Row> = sqlx::query_as(
         r#"update jobs set status = 'running', worker = $2, model = $3, attempt = attempt + 1,
-                  started_at = now()
+                  started_at = now(), lease_renewed_at = now()
            where id = $1 and status = 'queued'
            returning attempt, prompts, params, deadline"#,
     )

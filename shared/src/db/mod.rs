@@ -2,6 +2,7 @@
 //! each table. All SQL of the project lives in this module.
 
 pub mod control;
+pub mod dispatches;
 pub mod generations;
 pub mod idempotency;
 pub mod jobs;
@@ -55,4 +56,23 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("applying database migrations")
+}
+
+/// Whether the error means PostgreSQL could not be reached or is restarting (worth answering 503
+/// and retrying), rather than a fault in the query or the data.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE classes 08 (connection exception), 53 (insufficient resources: too many
+        // connections) and 57 (operator intervention: shutting down, starting up).
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| ["08", "53", "57"].iter().any(|c| code.starts_with(c))),
+        _ => false,
+    }
 }

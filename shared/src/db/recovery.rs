@@ -10,14 +10,14 @@ use uuid::Uuid;
 use super::jobs::{notify_final, notify_final_all};
 use crate::types::{JobStatus, JobSummary};
 
-/// Running jobs whose worker has not heartbeated for `stale_after`, has stopped, or is unknown,
-/// with the attempt they are at.
+/// Running jobs whose lease has not been renewed for `stale_after` (their worker died, or does not
+/// know it holds them) or whose worker has stopped or is unknown, with the attempt they are at.
 pub async fn abandoned(pool: &PgPool, stale_after: Duration) -> sqlx::Result<Vec<(Uuid, i32)>> {
     sqlx::query_as(
         r#"select j.id, j.attempt from jobs j left join workers w on w.name = j.worker
            where j.status = 'running'
              and (w.name is null or w.stopped_at is not null
-                  or w.last_seen < now() - make_interval(secs => $1))"#,
+                  or coalesce(j.lease_renewed_at, j.started_at) < now() - make_interval(secs => $1))"#,
     )
     .bind(stale_after.as_secs_f64())
     .fetch_all(pool)
@@ -96,10 +96,15 @@ pub async fn expire_queued(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     Ok(ids)
 }
 
-/// Queued jobs that have waited at least `waited`: candidates for a check against Redis.
-pub async fn queued_since(pool: &PgPool, waited: Duration, limit: i64) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        r#"select id from jobs
+/// Queued jobs that have waited `waited` since they were last (re)dispatched or checked, with
+/// their dispatch ids, oldest first.
+pub async fn queued_since(
+    pool: &PgPool,
+    waited: Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    sqlx::query_as(
+        r#"select id, dispatch_id from jobs
            where status = 'queued' and queued_at < now() - make_interval(secs => $1)
            order by queued_at limit $2"#,
     )

@@ -1,0 +1,249 @@
+//! genq-chaos: runs the real genq binaries under load, injects faults one at a time (killed
+//! workers, Redis restarted or flushed, PostgreSQL restarted, the API killed), then audits every
+//! job in PostgreSQL and prints what it found. Exits non-zero if any job was lost or duplicated.
+//!
+//! `scripts/chaos.sh` builds everything, makes the tiny model and passes the restart commands.
+
+mod audit;
+mod cluster;
+mod faults;
+mod load;
+mod report;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Parser;
+use genq_shared::db;
+use rand::{SeedableRng, seq::SliceRandom};
+use rand_chacha::ChaCha8Rng;
+use sqlx::PgPool;
+
+use crate::{
+    cluster::Cluster,
+    faults::{Commands, FaultKind, Injector},
+    load::{Client, Ledger},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "genq-chaos",
+    about = "genq's fault-injection suite",
+    args_override_self = true
+)]
+struct Args {
+    /// Jobs to have accepted at least; the load goes on until every fault is injected too.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Faults of each kind to inject.
+    #[arg(long, default_value_t = 20)]
+    faults_per_kind: usize,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart"
+    )]
+    kinds: Vec<FaultKind>,
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    #[arg(long, default_value_t = 8)]
+    slots: u32,
+    /// Concurrent clients; each has one job in flight at a time.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Percent of accepted jobs their client cancels shortly after submitting.
+    #[arg(long, default_value_t = 3)]
+    cancel_percent: u32,
+    /// GGUF model for the workers (the tiny synthesized one keeps jobs short).
+    #[arg(long)]
+    model: PathBuf,
+    /// Where genq-api and genq-worker are; defaults to this binary's directory.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Shell command that restarts Redis (needed for redis-restart faults).
+    #[arg(long)]
+    redis_restart: Option<String>,
+    /// Shell command that empties Redis; defaults to `redis-cli -u <redis> flushall`.
+    #[arg(long)]
+    redis_flushall: Option<String>,
+    /// Shell command that restarts PostgreSQL (needed for postgres-restart faults).
+    #[arg(long)]
+    postgres_restart: Option<String>,
+    /// How long one fault may take to recover before it counts as not recovered.
+    #[arg(long, default_value_t = 180)]
+    recovery_patience_secs: u64,
+    /// Pause after each recovery before the next fault.
+    #[arg(long, default_value_t = 1000)]
+    gap_ms: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = ".genq/chaos")]
+    logs: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let commands = commands(&args)?;
+    let database_url = format!("{}/genq_chaos", args.postgres.trim_end_matches('/'));
+    let pool = fresh_database(&args.postgres, &database_url).await?;
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
+    let queue = format!(
+        "genq_chaos_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut cluster = Cluster::start(cluster::Options {
+        bin_dir,
+        model: args.model.clone(),
+        database_url,
+        redis_url: args.redis.clone(),
+        queue,
+        workers: args.workers,
+        slots: args.slots,
+        logs: args.logs.clone(),
+    })
+    .await?;
+    eprintln!(
+        "genq is up at {} with {} workers; logs in {}",
+        cluster.base_url(),
+        args.workers,
+        args.logs.display()
+    );
+
+    let started = Instant::now();
+    let ledger = Arc::new(Ledger::default());
+    let faults_done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let client = Client::new(
+                cluster.base_url(),
+                ledger.clone(),
+                args.seed.wrapping_mul(1000).wrapping_add(i as u64),
+                args.cancel_percent,
+            );
+            let (ledger, faults_done, target) = (ledger.clone(), faults_done.clone(), args.jobs);
+            tokio::spawn(
+                client.run(move || {
+                    ledger.accepted() >= target && faults_done.load(Ordering::Relaxed)
+                }),
+            )
+        })
+        .collect();
+
+    let mut schedule: Vec<FaultKind> = args
+        .kinds
+        .iter()
+        .flat_map(|kind| std::iter::repeat_n(*kind, args.faults_per_kind))
+        .collect();
+    schedule.shuffle(&mut ChaCha8Rng::seed_from_u64(args.seed));
+    let mut injector = Injector {
+        cluster: &mut cluster,
+        pool: pool.clone(),
+        commands,
+        patience: Duration::from_secs(args.recovery_patience_secs),
+    };
+    let mut faults = Vec::with_capacity(schedule.len());
+    for (n, kind) in schedule.iter().enumerate() {
+        let fault = injector.inject(*kind).await?;
+        let pickup = match kind {
+            FaultKind::WorkerKill => format!(
+                " ({} held jobs running again in {})",
+                fault.held,
+                report::seconds(fault.pickup)
+            ),
+            _ => String::new(),
+        };
+        eprintln!(
+            "[{:>7.1} s] fault {}/{}: {:<26} {:>4} unfinished jobs, recovered in {}{pickup}; {} jobs accepted so far",
+            started.elapsed().as_secs_f64(),
+            n + 1,
+            schedule.len(),
+            kind.label(),
+            fault.unfinished,
+            report::seconds(fault.recovery),
+            ledger.accepted(),
+        );
+        faults.push(fault);
+        tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
+    }
+    faults_done.store(true, Ordering::Relaxed);
+    eprintln!(
+        "all faults injected; waiting for the clients to reach {} jobs and finish",
+        args.jobs
+    );
+    for client in clients {
+        client.await.context("a client task panicked")?;
+    }
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    cluster.stop();
+    let elapsed = started.elapsed();
+
+    let seen = ledger.take();
+    let audit = audit::run(&pool, &seen).await?;
+    report::print(&audit, &seen, &faults, elapsed);
+    let all_recovered = faults.iter().all(|f| f.recovery.is_some());
+    if !audit.passed() || !all_recovered || seen.server_errors > 0 {
+        anyhow::bail!("the fault-injection suite FAILED (see the table above)");
+    }
+    eprintln!("the fault-injection suite passed");
+    Ok(())
+}
+
+fn commands(args: &Args) -> anyhow::Result<Commands> {
+    let needs = |kind: FaultKind, command: &Option<String>, flag: &str| {
+        anyhow::ensure!(
+            !args.kinds.contains(&kind) || command.is_some(),
+            "{flag} is needed for {} faults",
+            kind.label()
+        );
+        Ok(command.clone().unwrap_or_default())
+    };
+    Ok(Commands {
+        redis_restart: needs(
+            FaultKind::RedisRestart,
+            &args.redis_restart,
+            "--redis-restart",
+        )?,
+        postgres_restart: needs(
+            FaultKind::PostgresRestart,
+            &args.postgres_restart,
+            "--postgres-restart",
+        )?,
+        redis_flushall: args
+            .redis_flushall
+            .clone()
+            .unwrap_or_else(|| format!("redis-cli -u {} flushall >/dev/null", args.redis)),
+    })
+}
+
+/// Drops and recreates the suite's own database, so every run audits only its own jobs.
+async fn fresh_database(postgres: &str, database_url: &str) -> anyhow::Result<PgPool> {
+    let admin_url = format!("{}/postgres", postgres.trim_end_matches('/'));
+    let admin = db::connect(&admin_url.parse()?, 1).await?;
+    sqlx::query("drop database if exists genq_chaos with (force)")
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let pool = db::connect(&database_url.parse()?, 4).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target/release"))
+}

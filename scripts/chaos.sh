@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The fault-injection suite: genq's API and three workers on the tiny model under load, while
+# workers are SIGKILLed and restarted, Redis is restarted empty and flushed, PostgreSQL is restarted
+# and the API is killed and restarted. Then every job is audited in PostgreSQL: it fails (exit 1)
+# if any accepted job was lost or any result stored twice.
+#
+#   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind (about 30 min)
+#   scripts/chaos.sh --short         CI's run: 300 jobs, 1 fault of each kind (a few minutes)
+#   scripts/chaos.sh [--short] -- --jobs 10000 --workers 2 ...   any genq-chaos flag after --
+#
+# It restarts this machine's local PostgreSQL and Redis (127.0.0.1:5432 and :6379) and leaves
+# both running. Logs go to .genq/chaos/; the jobs stay in the genq_chaos database for a look.
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+run=(--jobs 5000 --faults-per-kind 20)
+if [ "${1:-}" = "--short" ]; then
+    run=(--jobs 300 --faults-per-kind 1)
+    shift
+fi
+if [ "${1:-}" = "--" ]; then shift; fi
+
+ensure_services
+build_release
+bin="$GENQ_ROOT/target/release"
+model="$GENQ_ROOT/models/gpt2-tiny-synthetic.gguf"
+if [ ! -f "$model" ]; then
+    mkdir -p "$(dirname "$model")"
+    "$bin/genqctl" model synth --shape tiny --out "$model"
+fi
+
+# Restart Redis with the settings it runs with now, so it comes back as it was (and empty).
+redis_setting() { redis-cli -h 127.0.0.1 -p 6379 config get "$1" | sed -n 2p; }
+redis_start="redis-server --daemonize yes --port 6379 --bind '$(redis_setting bind)'"
+redis_start+=" --save '' --appendonly no --dir '$(redis_setting dir)' --logfile '$(redis_setting logfile)'"
+redis_restart="redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1;"
+redis_restart+=" while redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; do sleep 0.05; done;"
+redis_restart+=" $redis_start && until redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; do sleep 0.05; done"
+
+# The cluster answering on 5432, restarted by Debian's wrapper (fast: open connections are cut).
+read -r pg_version pg_cluster < <(pg_lsclusters --no-header | awk '$3 == 5432 { print $1, $2; exit }')
+postgres_restart="pg_ctlcluster --skip-systemctl-redirect $pg_version $pg_cluster restart -m fast"
+if [ "$(id -u)" -ne 0 ]; then
+    redis_restart="sudo sh -c \"$redis_restart\""
+    postgres_restart="sudo $postgres_restart"
+fi
+
+# Earlier runs' queues: the reconciler vacuums finished tasks, but a killed run leaves some.
+redis-cli --scan --pattern 'genq_chaos_*' | xargs -r redis-cli del >/dev/null
+
+say "running the fault-injection suite (${run[*]} $*)"
+cd "$GENQ_ROOT"
+"$bin/genq-chaos" --model "$model" --redis-restart "$redis_restart" \
+    --postgres-restart "$postgres_restart" "${run[@]}" "$@"

@@ -1,0 +1,95 @@
+//! Taking job ids from Redis. apalis's worker ends for good on any Redis error (a restart, a
+//! FLUSHALL that forgets its registration, a slow answer), and its `Monitor` then waits for the
+//! shutdown signal with no consumer left. So the worker is supervised here: rebuilt under a fresh
+//! name after a backoff, for as long as the process runs. Jobs run on their own tasks, so a
+//! consumer that dies mid-job leaves its jobs running to their end.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use apalis::prelude::*;
+use futures::future::{BoxFuture, Shared};
+use genq_shared::queue;
+use tokio_util::task::TaskTracker;
+
+use crate::runner::JobRunner;
+
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const LONGEST_RETRY: Duration = Duration::from_secs(5);
+/// A consumer that ran this long counts as healthy: its failure restarts the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+pub struct Consumer {
+    pub name: String,
+    pub storage: queue::Storage,
+    pub poll: Duration,
+    pub max_jobs: usize,
+    pub runner: Arc<JobRunner>,
+    pub jobs: TaskTracker,
+}
+
+impl Consumer {
+    /// Consumes until `shutdown` resolves, then lets the jobs in hand finish (fetched but
+    /// unstarted ones go back to the queue).
+    pub async fn run(self, shutdown: Shared<BoxFuture<'static, ()>>) {
+        let mut retry = FIRST_RETRY;
+        for generation in 0u64.. {
+            let started = Instant::now();
+            let stop = shutdown.clone();
+            let worker = WorkerBuilder::new(format!("{}-{generation}", self.name))
+                .backend(self.storage.clone().poll_with_interval(self.poll))
+                .concurrency(self.max_jobs)
+                .data(self.runner.clone())
+                .data(self.jobs.clone())
+                .build(handle);
+            let ended = worker
+                .run_until(async move {
+                    stop.await;
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+            if shutdown.peek().is_some() {
+                return;
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                retry = FIRST_RETRY;
+            }
+            tracing::warn!(
+                error = ended.err().map(|e| e.to_string()),
+                retry_in = ?retry,
+                "the job consumer stopped (Redis unreachable?); restarting it"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = shutdown.clone() => return,
+            }
+            retry = (retry * 2).min(LONGEST_RETRY);
+        }
+    }
+}
+
+/// apalis handler: job outcomes are recorded in PostgreSQL, so the Redis task is done either way;
+/// an error here means PostgreSQL could not be reached and apalis should deliver the task again.
+async fn handle(
+    dispatch: queue::Dispatch,
+    runner: Data<Arc<JobRunner>>,
+    jobs: Data<TaskTracker>,
+) -> Result<(), BoxDynError> {
+    let runner: Arc<JobRunner> = (*runner).clone();
+    let job_id = dispatch.job_id;
+    // On its own task: dropping this handler (its consumer died) must not stop the job.
+    let job = jobs.spawn(async move { runner.run(job_id).await });
+    match job.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(error = ?e, task_id = %job_id, "job could not be processed");
+            Err(e.into())
+        }
+        Err(panicked) => {
+            tracing::error!(error = %panicked, task_id = %job_id, "job task panicked");
+            Err(panicked.into())
+        }
+    }
+}
