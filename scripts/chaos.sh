@@ -38,11 +38,16 @@ redis_restart+=" while redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; do s
 redis_restart+=" $redis_start && until redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; do sleep 0.05; done"
 
 # The cluster answering on 5432, restarted by Debian's wrapper (fast: open connections are cut).
-read -r pg_version pg_cluster < <(pg_lsclusters --no-header | awk '$3 == 5432 { print $1, $2; exit }')
-postgres_restart="pg_ctlcluster --skip-systemctl-redirect $pg_version $pg_cluster restart -m fast"
+pg_cluster="$(pg_lsclusters --no-header 2>/dev/null | awk '$3 == 5432 { print $1, $2; exit }' || true)"
+postgres_restart="pg_ctlcluster --skip-systemctl-redirect $pg_cluster restart -m fast"
 if [ "$(id -u)" -ne 0 ]; then
     redis_restart="sudo sh -c \"$redis_restart\""
     postgres_restart="sudo $postgres_restart"
+fi
+kinds=()
+if [ -z "$pg_cluster" ]; then
+    warn "no Debian PostgreSQL cluster on port 5432: PostgreSQL restarts are left out"
+    kinds=(--kinds worker-kill,redis-restart,redis-flushall,api-restart)
 fi
 
 # Earlier runs' queues: the reconciler vacuums finished tasks, but a killed run leaves some.
@@ -51,4 +56,4 @@ redis-cli --scan --pattern 'genq_chaos_*' | xargs -r redis-cli del >/dev/null
 say "running the fault-injection suite (${run[*]} $*)"
 cd "$GENQ_ROOT"
 "$bin/genq-chaos" --model "$model" --redis-restart "$redis_restart" \
-    --postgres-restart "$postgres_restart" "${run[@]}" "$@"
+    --postgres-restart "$postgres_restart" "${kinds[@]}" "${run[@]}" "$@"
