@@ -185,6 +185,19 @@ impl Genq {
     }
 }
 
+impl Drop for Genq {
+    /// A run that fails half-way must not leave the API and worker running; after `stop` this
+    /// finds both already gone.
+    fn drop(&mut self) {
+        for child in [&mut self.worker, &mut self.api] {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 pub fn default_bin_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
