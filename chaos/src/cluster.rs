@@ -40,6 +40,12 @@ impl Cluster {
     /// Starts the API on a free port and the workers, and waits until the API is ready.
     pub async fn start(options: Options) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&options.logs)?;
+        // Logs append across restarts within a run, so an earlier run's go first.
+        let slots =
+            std::iter::once("api".to_owned()).chain((0..options.workers).map(worker_prefix));
+        for slot in slots {
+            let _ = std::fs::remove_file(options.logs.join(format!("{slot}.log")));
+        }
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
         let api = spawn(&options, &addr, "genq-api", "api")?;
         let workers = (0..options.workers)
