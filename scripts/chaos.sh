@@ -4,8 +4,8 @@
 # and the API is killed and restarted. Then every job is audited in PostgreSQL: it fails (exit 1)
 # if any accepted job was lost or any result stored twice.
 #
-#   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind (about 30 min)
-#   scripts/chaos.sh --short         CI's run: 300 jobs, 1 fault of each kind (a few minutes)
+#   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind (about 13 minutes)
+#   scripts/chaos.sh --short         CI's run: at least 300 jobs, 1 fault of each kind (about a minute)
 #   scripts/chaos.sh [--short] -- --jobs 10000 --workers 2 ...   any genq-chaos flag after --
 #
 # It restarts this machine's local PostgreSQL and Redis (127.0.0.1:5432 and :6379) and leaves

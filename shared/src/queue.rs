@@ -56,8 +56,18 @@ pub async fn dispatch(
     job_id: Uuid,
     dispatch_id: Uuid,
 ) -> anyhow::Result<()> {
+    dispatch_after(storage, job_id, dispatch_id, Duration::ZERO).await
+}
+
+async fn dispatch_after(
+    storage: &mut Storage,
+    job_id: Uuid,
+    dispatch_id: Uuid,
+    delay: Duration,
+) -> anyhow::Result<()> {
     let task = TaskBuilder::new(Dispatch { job_id })
         .task_id(task_id(dispatch_id))
+        .run_after(delay)
         .build();
     storage
         .push_task(task)
@@ -67,7 +77,9 @@ pub async fn dispatch(
 
 /// Puts queued jobs back on the queue under fresh dispatch ids, recorded in PostgreSQL first.
 /// Whatever Redis still holds of an earlier delivery is left alone: a worker that gets it finds
-/// the job claimed already, or claims it once. Returns how many were pushed.
+/// the job claimed already, or claims it once. A job that was claimed before waits
+/// [`retry_delay`], so a job that crashes its workers does not take them down back to back.
+/// Returns how many were pushed.
 pub async fn redispatch(
     pool: &PgPool,
     storage: &mut Storage,
@@ -76,10 +88,19 @@ pub async fn redispatch(
     let fresh = db::dispatches::renew(pool, job_ids)
         .await
         .context("recording new dispatches")?;
-    for (job_id, dispatch_id) in &fresh {
-        dispatch(storage, *job_id, *dispatch_id).await?;
+    for (job_id, dispatch_id, claims) in &fresh {
+        dispatch_after(storage, *job_id, *dispatch_id, retry_delay(*claims)).await?;
     }
     Ok(fresh.len())
+}
+
+/// Backoff before the next attempt of a job claimed `claims` times: none before the first, then
+/// 2 s doubling to at most a minute.
+pub fn retry_delay(claims: i32) -> Duration {
+    match claims {
+        ..=0 => Duration::ZERO,
+        n => Duration::from_secs(2u64.saturating_pow(n.min(6) as u32)).min(Duration::from_secs(60)),
+    }
 }
 
 /// Takes jobs' tasks out of Redis where they still wait (ready list, scheduled set) and drops
@@ -207,4 +228,15 @@ pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
         .query_async::<String>(conn)
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_the_second_attempt_up_to_a_minute() {
+        let secs = |claims| retry_delay(claims).as_secs();
+        assert_eq!([0, 1, 2, 3, 5, 6, 50].map(secs), [0, 2, 4, 8, 32, 60, 60]);
+    }
 }

@@ -145,6 +145,28 @@ async fn a_lost_workers_job_is_requeued_and_completes_once() {
 
     assert_eq!(reconcile(&app).await["requeued"], 1);
     assert_eq!(app.status(id).await, JobStatus::Queued);
+    // The next attempt waits its backoff (2 s after one claim) in apalis's scheduled set.
+    let dispatch_id: Uuid = sqlx::query_scalar("select dispatch_id from jobs where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (due, (now, _)): (f64, (u64, u64)) = redis::pipe()
+        .zscore(
+            genq_shared::queue::storage_config(&app.queue).scheduled_jobs_set(),
+            genq_shared::queue::task_id(dispatch_id).to_string(),
+        )
+        .cmd("TIME")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let ahead = due - now as f64;
+    assert!((1.0..=3.0).contains(&ahead), "due {ahead} s from now");
     let worker = app.start_worker(2).await;
     let view = app.wait_final(id).await;
 

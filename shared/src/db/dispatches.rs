@@ -4,15 +4,15 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Gives each of these jobs that is still queued a fresh dispatch id; returns (job, dispatch) for
-/// those, to be pushed to Redis.
-pub async fn renew(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+/// Gives each of these jobs that is still queued a fresh dispatch id; returns (job, dispatch,
+/// claims so far) for those, to be pushed to Redis.
+pub async fn renew(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, Uuid, i32)>> {
     let fresh: Vec<Uuid> = job_ids.iter().map(|_| Uuid::now_v7()).collect();
     sqlx::query_as(
         r#"update jobs j set dispatch_id = d.dispatch_id
            from unnest($1::uuid[], $2::uuid[]) as d(job_id, dispatch_id)
            where j.id = d.job_id and j.status = 'queued'
-           returning j.id, j.dispatch_id"#,
+           returning j.id, j.dispatch_id, j.attempt"#,
     )
     .bind(job_ids)
     .bind(&fresh)
