@@ -41,17 +41,7 @@ impl Genq {
     /// Starts the API and a worker on a fresh database and queue, and waits until a job runs.
     pub async fn start(options: &Options) -> anyhow::Result<Genq> {
         let database_url = format!("{}/genq_bench", options.postgres.trim_end_matches('/'));
-        let admin = db::connect(
-            &format!("{}/postgres", options.postgres.trim_end_matches('/')).parse()?,
-            1,
-        )
-        .await?;
-        sqlx::query("drop database if exists genq_bench with (force)")
-            .execute(&admin)
-            .await?;
-        admin.close().await;
-        let pool = db::connect(&database_url.parse()?, 4).await?;
-        db::migrate(&pool).await?;
+        let pool = db::recreate(&database_url.parse()?, 4).await?;
 
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let queue = format!("genq_bench_{}", &Uuid::new_v4().simple().to_string()[..8]);

@@ -71,21 +71,21 @@ impl Injector<'_> {
             FaultKind::WorkerKill => Some(self.busiest_worker().await?),
             _ => None,
         };
-        let unfinished: Vec<Uuid> = retry_query(|| {
+        let unfinished: Vec<Uuid> = retry_query(self.patience, || {
             sqlx::query_scalar("select id from jobs where status in ('queued', 'running')")
                 .fetch_all(&self.pool)
         })
-        .await;
+        .await?;
         let held: Vec<Uuid> = match &victim {
             Some((_, name)) => {
-                retry_query(|| {
+                retry_query(self.patience, || {
                     sqlx::query_scalar(
                         "select id from jobs where status = 'running' and worker = $1",
                     )
                     .bind(name)
                     .fetch_all(&self.pool)
                 })
-                .await
+                .await?
             }
             None => Vec::new(),
         };
@@ -133,14 +133,14 @@ impl Injector<'_> {
 
     /// The worker (index and registered name) holding the most running jobs; worker 0 if none does.
     async fn busiest_worker(&self) -> anyhow::Result<(usize, String)> {
-        let holders: Vec<(String, i64)> = retry_query(|| {
+        let holders: Vec<(String, i64)> = retry_query(self.patience, || {
             sqlx::query_as(
                 "select worker, count(*) from jobs where status = 'running' and worker is not null
                  group by worker order by 2 desc",
             )
             .fetch_all(&self.pool)
         })
-        .await;
+        .await?;
         for (name, _) in holders {
             for index in 0..self.cluster.workers() {
                 // Names are `{prefix}-{pid}-{suffix}`: only the current process of a slot counts.
@@ -199,15 +199,20 @@ impl Injector<'_> {
     }
 }
 
-/// Runs a query until PostgreSQL answers it (it may be restarting from the previous fault).
-async fn retry_query<T, F, Fut>(query: F) -> T
+/// Runs a query until PostgreSQL answers it (it may be restarting from the previous fault), for
+/// at most `patience`.
+async fn retry_query<T, F, Fut>(patience: Duration, query: F) -> anyhow::Result<T>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = sqlx::Result<T>>,
 {
+    let give_up = Instant::now() + patience;
     loop {
         match query().await {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() >= give_up => {
+                return Err(e).context("PostgreSQL did not answer the suite's query");
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }

@@ -24,7 +24,6 @@ use clap::Parser;
 use genq_shared::db;
 use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
-use sqlx::PgPool;
 
 use crate::{
     cluster::Cluster,
@@ -98,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let commands = commands(&args)?;
     let database_url = format!("{}/genq_chaos", args.postgres.trim_end_matches('/'));
-    let pool = fresh_database(&args.postgres, &database_url).await?;
+    // A fresh database each run, so the audit sees only this run's jobs.
+    let pool = db::recreate(&database_url.parse()?, 4).await?;
     let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
     let queue = format!(
         "genq_chaos_{}",
@@ -226,19 +226,6 @@ fn commands(args: &Args) -> anyhow::Result<Commands> {
             .clone()
             .unwrap_or_else(|| format!("redis-cli -u {} flushall >/dev/null", args.redis)),
     })
-}
-
-/// Drops and recreates the suite's own database, so every run audits only its own jobs.
-async fn fresh_database(postgres: &str, database_url: &str) -> anyhow::Result<PgPool> {
-    let admin_url = format!("{}/postgres", postgres.trim_end_matches('/'));
-    let admin = db::connect(&admin_url.parse()?, 1).await?;
-    sqlx::query("drop database if exists genq_chaos with (force)")
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let pool = db::connect(&database_url.parse()?, 4).await?;
-    db::migrate(&pool).await?;
-    Ok(pool)
 }
 
 fn default_bin_dir() -> PathBuf {

@@ -11,16 +11,25 @@ use genq_tests::{AppOptions, PATIENCE, TestApp, redis_url, stdout};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Polls until the job is running (a worker has claimed it); fails after [`PATIENCE`].
-async fn until_running(app: &TestApp, id: Uuid) {
+/// Polls `holds` until it is true; fails the test with `what` after [`PATIENCE`].
+async fn until<F, Fut>(what: &str, holds: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
     let give_up = tokio::time::Instant::now() + PATIENCE;
-    while app.status(id).await != JobStatus::Running {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "job {id} never started"
-        );
+    while !holds().await {
+        assert!(tokio::time::Instant::now() < give_up, "{what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls until the job is running (a worker has claimed it).
+async fn until_running(app: &TestApp, id: Uuid) {
+    until(&format!("job {id} never started"), || async {
+        app.status(id).await == JobStatus::Running
+    })
+    .await;
 }
 
 /// Makes the job look claimed by a worker that died: running, under an unknown worker name.
@@ -227,8 +236,7 @@ async fn a_working_worker_renews_the_leases_of_the_jobs_it_runs() {
     set_lease_age(&app, id, 60).await;
 
     // The worker's next heartbeat (every 5 s) renews it.
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    until("lease never renewed", || async {
         let age: f64 = sqlx::query_scalar(
             "select extract(epoch from now() - lease_renewed_at)::float8 from jobs where id = $1",
         )
@@ -236,12 +244,9 @@ async fn a_working_worker_renews_the_leases_of_the_jobs_it_runs() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        if age < 30.0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "lease never renewed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        age < 30.0
+    })
+    .await;
     assert_eq!(reconcile(&app).await["requeued"], 0);
     assert_eq!(app.status(id).await, JobStatus::Running);
     app.post(&format!("/batch/{id}/cancel"), &json!({})).await;

@@ -58,6 +58,17 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("applying database migrations")
 }
 
+/// Drops the database (ending its sessions) and creates it afresh, migrated: for throwaway
+/// databases such as the benchmark's and the fault suite's, never the service's own.
+pub async fn recreate(url: &SecretUrl, max_connections: u32) -> anyhow::Result<PgPool> {
+    Postgres::force_drop_database(url.expose())
+        .await
+        .with_context(|| format!("dropping the database at {url}"))?;
+    let pool = connect(url, max_connections).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
 /// Whether the error means PostgreSQL could not be reached or is restarting (worth answering 503
 /// and retrying), rather than a fault in the query or the data.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
