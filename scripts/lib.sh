@@ -27,7 +27,9 @@ ensure_build_tools() {
     local missing=()
     command -v cmake >/dev/null || missing+=(cmake)
     command -v clang >/dev/null || missing+=(clang)
-    ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+    # libclang itself, not libclang-cpp (which clang's package brings and bindgen cannot use).
+    ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 ||
+        missing+=(libclang-dev)
     command -v pg_isready >/dev/null || missing+=(postgresql-client)
     command -v redis-cli >/dev/null || missing+=(redis-tools)
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -81,7 +83,10 @@ ensure_services() {
     ensure_redis
 }
 
+# With no arguments builds every binary; otherwise passes its arguments (`-p genq-api ...`).
 build_release() {
     say "building genq (release; the first build compiles llama.cpp and takes several minutes)"
-    (cd "$GENQ_ROOT" && cargo build --release --workspace --bins --locked)
+    local what=("$@")
+    [ "${#what[@]}" -gt 0 ] || what=(--workspace --bins)
+    (cd "$GENQ_ROOT" && cargo build --release --locked "${what[@]}")
 }

@@ -6,7 +6,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_services
 
-# Tests make a database and a Redis namespace each and drop them; a killed run leaves some behind.
+# Each test drops its database and Redis namespace when it ends, passed or failed; only a run
+# killed outright leaves some behind.
 say "dropping leftovers of earlier test runs"
 psql -h 127.0.0.1 -U postgres -d postgres -Atc \
     "select datname from pg_database where datname like 'genq\_test\_%'" |
@@ -17,6 +18,16 @@ build_release
 say "running the tests"
 cd "$GENQ_ROOT"
 cargo test --release --workspace --locked --no-fail-fast "$@"
+
+# The tests must have cleaned up after themselves.
+left_dbs=$(psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+    "select count(*) from pg_database where datname like 'genq\_test\_%'")
+left_keys=$(redis-cli --scan --pattern 'genq_test_*' | wc -l)
+if [ "$left_dbs" != 0 ] || [ "$left_keys" != 0 ]; then
+    warn "the tests left $left_dbs database(s) and $left_keys Redis key(s) behind"
+    exit 1
+fi
+say "the tests left no database or Redis key behind"
 
 # Last, as it restarts PostgreSQL and Redis: the fault-injection suite's short version.
 "$GENQ_ROOT/scripts/chaos.sh" --short

@@ -16,7 +16,8 @@ case "${1:-}" in
 esac
 
 ensure_services
-build_release
+# Only what the quickstart runs: the benchmark, fault suite and tests are built by their scripts.
+build_release -p genq-api -p genq-worker -p genqctl
 
 bin="$GENQ_ROOT/target/release"
 state="$GENQ_ROOT/.genq"

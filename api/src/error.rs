@@ -6,6 +6,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use genq_shared::types::ErrorCode;
 use serde_json::json;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -31,13 +32,13 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("the job failed: {message}")]
-    JobFailed { code: String, message: String },
+    JobFailed { code: ErrorCode, message: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
 /// Seconds a client is told to wait before retrying a paused or unavailable service.
-const RETRY_AFTER_SECS: &str = "30";
+pub(crate) const RETRY_AFTER_SECS: &str = "30";
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -47,24 +48,26 @@ impl ApiError {
         }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &str) {
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson),
+            ApiError::InvalidField { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidField)
+            }
             ApiError::InappropriateContent { .. } => {
-                (StatusCode::BAD_REQUEST, "inappropriate_content")
+                (StatusCode::BAD_REQUEST, ErrorCode::InappropriateContent)
             }
-            ApiError::MalformedId(_) => (StatusCode::BAD_REQUEST, "malformed_id"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::MalformedId(_) => (StatusCode::BAD_REQUEST, ErrorCode::MalformedId),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
             ApiError::PayloadTooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
-            ApiError::IntakePaused => (StatusCode::SERVICE_UNAVAILABLE, "intake_paused"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::IntakePaused => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::IntakePaused),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             // The worker, not the client, failed: a gateway error carrying the job's own reason.
-            ApiError::JobFailed { code, .. } => (StatusCode::BAD_GATEWAY, code.as_str()),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::JobFailed { code, .. } => (StatusCode::BAD_GATEWAY, *code),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
 }

@@ -1,17 +1,22 @@
 //! genq-bench: measures genq end to end against llama.cpp alone (the ceiling) and against the
 //! Python stack users run today, on the same model and requests, and prints one table. Run it
 //! through `bench/run.sh`, which prepares the services, the build, the model and the virtualenv.
+//! `genq-bench workers-per-host` (`bench/run.sh --workers-per-host`) measures instead how 1, 2
+//! and 3 workers on one host compare.
 //!
 //! # Layout
 //! - `workload`: the three workloads; `measure`: per-run figures and medians.
 //! - `ceiling`: llama.cpp alone; `e2e`: genq's API and worker processes; `python`: transformers.
 //! - `reproducibility`: whether a seeded result depends on the batch around it.
+//! - `workers_per_host`: the several-workers-on-one-host benchmark.
+//! - The processes themselves are started and stopped by `genq-harness`.
 
 mod ceiling;
 mod e2e;
 mod measure;
 mod python;
 mod reproducibility;
+mod workers_per_host;
 mod workload;
 
 use std::{path::PathBuf, sync::Arc};
@@ -25,9 +30,42 @@ use workload::{Request, Workload};
 #[derive(Debug, Parser)]
 #[command(
     name = "genq-bench",
-    about = "genq against llama.cpp alone and the Python stack"
+    about = "genq against llama.cpp alone and the Python stack",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    compare: Compare,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// 1, 2 and 3 workers with default settings on this host, and 3 without the decode lock.
+    WorkersPerHost(workers_per_host::Args),
+}
+
+/// Where PostgreSQL and Redis are.
+#[derive(Debug, Clone, clap::Args)]
+struct Services {
+    #[arg(
+        long,
+        env = "GENQ_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    postgres: String,
+    #[arg(
+        long,
+        env = "GENQ_BENCH_REDIS",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis: String,
+}
+
+/// The default mode: llama.cpp alone, genq end to end and the Python stack, one table.
+#[derive(Debug, clap::Args)]
+struct Compare {
     /// GGUF model; synthesized (GPT-2 124M shape, Q8_0) if the file does not exist.
     #[arg(long, default_value = "models/gpt2-124m-synthetic-q8_0.gguf")]
     model: PathBuf,
@@ -46,18 +84,8 @@ struct Args {
     /// Worker slots (and the ceiling's concurrency); default: the worker's own default.
     #[arg(long)]
     slots: Option<u32>,
-    #[arg(
-        long,
-        env = "GENQ_BENCH_POSTGRES",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    postgres: String,
-    #[arg(
-        long,
-        env = "GENQ_BENCH_REDIS",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis: String,
+    #[command(flatten)]
+    services: Services,
     /// Where the API's and worker's logs go.
     #[arg(long, default_value = ".genq")]
     logs: PathBuf,
@@ -72,6 +100,13 @@ struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    match args.mode {
+        Some(Mode::WorkersPerHost(hosts)) => workers_per_host::run(hosts).await,
+        None => compare(args.compare).await,
+    }
+}
+
+async fn compare(args: Compare) -> anyhow::Result<()> {
     if !args.model.exists() {
         eprintln!("synthesizing {} (random weights)", args.model.display());
         synth::write_model(&args.model, synth::Shape::Gpt2_124m, 0)?;
@@ -91,10 +126,10 @@ async fn main() -> anyhow::Result<()> {
         python::Python::find(&bench_dir)
     };
     let options = e2e::Options {
-        bin_dir: e2e::default_bin_dir(),
+        bin_dir: genq_harness::default_bin_dir(),
         model: std::path::absolute(&args.model)?,
-        postgres: args.postgres.clone(),
-        redis: args.redis.clone(),
+        postgres: args.services.postgres.clone(),
+        redis: args.services.redis.clone(),
         slots: args.slots,
         logs: args.logs.clone(),
     };
@@ -128,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
             runs.push(run);
         }
         if let Ok(genq) = Arc::try_unwrap(genq) {
-            tokio::task::spawn_blocking(move || genq.stop()).await?;
+            genq.stop().await;
         }
         rows.push(row(workload, "genq end to end", Ok(runs), &requests));
 

@@ -76,7 +76,7 @@ pub fn summarize(runs: &[Run], requests: &[Request]) -> Summary {
     }
 }
 
-fn median(values: Vec<f64>) -> f64 {
+pub fn median(values: Vec<f64>) -> f64 {
     percentile(values, 0.5)
 }
 

@@ -37,14 +37,18 @@ pub fn measure(model: Arc<Model>, slots: u32) -> anyhow::Result<Outcome> {
     let alone: Vec<_> = runtime.block_on(async {
         let mut out = Vec::new();
         for (prompt, p) in &probes {
-            out.push(alone_engine.generate(prompt.clone(), p.clone()).await);
+            out.push(
+                alone_engine
+                    .generate(model.prompt_tokens(prompt), p.clone())
+                    .await,
+            );
         }
         out
     });
     alone_engine.shutdown();
 
     let batched_engine = Engine::start(
-        model,
+        Arc::clone(&model),
         EngineConfig {
             slots,
             ..EngineConfig::default()
@@ -57,11 +61,10 @@ pub fn measure(model: Arc<Model>, slots: u32) -> anyhow::Result<Outcome> {
         )
     });
     let everything: Vec<_> = probes.iter().cloned().chain(fillers).collect();
-    let together = runtime.block_on(join_all(
-        everything
-            .iter()
-            .map(|(prompt, p)| batched_engine.generate(prompt.clone(), p.clone())),
-    ));
+    let together =
+        runtime.block_on(join_all(everything.iter().map(|(prompt, p)| {
+            batched_engine.generate(model.prompt_tokens(prompt), p.clone())
+        })));
     batched_engine.shutdown();
 
     let identical = alone

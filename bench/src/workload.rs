@@ -57,8 +57,12 @@ const PROMPTS: [&str; 10] = [
     "The old lighthouse keeper looked out and saw",
 ];
 
+/// The `i`th of the benchmark's prompts, cycling through them.
+pub fn prompt(i: usize) -> String {
+    PROMPTS[i % PROMPTS.len()].to_owned()
+}
+
 pub fn requests(workload: Workload) -> Vec<Request> {
-    let prompt = |i: usize| PROMPTS[i % PROMPTS.len()].to_owned();
     match workload {
         Workload::A => vec![Request {
             prompts: (0..10).map(prompt).collect(),

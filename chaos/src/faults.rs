@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use genq_harness::Cluster;
+use genq_shared::db::jobs::report;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-use crate::cluster::{Cluster, worker_prefix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum FaultKind {
@@ -71,21 +71,10 @@ impl Injector<'_> {
             FaultKind::WorkerKill => Some(self.busiest_worker().await?),
             _ => None,
         };
-        let unfinished: Vec<Uuid> = retry_query(self.patience, || {
-            sqlx::query_scalar("select id from jobs where status in ('queued', 'running')")
-                .fetch_all(&self.pool)
-        })
-        .await?;
+        let unfinished = retry_query(self.patience, || report::unfinished(&self.pool)).await?;
         let held: Vec<Uuid> = match &victim {
             Some((_, name)) => {
-                retry_query(self.patience, || {
-                    sqlx::query_scalar(
-                        "select id from jobs where status = 'running' and worker = $1",
-                    )
-                    .bind(name)
-                    .fetch_all(&self.pool)
-                })
-                .await?
+                retry_query(self.patience, || report::running_on(&self.pool, name)).await?
             }
             None => Vec::new(),
         };
@@ -93,9 +82,9 @@ impl Injector<'_> {
         let injected = Instant::now();
         match (kind, &victim) {
             (FaultKind::WorkerKill, Some((index, _))) => {
-                self.cluster.kill_and_restart_worker(*index)?
+                self.cluster.kill_and_restart_worker(*index).await?
             }
-            (FaultKind::ApiRestart, _) => self.cluster.kill_and_restart_api()?,
+            (FaultKind::ApiRestart, _) => self.cluster.kill_and_restart_api().await?,
             (FaultKind::RedisRestart, _) => shell(&self.commands.redis_restart).await?,
             (FaultKind::RedisFlushall, _) => shell(&self.commands.redis_flushall).await?,
             (FaultKind::PostgresRestart, _) => shell(&self.commands.postgres_restart).await?,
@@ -120,10 +109,7 @@ impl Injector<'_> {
     async fn until_jobs_run(&self) {
         let give_up = Instant::now() + Duration::from_secs(30);
         while Instant::now() < give_up {
-            let running: Result<i64, _> =
-                sqlx::query_scalar("select count(*) from jobs where status = 'running'")
-                    .fetch_one(&self.pool)
-                    .await;
+            let running = report::running_count(&self.pool).await;
             if running.is_ok_and(|n| n > 0) {
                 return;
             }
@@ -133,20 +119,13 @@ impl Injector<'_> {
 
     /// The worker (index and registered name) holding the most running jobs; worker 0 if none does.
     async fn busiest_worker(&self) -> anyhow::Result<(usize, String)> {
-        let holders: Vec<(String, i64)> = retry_query(self.patience, || {
-            sqlx::query_as(
-                "select worker, count(*) from jobs where status = 'running' and worker is not null
-                 group by worker order by 2 desc",
-            )
-            .fetch_all(&self.pool)
-        })
-        .await?;
+        let holders = retry_query(self.patience, || report::running_by_worker(&self.pool)).await?;
         for (name, _) in holders {
             for index in 0..self.cluster.workers() {
                 // Names are `{prefix}-{pid}-{suffix}`: only the current process of a slot counts.
                 let current = format!(
                     "{}-{}-",
-                    worker_prefix(index),
+                    self.cluster.worker_name(index),
                     self.cluster.worker_pid(index)
                 );
                 if name.starts_with(&current) {
@@ -155,31 +134,17 @@ impl Injector<'_> {
             }
         }
         let pid = self.cluster.worker_pid(0);
-        Ok((0, format!("{}-{pid}-", worker_prefix(0))))
+        Ok((0, format!("{}-{pid}-", self.cluster.worker_name(0))))
     }
 
     async fn until_picked_up(&self, held: &[Uuid], dead: &str, since: Instant) -> Option<Duration> {
-        self.until_zero(since, || {
-            sqlx::query_scalar(
-                "select count(*) from jobs where id = any($1)
-                   and (status = 'queued' or (status = 'running' and worker = $2))",
-            )
-            .bind(held)
-            .bind(dead)
-            .fetch_one(&self.pool)
-        })
-        .await
+        self.until_zero(since, || report::still_held_by(&self.pool, held, dead))
+            .await
     }
 
     async fn until_finished(&self, ids: &[Uuid], since: Instant) -> Option<Duration> {
-        self.until_zero(since, || {
-            sqlx::query_scalar(
-                "select count(*) from jobs where id = any($1) and status in ('queued', 'running')",
-            )
-            .bind(ids)
-            .fetch_one(&self.pool)
-        })
-        .await
+        self.until_zero(since, || report::unfinished_among(&self.pool, ids))
+            .await
     }
 
     /// Polls `count` until it reads zero; the time since `since` then, or `None` past patience.

@@ -1,11 +1,16 @@
 //! genq-chaos: runs the real genq binaries under load, injects faults one at a time (killed
 //! workers, Redis restarted or flushed, PostgreSQL restarted, the API killed), then audits every
-//! job in PostgreSQL and prints what it found. Exits non-zero if any job was lost or duplicated.
+//! job in PostgreSQL and prints what it found. Exits non-zero if any job was lost or any result
+//! stored twice.
 //!
 //! `scripts/chaos.sh` builds everything, makes the tiny model and passes the restart commands.
+//!
+//! # Layout
+//! - `load`: the clients; `faults`: injecting faults and timing recoveries.
+//! - `audit`: the final count from PostgreSQL; `report`: its tables.
+//! - The processes (API and workers) are started and stopped by `genq-harness`.
 
 mod audit;
-mod cluster;
 mod faults;
 mod load;
 mod report;
@@ -21,12 +26,11 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use genq_shared::db;
+use genq_harness::{Cluster, Config, Database, fresh_queue};
 use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
 use crate::{
-    cluster::Cluster,
     faults::{Commands, FaultKind, Injector},
     load::{Client, Ledger},
 };
@@ -96,25 +100,27 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let commands = commands(&args)?;
-    let database_url = format!("{}/genq_chaos", args.postgres.trim_end_matches('/'));
     // A fresh database each run, so the audit sees only this run's jobs.
-    let pool = db::recreate(&database_url.parse()?, 4).await?;
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
-    let queue = format!(
-        "genq_chaos_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    let database = Database::recreate(&args.postgres, "genq_chaos").await?;
+    let pool = database.pool.clone();
+    let mut config = Config::new(
+        args.bin_dir
+            .clone()
+            .unwrap_or_else(genq_harness::default_bin_dir),
+        database.url,
+        args.redis.clone(),
+        fresh_queue("genq_chaos"),
+        args.model.clone(),
+        args.logs.clone(),
     );
-    let mut cluster = Cluster::start(cluster::Options {
-        bin_dir,
-        model: args.model.clone(),
-        database_url,
-        redis_url: args.redis.clone(),
-        queue,
-        workers: args.workers,
-        slots: args.slots,
-        logs: args.logs.clone(),
-    })
-    .await?;
+    config.worker_names = (0..args.workers).map(|i| format!("chaos-w{i}")).collect();
+    config.worker_env = vec![
+        ("GENQ_SLOTS".into(), args.slots.to_string()),
+        // Several workers share two cores here; one thread each keeps them from fighting.
+        ("GENQ_THREADS".into(), "1".into()),
+    ];
+    config.ready_within = Duration::from_secs(120);
+    let mut cluster = Cluster::start(config).await?;
     eprintln!(
         "genq is up at {} with {} workers; logs in {}",
         cluster.base_url(),
@@ -187,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
         client.await.context("a client task panicked")?;
     }
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    cluster.stop();
+    cluster.stop().await;
     let elapsed = started.elapsed();
 
     let seen = ledger.take();
@@ -226,11 +232,4 @@ fn commands(args: &Args) -> anyhow::Result<Commands> {
             .clone()
             .unwrap_or_else(|| format!("redis-cli -u {} flushall >/dev/null", args.redis)),
     })
-}
-
-fn default_bin_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("target/release"))
 }

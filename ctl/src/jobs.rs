@@ -9,7 +9,7 @@ use genq_shared::{
 };
 use uuid::Uuid;
 
-use crate::{Backends, Done, connect_db};
+use crate::{Backends, Done, connect_db, warn};
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
@@ -60,8 +60,14 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
         },
         JobsCommand::Cancel { id } => match db::jobs::cancel(&pool, id).await? {
             CancelOutcome::Cancelled => {
-                let (_, mut redis) = dispatch::connect(&args.backends.queue).await?;
-                dispatch::remove(&pool, &mut redis, &args.backends.queue.queue, &[id]).await?;
+                // PostgreSQL holds the cancellation, so a worker that still gets the task skips
+                // it: taking it out of Redis only saves that worker the look, as the API's cancel.
+                if let Err(e) = take_out_of_redis(&pool, &args.backends, &[id]).await {
+                    warn(format_args!(
+                        "job {id} is cancelled in PostgreSQL, but Redis failed ({e:#}): \
+                         the job's task stays in Redis until a worker skips it"
+                    ));
+                }
                 println!("job {id} cancelled");
             }
             CancelOutcome::AlreadyFinal(status) => {
@@ -78,7 +84,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
             limit,
             json,
         } => {
-            let jobs = db::recovery::list(&pool, status, limit).await?;
+            let jobs = db::jobs::list(&pool, status, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
                 return Ok(Done::Ok);
@@ -98,20 +104,31 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
             }
         }
         JobsCommand::Retry { id, all_failed: _ } => {
-            let ids = db::recovery::retry_failed(&pool, id).await?;
+            let ids = db::jobs::retry_failed(&pool, id).await?;
             if ids.is_empty() {
                 eprintln!("no failed job to retry");
+                // A named job that is not failed is a failure; --all-failed with none is not.
                 return Ok(if id.is_some() { Done::Failed } else { Done::Ok });
             }
-            let (mut storage, _) = dispatch::connect(&args.backends.queue).await?;
-            dispatch::redispatch(&pool, &mut storage, &ids).await?;
+            // The jobs are queued in PostgreSQL now; the reconciler dispatches queued jobs that
+            // Redis does not hold, so a failed push only delays them.
+            let pushed = async {
+                let (mut storage, _) = dispatch::connect(&args.backends.queue).await?;
+                dispatch::redispatch(&pool, &mut storage, &ids).await
+            };
+            if let Err(e) = pushed.await {
+                warn(format_args!(
+                    "the jobs are queued in PostgreSQL, but pushing them to Redis failed \
+                     ({e:#}): the reconciler dispatches them"
+                ));
+            }
             println!("{} job(s) queued again", ids.len());
         }
         JobsCommand::Cleanup { older_than } => {
             let older = std::time::Duration::from_secs(older_than);
             let mut deleted = 0;
             loop {
-                let batch = db::recovery::delete_finished(&pool, older, 1000).await?;
+                let batch = db::jobs::delete_finished(&pool, older, 1000).await?;
                 deleted += batch.len();
                 if batch.len() < 1000 {
                     break;
@@ -121,6 +138,17 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
         }
     }
     Ok(Done::Ok)
+}
+
+/// Takes jobs' waiting tasks out of Redis (best effort for callers: PostgreSQL already holds the
+/// jobs' final status). Connecting counts: Redis unreachable is an error here like any other.
+pub async fn take_out_of_redis(
+    pool: &sqlx::PgPool,
+    backends: &Backends,
+    ids: &[Uuid],
+) -> anyhow::Result<u64> {
+    let (_, mut redis) = dispatch::connect(&backends.queue).await?;
+    dispatch::remove(pool, &mut redis, &backends.queue.queue, ids).await
 }
 
 pub async fn workers(database: &DatabaseConfig, json: bool) -> anyhow::Result<Done> {

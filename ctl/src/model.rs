@@ -60,19 +60,52 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<Done> {
 }
 
 /// Streams to a `.partial` file, checks the GGUF magic and the checksum, then renames into place,
-/// so an interrupted or corrupt download never sits where a worker would load it.
+/// so an interrupted or corrupt download never sits where a worker would load it. Whatever goes
+/// wrong after the `.partial` file is created, it is removed. Each error names its reason: the
+/// HTTP status, "not a GGUF file", or "checksum mismatch".
 pub async fn download(url: &str, out: &Path, expected_sha256: Option<&str>) -> anyhow::Result<()> {
     let response = reqwest::get(url)
         .await
         .with_context(|| format!("requesting {url}"))?;
     if !response.status().is_success() {
-        bail!("{url} answered {}", response.status());
+        bail!(
+            "downloading {url}: the server answered HTTP {}",
+            response.status()
+        );
     }
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(dir).await?;
     }
     let partial = out.with_extension("gguf.partial");
-    let mut file = tokio::fs::File::create(&partial)
+    let fetched = fetch_and_check(response, url, &partial, expected_sha256).await;
+    let (digest, size) = match fetched {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = tokio::fs::rename(&partial, out).await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(e).with_context(|| format!("moving the download to {}", out.display()));
+    }
+    println!(
+        "downloaded {} ({:.1} MB, sha256 {digest})",
+        out.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Writes the body to `partial` and checks it; returns its SHA-256 (hex) and size. The caller
+/// removes `partial` on error.
+async fn fetch_and_check(
+    response: reqwest::Response,
+    url: &str,
+    partial: &Path,
+    expected_sha256: Option<&str>,
+) -> anyhow::Result<(String, u64)> {
+    let mut file = tokio::fs::File::create(partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut hasher = Sha256::new();
@@ -86,32 +119,20 @@ pub async fn download(url: &str, out: &Path, expected_sha256: Option<&str>) -> a
         }
         hasher.update(&chunk);
         size += chunk.len() as u64;
-        file.write_all(&chunk).await?;
+        file.write_all(&chunk)
+            .await
+            .with_context(|| format!("writing {}", partial.display()))?;
     }
     file.flush().await?;
     drop(file);
     let digest = format!("{:x}", hasher.finalize());
-    let fail = |why: String| {
-        let _ = std::fs::remove_file(&partial);
-        anyhow::anyhow!(why)
-    };
     if head != b"GGUF".as_slice() {
-        return Err(fail(format!(
-            "{url} is not a GGUF file (it does not start with 'GGUF')"
-        )));
+        bail!("{url} is not a GGUF file (it does not start with 'GGUF')");
     }
     if let Some(expected) = expected_sha256
         && !expected.eq_ignore_ascii_case(&digest)
     {
-        return Err(fail(format!(
-            "checksum mismatch: expected {expected}, got {digest}"
-        )));
+        bail!("checksum mismatch for {url}: expected SHA-256 {expected}, got {digest}");
     }
-    tokio::fs::rename(&partial, out).await?;
-    println!(
-        "downloaded {} ({:.1} MB, sha256 {digest})",
-        out.display(),
-        size as f64 / 1e6
-    );
-    Ok(())
+    Ok((digest, size))
 }

@@ -9,7 +9,7 @@ use genq_shared::{
     types::QueueStats,
 };
 
-use crate::{Backends, Done, connect_db};
+use crate::{Backends, Done, connect_db, jobs::take_out_of_redis, warn};
 
 #[derive(Debug, Args)]
 pub struct QueueArgs {
@@ -38,7 +38,7 @@ enum QueueCommand {
     },
     /// Cancel every queued job and take it out of Redis.
     Purge {
-        /// Required: purging cannot be undone.
+        /// Required: purging cannot be undone (without it nothing is purged and genqctl exits 2).
         #[arg(long)]
         yes: bool,
     },
@@ -78,16 +78,24 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
         QueueCommand::Purge { yes } => {
             if !yes {
                 eprintln!("purge cancels every queued job; run again with --yes to do it");
-                return Ok(Done::Failed);
+                return Ok(Done::Usage);
             }
             let ids = db::jobs::cancel_all_queued(&pool, "purged by an operator").await?;
-            let (_, mut redis) = dispatch::connect(&args.backends.queue).await?;
-            let removed =
-                dispatch::remove(&pool, &mut redis, &args.backends.queue.queue, &ids).await?;
-            println!(
-                "purged {} queued jobs ({removed} taken out of Redis)",
-                ids.len()
-            );
+            // The jobs are cancelled in PostgreSQL, which workers check before running a job:
+            // Redis is best effort, as for `jobs cancel`.
+            match take_out_of_redis(&pool, &args.backends, &ids).await {
+                Ok(removed) => println!(
+                    "purged {} queued jobs ({removed} taken out of Redis)",
+                    ids.len()
+                ),
+                Err(e) => {
+                    warn(format_args!(
+                        "the jobs are cancelled in PostgreSQL, but Redis failed ({e:#}): \
+                         their tasks stay in Redis until a worker skips them"
+                    ));
+                    println!("purged {} queued jobs", ids.len());
+                }
+            }
         }
     }
     Ok(Done::Ok)
@@ -124,7 +132,7 @@ async fn reconcile(
         queue: backends.queue.queue.clone(),
         config,
     };
-    let pass = reconciler.pass().await?;
+    let pass = reconciler.pass().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&pass)?);
     } else {
@@ -139,7 +147,15 @@ async fn reconcile(
             pass.deleted
         );
     }
-    Ok(Done::Ok)
+    // The other steps ran regardless (see `Reconciler::pass`); the pass above shows what they did.
+    for failed in &pass.failed_steps {
+        eprintln!("genqctl: step {} failed: {}", failed.step, failed.error);
+    }
+    Ok(if pass.failed_steps.is_empty() {
+        Done::Ok
+    } else {
+        Done::Failed
+    })
 }
 
 async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {

@@ -2,11 +2,30 @@
 //! over up to `slots` sequences. A request takes a free slot as soon as one exists, its prompt is
 //! fed in chunks alongside the sequences already generating, and a finished sequence frees its
 //! slot (and KV cells) at once, so requests from different jobs share every decode step.
+//!
+//! Callers hand in prompts already tokenized ([`Model::prompt_tokens`]) so that tokenizing never
+//! holds up the decode loop. Stop strings are searched only in each token's new bytes (plus the
+//! overlap a stop string can straddle), so a long output costs no more per token than a short one.
+//!
+//! The engine thread can end abnormally: a panic in the decode loop is caught and logged, every
+//! request then ends with [`GenerationError::EngineStopped`], and [`Engine::stopped`] tells the
+//! owner why, so a worker can stop taking jobs instead of failing them one by one.
+//!
+//! Several worker processes on one machine can share a [`EngineConfig::decode_lock`] file so their
+//! decode steps take turns on the cores instead of oversubscribing them.
 
 use std::{
+    any::Any,
     collections::VecDeque,
+    fs::{self, File},
     num::NonZeroU32,
-    sync::{Arc, mpsc},
+    panic::{self, AssertUnwindSafe},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
 };
 
@@ -17,7 +36,7 @@ use llama_cpp_2::{
     sampling::LlamaSampler,
     token::LlamaToken,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::model::{CONTEXT_CREATION, Model, backend};
 
@@ -100,6 +119,14 @@ pub struct EngineConfig {
     pub context_per_slot: Option<u32>,
     /// Most tokens in one decode step: prompt chunks fill what running sequences leave free.
     pub batch_tokens: u32,
+    /// A file every engine on the host locks (exclusively) while it decodes and samples a step, so
+    /// workers sharing the cores take turns: llama.cpp's threads wait on each other, and three
+    /// processes each using every core ran at 0.24x the throughput of one. Created if missing;
+    /// if it cannot be opened the engine logs a warning and decodes without it.
+    pub decode_lock: Option<PathBuf>,
+    /// Fault injection, for tests and the fault-injection suite only: the decode loop panics
+    /// once the engine has sampled this many tokens in total.
+    pub panic_after_tokens: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -110,12 +137,14 @@ impl Default for EngineConfig {
             threads: cores as i32,
             context_per_slot: None,
             batch_tokens: 512,
+            decode_lock: None,
+            panic_after_tokens: None,
         }
     }
 }
 
 struct Request {
-    prompt: String,
+    prompt: Vec<LlamaToken>,
     params: GenerationParams,
     reply: oneshot::Sender<Result<Generation, GenerationError>>,
 }
@@ -127,6 +156,9 @@ pub struct Engine {
     model: Arc<Model>,
     context_per_slot: u32,
     slots: u32,
+    generated: Arc<AtomicU64>,
+    /// Becomes `Some(reason)` when the engine thread ends abnormally.
+    stopped: watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -153,29 +185,54 @@ impl Engine {
             .with_n_threads_batch(config.threads);
         let (requests, inbox) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let (stopped_tx, stopped) = watch::channel(None);
+        let generated = Arc::new(AtomicU64::new(0));
         let thread_model = Arc::clone(&model);
+        let thread_generated = Arc::clone(&generated);
         let thread = thread::Builder::new()
             .name("genq-engine".into())
             .spawn(move || {
+                let mut stop_signal = StopSignal {
+                    sender: stopped_tx,
+                    reason: None,
+                };
                 let context = {
                     let _serialised = CONTEXT_CREATION.lock().unwrap_or_else(|e| e.into_inner());
                     thread_model.inner.new_context(backend(), params)
                 };
-                match context {
-                    Ok(context) => {
-                        let _ = ready_tx.send(Ok(()));
-                        DecodeLoop::new(
-                            &thread_model,
-                            context,
+                let context = match context {
+                    Ok(context) => context,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow!(e)));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                // The loop owns the inbox and every request it has taken: unwinding drops them
+                // all, so each waiting caller gets EngineStopped and later sends fail at once.
+                // Nothing the loop touched is used after a panic, hence AssertUnwindSafe.
+                let ran = panic::catch_unwind(AssertUnwindSafe(|| {
+                    DecodeLoop::new(
+                        &thread_model,
+                        context,
+                        LoopConfig {
                             slots,
                             context_per_slot,
                             batch_tokens,
-                        )
-                        .run(inbox);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow!(e)));
-                    }
+                            generated: thread_generated,
+                            panic_after_tokens: config.panic_after_tokens,
+                            decode_lock: config.decode_lock.as_deref(),
+                        },
+                    )
+                    .run(inbox);
+                }));
+                if let Err(payload) = ran {
+                    let reason = format!(
+                        "the decode loop panicked: {}",
+                        panic_message(payload.as_ref())
+                    );
+                    tracing::error!(%reason, "the inference engine has stopped");
+                    stop_signal.reason = Some(reason);
                 }
             })
             .context("spawning the engine thread")?;
@@ -193,25 +250,94 @@ impl Engine {
             model,
             context_per_slot,
             slots,
+            generated,
+            stopped,
         })
     }
 
-    /// Queues one prompt. Dropping the returned future cancels the sequence at its next step.
+    /// Queues one prompt, tokenized with [`Model::prompt_tokens`] (an empty one is conditioned on
+    /// the end-of-text token, as there). The request is handed in when this is called, not when
+    /// the future is first polled; dropping the future cancels the sequence at its next step.
     pub fn generate(
         &self,
-        prompt: String,
+        prompt: Vec<LlamaToken>,
         params: GenerationParams,
-    ) -> impl Future<Output = Result<Generation, GenerationError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Generation, GenerationError>> + Send + 'static + use<> {
         let (reply, answer) = oneshot::channel();
-        let sent = self.requests.send(Request {
-            prompt,
-            params,
-            reply,
+        let sent = self.admissible(prompt, &params).and_then(|prompt| {
+            self.requests
+                .send(Request {
+                    prompt,
+                    params,
+                    reply,
+                })
+                .map_err(|_| GenerationError::EngineStopped)
         });
         async move {
-            sent.map_err(|_| GenerationError::EngineStopped)?;
+            sent?;
+            // The engine drops the reply sender only when it dies with the request in hand.
             answer.await.unwrap_or(Err(GenerationError::EngineStopped))
         }
+    }
+
+    /// Refuses, before it is queued, a prompt that cannot be decoded: one that leaves no room for
+    /// max_tokens, or a token outside the vocabulary (llama.cpp would fail the whole batch for it,
+    /// ending every other sequence in it).
+    fn admissible(
+        &self,
+        mut prompt: Vec<LlamaToken>,
+        params: &GenerationParams,
+    ) -> Result<Vec<LlamaToken>, GenerationError> {
+        let vocab = self.model.inner.vocab();
+        if prompt.is_empty() {
+            // Without a token there are no logits to sample from and the slot would never free.
+            prompt.push(vocab.bos());
+        }
+        let n_vocab = self.model.inner.n_vocab();
+        if let Some(bad) = prompt.iter().find(|t| !(0..n_vocab).contains(&t.0)) {
+            return Err(GenerationError::Decode(format!(
+                "prompt token {} is outside the vocabulary of {n_vocab} tokens",
+                bad.0
+            )));
+        }
+        if prompt.len() + params.max_tokens as usize > self.context_per_slot as usize {
+            return Err(GenerationError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                max_tokens: params.max_tokens,
+                context: self.context_per_slot,
+            });
+        }
+        Ok(prompt)
+    }
+
+    /// Resolves with the reason once the engine thread has ended abnormally (its decode loop
+    /// panicked); from then on every request ends with [`GenerationError::EngineStopped`]. After a
+    /// normal shutdown it never resolves.
+    pub fn stopped(&self) -> impl Future<Output = String> + Send + 'static + use<> {
+        let mut stopped = self.stopped.clone();
+        async move {
+            // `ok()` and the clone end the borrow of the value here, which keeps the future Send.
+            let reason = stopped
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|reason| reason.clone());
+            match reason {
+                Some(reason) => reason,
+                // The thread exited without a reason: a normal shutdown.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Whether the engine thread has ended abnormally; see [`Engine::stopped`].
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.borrow().is_some()
+    }
+
+    /// Tokens this engine has sampled in total, end-of-text tokens included.
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated.load(Ordering::Relaxed)
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -242,6 +368,34 @@ impl Engine {
     }
 }
 
+/// Set on the engine thread and dropped when it ends, so an abnormal end is published even when
+/// the thread unwinds past the decode loop's `catch_unwind`.
+struct StopSignal {
+    sender: watch::Sender<Option<String>>,
+    reason: Option<String>,
+}
+
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        let reason = self.reason.take().or_else(|| {
+            thread::panicking().then(|| "the inference engine thread panicked".to_owned())
+        });
+        if let Some(reason) = reason {
+            self.sender.send_replace(Some(reason));
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
 struct Sequence {
     request: Request,
     prompt: Vec<LlamaToken>,
@@ -262,6 +416,15 @@ impl Sequence {
     }
 }
 
+struct LoopConfig<'a> {
+    slots: u32,
+    context_per_slot: u32,
+    batch_tokens: u32,
+    generated: Arc<AtomicU64>,
+    panic_after_tokens: Option<u64>,
+    decode_lock: Option<&'a Path>,
+}
+
 struct DecodeLoop<'m> {
     model: &'m Model,
     context: LlamaContext<'m>,
@@ -270,24 +433,24 @@ struct DecodeLoop<'m> {
     batch: LlamaBatch<'static>,
     batch_tokens: usize,
     context_per_slot: u32,
+    generated: Arc<AtomicU64>,
+    panic_after_tokens: Option<u64>,
+    decode_lock: Option<File>,
 }
 
 impl<'m> DecodeLoop<'m> {
-    fn new(
-        model: &'m Model,
-        context: LlamaContext<'m>,
-        slots: u32,
-        context_per_slot: u32,
-        batch_tokens: u32,
-    ) -> Self {
+    fn new(model: &'m Model, context: LlamaContext<'m>, config: LoopConfig<'_>) -> Self {
         DecodeLoop {
             model,
             context,
-            slots: (0..slots).map(|_| None).collect(),
+            slots: (0..config.slots).map(|_| None).collect(),
             waiting: VecDeque::new(),
-            batch: LlamaBatch::new(batch_tokens as usize, 1),
-            batch_tokens: batch_tokens as usize,
-            context_per_slot,
+            batch: LlamaBatch::new(config.batch_tokens as usize, 1),
+            batch_tokens: config.batch_tokens as usize,
+            context_per_slot: config.context_per_slot,
+            generated: config.generated,
+            panic_after_tokens: config.panic_after_tokens,
+            decode_lock: config.decode_lock.and_then(open_decode_lock),
         }
     }
 
@@ -311,22 +474,18 @@ impl<'m> DecodeLoop<'m> {
             if self.slots[slot].is_some() {
                 continue;
             }
-            let Some(request) = self.waiting.pop_front() else {
+            // A request whose caller has gone is dropped here rather than given the slot.
+            let live = std::iter::from_fn(|| self.waiting.pop_front())
+                .find(|request| !request.reply.is_closed());
+            let Some(mut request) = live else {
                 return;
             };
-            if request.reply.is_closed() {
-                continue;
-            }
-            let prompt = self.model.prompt_tokens(&request.prompt);
-            let needed = prompt.len() + request.params.max_tokens as usize;
-            if needed > self.context_per_slot as usize {
-                let _ = request.reply.send(Err(GenerationError::PromptTooLong {
-                    prompt_tokens: prompt.len(),
-                    max_tokens: request.params.max_tokens,
-                    context: self.context_per_slot,
-                }));
-                continue;
-            }
+            // Engine::generate refused what does not fit, so positions stay within the slot.
+            debug_assert!(
+                request.prompt.len() + request.params.max_tokens as usize
+                    <= self.context_per_slot as usize
+            );
+            let prompt = std::mem::take(&mut request.prompt);
             let sampler = sampler_for(&request.params);
             self.slots[slot] = Some(Sequence {
                 request,
@@ -387,6 +546,14 @@ impl<'m> DecodeLoop<'m> {
         if self.batch.n_tokens() == 0 {
             return;
         }
+        // Sampling is CPU work too: done outside the lock, it would stall the threads of
+        // another worker's decode (measured: 3 workers reached 0.77x of one instead of 0.8x+).
+        self.lock_decode();
+        self.decode_and_sample();
+        self.unlock_decode();
+    }
+
+    fn decode_and_sample(&mut self) {
         if let Err(e) = self.context.decode(&mut self.batch) {
             // The batch's sequences are in an unknown state: end them all, keep the engine going.
             let error = GenerationError::Decode(e.to_string());
@@ -410,25 +577,24 @@ impl<'m> DecodeLoop<'m> {
         let sequence = self.slots[slot].as_mut()?;
         let index = sequence.logits_at?;
         let token = sequence.sampler.sample(&self.context, index);
+        let sampled = self.generated.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(limit) = self.panic_after_tokens
+            && sampled >= limit
+        {
+            panic!("fault injection: panicking after {limit} generated tokens");
+        }
         let vocab = self.model.inner.vocab();
         let params = &sequence.request.params;
         if vocab.is_eog(token) {
             return Some(Ok(sequence.finish(FinishReason::Stop, None)));
         }
         sequence.generated += 1;
+        let old_len = sequence.output.len();
         sequence
             .output
             .extend(vocab.token_to_piece(token, false, None));
-        if !params.stop.is_empty() {
-            let text = String::from_utf8_lossy(&sequence.output);
-            if let Some(cut) = params
-                .stop
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
-                return Some(Ok(sequence.finish(FinishReason::Stop, Some(cut))));
-            }
+        if let Some(cut) = find_stop(&sequence.output, old_len, &params.stop) {
+            return Some(Ok(sequence.finish(FinishReason::Stop, Some(cut))));
         }
         if sequence.generated >= params.max_tokens {
             return Some(Ok(sequence.finish(FinishReason::Length, None)));
@@ -443,6 +609,35 @@ impl<'m> DecodeLoop<'m> {
         }
     }
 
+    /// Waits for this host's turn to decode, if a decode lock is configured.
+    fn lock_decode(&mut self) {
+        let Some(file) = &self.decode_lock else {
+            return;
+        };
+        if let Err(e) = file.lock() {
+            // Decoding without the lock only costs throughput; stopping the engine would cost jobs.
+            tracing::warn!(
+                error = %e,
+                "cannot take the decode lock; decoding without it from now on"
+            );
+            self.decode_lock = None;
+        }
+    }
+
+    fn unlock_decode(&mut self) {
+        let Some(file) = &self.decode_lock else {
+            return;
+        };
+        if let Err(e) = file.unlock() {
+            // Closing the file releases the lock too, so the other engines are not shut out.
+            tracing::warn!(
+                error = %e,
+                "cannot release the decode lock; decoding without it from now on"
+            );
+            self.decode_lock = None;
+        }
+    }
+
     fn free(&mut self, slot: usize) -> Option<Sequence> {
         let sequence = self.slots[slot].take()?;
         // Removing a whole sequence's cells cannot fail for an in-range id.
@@ -454,13 +649,11 @@ impl<'m> DecodeLoop<'m> {
 }
 
 impl Sequence {
+    /// `cut_at` is a byte offset into the output, where a stop string begins.
     fn finish(&mut self, reason: FinishReason, cut_at: Option<usize>) -> Generation {
-        let mut text = String::from_utf8_lossy(&self.output).into_owned();
-        if let Some(cut) = cut_at {
-            text.truncate(cut);
-        }
+        let end = cut_at.unwrap_or(self.output.len());
         Generation {
-            text,
+            text: String::from_utf8_lossy(&self.output[..end]).into_owned(),
             completion_tokens: self.generated,
             finish_reason: reason,
         }
@@ -477,4 +670,121 @@ fn sampler_for(params: &GenerationParams) -> LlamaSampler {
         LlamaSampler::temp(params.temperature),
         LlamaSampler::dist(params.seed),
     ])
+}
+
+/// Opens (creating it and its folders if needed) the host-wide decode lock file. A failure is
+/// logged once and the engine runs without the lock.
+fn open_decode_lock(path: &Path) -> Option<File> {
+    let opened = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fs::create_dir_all(parent),
+        _ => Ok(()),
+    }
+    .and_then(|()| {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    });
+    match opened {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot open the decode lock file; decoding without it"
+            );
+            None
+        }
+    }
+}
+
+/// The byte offset where the earliest stop string begins in `output`, of those that end in the
+/// bytes appended since `old_len`. A match ending before `old_len` would have stopped generation
+/// at an earlier token, so only the new bytes and the `longest - 1` before them are searched.
+/// Empty stop strings are ignored.
+fn find_stop(output: &[u8], old_len: usize, stops: &[String]) -> Option<usize> {
+    let longest = stops.iter().map(String::len).max()?;
+    let from = old_len
+        .saturating_sub(longest.saturating_sub(1))
+        .min(output.len());
+    let window = &output[from..];
+    stops
+        .iter()
+        .map(String::as_bytes)
+        .filter(|stop| !stop.is_empty())
+        .filter_map(|stop| window.windows(stop.len()).position(|w| w == stop))
+        .min()
+        .map(|at| from + at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_stop;
+
+    fn stops(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// Feeds `pieces` one at a time, as the decode loop does, and returns the cut, if any.
+    fn feed(pieces: &[&[u8]], stop: &[&str]) -> Option<usize> {
+        let stop = stops(stop);
+        let mut output = Vec::new();
+        for piece in pieces {
+            let old_len = output.len();
+            output.extend_from_slice(piece);
+            if let Some(cut) = find_stop(&output, old_len, &stop) {
+                return Some(cut);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn finds_a_stop_string_split_across_two_pieces() {
+        assert_eq!(
+            feed(&[b"Hello wor", b"ld\n", b"\nmore"], &["\n\n"]),
+            Some(11)
+        );
+        assert_eq!(feed(&[b"ab", b"cd", b"ef"], &["bcde"]), Some(1));
+    }
+
+    #[test]
+    fn cuts_before_a_multi_byte_character() {
+        // "é" is two bytes, and a token piece may hold only half of it.
+        let e = "é".as_bytes();
+        let cut = feed(&[b"caf", &e[..1], &e[1..], b"!"], &["é"]).unwrap();
+        assert_eq!(cut, 3);
+        let cut = feed(&["naïve ".as_bytes(), "→ next".as_bytes()], &["→"]).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&"naïve → next".as_bytes()[..cut]),
+            "naïve "
+        );
+    }
+
+    #[test]
+    fn the_earliest_of_several_stop_strings_wins() {
+        let output = b"one two three";
+        assert_eq!(
+            find_stop(output, 0, &stops(&["three", "two", "e t"])),
+            Some(2)
+        );
+        assert_eq!(feed(&[b"one t", b"wo three"], &["three", "two"]), Some(4));
+    }
+
+    #[test]
+    fn matches_wholly_before_the_window_are_not_searched_again() {
+        // "XY" ended before the last piece; only matches reaching into new bytes count.
+        assert_eq!(find_stop(b"abXYcd", 4, &stops(&["XY"])), None);
+        assert_eq!(find_stop(b"abXYcdXY", 6, &stops(&["XY"])), Some(6));
+        // One byte of overlap is searched, so a match straddling old and new bytes is found.
+        assert_eq!(find_stop(b"abXYcd", 3, &stops(&["XY"])), Some(2));
+    }
+
+    #[test]
+    fn no_stop_strings_or_only_empty_ones_never_match() {
+        assert_eq!(find_stop(b"anything", 0, &[]), None);
+        assert_eq!(find_stop(b"anything", 0, &stops(&[""])), None);
+    }
 }

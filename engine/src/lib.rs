@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`model`]: the process-wide backend, loading a model or only its vocabulary.
-//! - [`engine`]: the decode loop on its own thread; async callers hand it prompts.
+//! - [`engine`]: the decode loop on its own thread; async callers hand it tokenized prompts
+//!   ([`Model::prompt_tokens`], on their own thread) and can watch for it dying
+//!   ([`Engine::stopped`]).
 //! - [`synth`]: writes GPT-2-architecture GGUF files with the real tokenizer and random weights.
 //! - [`gguf`]: the small GGUF writer `synth` uses.
 
@@ -17,3 +19,7 @@ pub use engine::{
     GenerationParams, context_per_slot, default_slots,
 };
 pub use model::{Model, Placement};
+
+/// A token id of the loaded model's vocabulary, as [`Model::prompt_tokens`] returns and
+/// [`Engine::generate`] takes.
+pub use llama_cpp_2::token::LlamaToken as Token;

@@ -1,9 +1,11 @@
 //! Continuous batching: sequences of different lengths share decode steps without touching each
-//! other, a cancelled one leaves the rest alone, and slots are reused.
+//! other, a cancelled one leaves the rest alone and frees its slot, and slots are reused.
 
 mod common;
 
-use common::{engine, params};
+use std::time::{Duration, Instant};
+
+use common::{engine, generate, params};
 use futures::{StreamExt, future::join_all, stream::FuturesUnordered};
 use genq_engine::{Engine, Generation, GenerationParams};
 
@@ -25,12 +27,7 @@ async fn alone(requests: &[(String, GenerationParams)]) -> Vec<Generation> {
     let engine = engine(1);
     let mut out = Vec::new();
     for (prompt, params) in requests {
-        out.push(
-            engine
-                .generate(prompt.clone(), params.clone())
-                .await
-                .unwrap(),
-        );
+        out.push(generate(&engine, prompt, params.clone()).await.unwrap());
     }
     out
 }
@@ -38,7 +35,7 @@ async fn alone(requests: &[(String, GenerationParams)]) -> Vec<Generation> {
 async fn together(engine: &Engine, requests: &[(String, GenerationParams)]) -> Vec<Generation> {
     let pending = requests
         .iter()
-        .map(|(prompt, params)| engine.generate(prompt.clone(), params.clone()));
+        .map(|(prompt, params)| generate(engine, prompt, params.clone()));
     join_all(pending)
         .await
         .into_iter()
@@ -67,12 +64,12 @@ async fn cancelling_one_sequence_leaves_the_others_untouched() {
     let expected = alone(&requests).await;
     let engine = engine(4);
     // Handed in first, so it holds a slot while the others come and go.
-    let mut doomed = Box::pin(engine.generate("A very long tale".into(), params(200, 9)));
+    let mut doomed = Box::pin(generate(&engine, "A very long tale", params(200, 9)));
     let mut others: FuturesUnordered<_> = requests
         .iter()
         .enumerate()
         .map(|(i, (prompt, params))| {
-            let generation = engine.generate(prompt.clone(), params.clone());
+            let generation = generate(&engine, prompt, params.clone());
             async move { (i, generation.await.unwrap()) }
         })
         .collect();
@@ -88,6 +85,40 @@ async fn cancelling_one_sequence_leaves_the_others_untouched() {
     for (i, generation) in got {
         assert_eq!(generation, expected[i], "request {i}");
     }
+}
+
+#[tokio::test]
+async fn dropping_a_request_frees_its_slot_for_the_next() {
+    const DOOMED_TOKENS: u32 = 200;
+    let (prompt, short) = ("A short one", params(4, 11));
+    let expected = generate(&engine(1), prompt, short.clone()).await.unwrap();
+    let engine = engine(1);
+    let doomed_prompt = engine.model().prompt_tokens("A very long tale");
+    assert!(
+        doomed_prompt.len() + DOOMED_TOKENS as usize <= engine.context_per_slot() as usize,
+        "the doomed request must fit its slot, or it would be refused instead of decoded"
+    );
+
+    let doomed = engine.generate(doomed_prompt, params(DOOMED_TOKENS, 9));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.generated_tokens() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the doomed request never started decoding"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(doomed);
+    let got = generate(&engine, prompt, short).await.unwrap();
+
+    // Had the dropped sequence kept its only slot, the short one would have waited for all of its
+    // tokens: the total would be at least 200 + 4.
+    let total = engine.generated_tokens();
+    assert!(
+        total < u64::from(DOOMED_TOKENS) + 4,
+        "{total} tokens: the dropped request ran on"
+    );
+    assert_eq!(got, expected);
 }
 
 #[tokio::test]

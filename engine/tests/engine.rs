@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{engine, params, tiny_model};
-use genq_engine::{FinishReason, GenerationError, GenerationParams, Model, synth};
+use common::{engine, generate, params, tiny_model};
+use genq_engine::{FinishReason, GenerationError, GenerationParams, Model, Token, synth};
 
 #[test]
 fn tokenizes_like_gpt2() {
@@ -21,16 +21,13 @@ fn tokenizes_like_gpt2() {
 #[tokio::test]
 async fn generates_max_tokens_and_repeats_with_the_same_seed() {
     let engine = engine(4);
-    let first = engine
-        .generate("Hello, my name is".into(), params(12, 7))
+    let first = generate(&engine, "Hello, my name is", params(12, 7))
         .await
         .unwrap();
-    let again = engine
-        .generate("Hello, my name is".into(), params(12, 7))
+    let again = generate(&engine, "Hello, my name is", params(12, 7))
         .await
         .unwrap();
-    let other_seed = engine
-        .generate("Hello, my name is".into(), params(12, 8))
+    let other_seed = generate(&engine, "Hello, my name is", params(12, 8))
         .await
         .unwrap();
     assert_eq!(first.completion_tokens, 12);
@@ -43,8 +40,7 @@ async fn generates_max_tokens_and_repeats_with_the_same_seed() {
 #[tokio::test]
 async fn stop_strings_end_generation_before_them() {
     let engine = engine(2);
-    let free = engine
-        .generate("The weather today".into(), params(24, 3))
+    let free = generate(&engine, "The weather today", params(24, 3))
         .await
         .unwrap();
     // A stop string taken from the text itself: generation must end right before it.
@@ -55,16 +51,16 @@ async fn stop_strings_end_generation_before_them() {
         .take(3)
         .collect();
     let cut = free.text.find(&stop).unwrap();
-    let stopped = engine
-        .generate(
-            "The weather today".into(),
-            GenerationParams {
-                stop: vec![stop.clone()],
-                ..params(24, 3)
-            },
-        )
-        .await
-        .unwrap();
+    let stopped = generate(
+        &engine,
+        "The weather today",
+        GenerationParams {
+            stop: vec![stop.clone()],
+            ..params(24, 3)
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(stopped.finish_reason, FinishReason::Stop);
     assert_eq!(stopped.text, free.text[..cut]);
 }
@@ -73,11 +69,30 @@ async fn stop_strings_end_generation_before_them() {
 async fn refuses_prompts_that_do_not_fit_the_context() {
     let engine = engine(1);
     let long = "word ".repeat(300);
-    let err = engine.generate(long, params(10, 1)).await.unwrap_err();
+    let err = generate(&engine, &long, params(10, 1)).await.unwrap_err();
     assert!(
         matches!(err, GenerationError::PromptTooLong { context: 256, .. }),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn an_empty_token_list_is_conditioned_on_end_of_text_like_an_empty_prompt() {
+    let engine = engine(1);
+    let from_tokens = engine.generate(vec![], params(6, 2)).await.unwrap();
+    let from_text = generate(&engine, "", params(6, 2)).await.unwrap();
+    assert_eq!(from_tokens, from_text);
+}
+
+#[tokio::test]
+async fn refuses_tokens_outside_the_vocabulary_before_queueing_them() {
+    let engine = engine(1);
+    let err = engine
+        .generate(vec![Token(15496), Token(1_000_000)], params(4, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GenerationError::Decode(_)), "{err:?}");
+    assert_eq!(engine.generated_tokens(), 0);
 }
 
 #[test]

@@ -47,7 +47,8 @@ fn url_password_span(url: &str) -> Option<(usize, usize)> {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL; the database is created if it does not exist.
+    /// PostgreSQL URL. The API, the workers and `genqctl migrate` create the database if it does
+    /// not exist; other genqctl commands require it migrated.
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -45,7 +45,7 @@ pub async fn connect(config: &QueueConfig) -> anyhow::Result<(Storage, Connectio
     Ok((storage, conn))
 }
 
-/// The apalis task id of a dispatch (see `db::dispatches`).
+/// The apalis task id of a dispatch (see `db::jobs::renew_dispatches`).
 pub fn task_id(dispatch_id: Uuid) -> TaskId {
     TaskId::from_ulid(ulid::Ulid(dispatch_id.as_u128()))
 }
@@ -85,7 +85,7 @@ pub async fn redispatch(
     storage: &mut Storage,
     job_ids: &[Uuid],
 ) -> anyhow::Result<usize> {
-    let fresh = db::dispatches::renew(pool, job_ids)
+    let fresh = db::jobs::renew_dispatches(pool, job_ids)
         .await
         .context("recording new dispatches")?;
     for (job_id, dispatch_id, claims) in &fresh {
@@ -114,7 +114,7 @@ pub async fn remove(
     job_ids: &[Uuid],
 ) -> anyhow::Result<u64> {
     let config = storage_config(queue);
-    let dispatches = db::dispatches::of(pool, job_ids)
+    let dispatches = db::jobs::dispatch_ids(pool, job_ids)
         .await
         .context("reading the jobs' dispatch ids")?;
     let mut removed = 0;

@@ -105,9 +105,87 @@ pub struct Counts {
     pub failed: i32,
 }
 
+/// Every error code a job or an HTTP error answer carries. README's error table lists each one
+/// (a test checks that it does), so clients can rely on the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Job: its deadline (`timeout_secs`) passed.
+    Timeout,
+    /// Job: a prompt plus `max_tokens` does not fit the context.
+    PromptTooLong,
+    /// Job: its worker stopped renewing the lease (killed, cut off) and no attempts were left.
+    WorkerLost,
+    /// Job: its worker's inference engine stopped and no attempts were left.
+    WorkerStopped,
+    /// Job: llama.cpp failed to decode and no attempts were left.
+    InferenceError,
+    /// Job: cancelled on request (or purged by an operator).
+    Cancelled,
+    MalformedJson,
+    MalformedId,
+    InvalidField,
+    InappropriateContent,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    IntakePaused,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::Timeout,
+        ErrorCode::PromptTooLong,
+        ErrorCode::WorkerLost,
+        ErrorCode::WorkerStopped,
+        ErrorCode::InferenceError,
+        ErrorCode::Cancelled,
+        ErrorCode::MalformedJson,
+        ErrorCode::MalformedId,
+        ErrorCode::InvalidField,
+        ErrorCode::InappropriateContent,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::IntakePaused,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::PromptTooLong => "prompt_too_long",
+            ErrorCode::WorkerLost => "worker_lost",
+            ErrorCode::WorkerStopped => "worker_stopped",
+            ErrorCode::InferenceError => "inference_error",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::MalformedId => "malformed_id",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InappropriateContent => "inappropriate_content",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::IntakePaused => "intake_paused",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -169,8 +247,32 @@ pub struct JobSummary {
     pub status: JobStatus,
     pub prompt_count: i32,
     pub attempt: i32,
-    pub error_code: Option<String>,
+    pub error_code: Option<ErrorCode>,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_serialize_as_their_names_and_all_is_complete() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let distinct: std::collections::HashSet<_> = ErrorCode::ALL.iter().collect();
+        assert_eq!(distinct.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn readme_lists_every_error_code() {
+        let readme = include_str!("../../README.md");
+        let missing: Vec<_> = ErrorCode::ALL
+            .iter()
+            .filter(|c| !readme.contains(&format!("`{}`", c.as_str())))
+            .collect();
+        assert!(missing.is_empty(), "README.md lacks {missing:?}");
+    }
 }

@@ -3,6 +3,13 @@
 //!
 //! Services: `GENQ_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`) and
 //! `GENQ_TEST_REDIS` (default `redis://127.0.0.1:6379`). Set `TEST_LOG=1` to see logs.
+//!
+//! # Layout
+//! - [`TestApp`]: the API on a fresh database and queue namespace, both dropped when it is, even
+//!   if the test fails; workers in-process ([`TestApp::start_worker`]) or as binaries.
+//! - [`proxy`]: a TCP proxy to cut one test's view of PostgreSQL or Redis.
+
+pub mod proxy;
 
 use std::{
     path::{Path, PathBuf},
@@ -74,6 +81,10 @@ pub struct AppOptions {
     /// The API's reconciler timer; off by default so tests run passes themselves
     /// (`genqctl queue reconcile`) and their counts are exact.
     pub reconcile_interval_secs: u64,
+    /// Where the API reaches PostgreSQL (`host:port`), when not directly: a [`proxy::Proxy`].
+    pub postgres_via: Option<std::net::SocketAddr>,
+    /// Where the API reaches Redis (`host:port`), when not directly.
+    pub redis_via: Option<std::net::SocketAddr>,
 }
 
 impl Default for AppOptions {
@@ -82,6 +93,8 @@ impl Default for AppOptions {
             generate_timeout_secs: 60,
             with_model: true,
             reconcile_interval_secs: 0,
+            postgres_via: None,
+            redis_via: None,
         }
     }
 }
@@ -95,6 +108,7 @@ pub struct TestApp {
     finals: FinalJobs,
     stop_api: Option<oneshot::Sender<()>>,
     api: Option<JoinHandle<anyhow::Result<()>>>,
+    _cleanup: Cleanup,
 }
 
 impl TestApp {
@@ -106,11 +120,23 @@ impl TestApp {
         init_logs();
         let name = format!("genq_test_{}", Uuid::new_v4().simple());
         let database_url = format!("{}/{name}", postgres_base());
+        // First, so that whatever fails below still drops what was made.
+        let cleanup = Cleanup {
+            database_url: database_url.clone(),
+            queue: name.clone(),
+        };
+        let via = |url: String, proxy: Option<std::net::SocketAddr>| match proxy {
+            Some(address) => url.replacen(proxy::host_port(&url), &address.to_string(), 1),
+            None => url,
+        };
         let mut args = vec![
             "genq-api".to_owned(),
             "--addr=127.0.0.1:0".into(),
-            format!("--database-url={database_url}"),
-            format!("--redis-url={}", redis_url()),
+            format!(
+                "--database-url={}",
+                via(database_url.clone(), options.postgres_via)
+            ),
+            format!("--redis-url={}", via(redis_url(), options.redis_via)),
             format!("--queue={name}"),
             format!("--generate-timeout-secs={}", options.generate_timeout_secs),
             "--forbidden-words=hate,violence".into(),
@@ -145,6 +171,7 @@ impl TestApp {
             finals,
             stop_api: Some(stop_api),
             api: Some(api),
+            _cleanup: cleanup,
         }
     }
 
@@ -277,6 +304,51 @@ impl TestApp {
             api.await.expect("API task").expect("API stopped cleanly");
         }
     }
+}
+
+/// Drops a test's database and Redis keys when the test ends, passed or failed. Runs on a thread
+/// of its own: `Drop` cannot await, and the test's runtime may be the one unwinding.
+struct Cleanup {
+    database_url: String,
+    queue: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (database_url, queue) = (self.database_url.clone(), self.queue.clone());
+        let cleaning = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async {
+                use sqlx::migrate::MigrateDatabase;
+                if let Err(e) = sqlx::Postgres::force_drop_database(&database_url).await {
+                    eprintln!("could not drop test database {database_url}: {e}");
+                }
+                if let Err(e) = delete_keys(&queue).await {
+                    eprintln!("could not delete Redis keys of {queue}: {e}");
+                }
+            });
+        });
+        let _ = cleaning.join();
+    }
+}
+
+async fn delete_keys(queue: &str) -> redis::RedisResult<()> {
+    let client = redis::Client::open(redis_url())?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{queue}*"))
+        .query_async(&mut redis)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut redis)
+            .await?;
+    }
+    Ok(())
 }
 
 pub struct TestWorker {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use genq_shared::{
-    db::{self, recovery::Released},
-    types::{JobStatus, JobSummary},
+    db::{self, jobs::Released},
+    types::{ErrorCode, JobStatus, JobSummary},
 };
 use genq_tests::{AppOptions, PATIENCE, TestApp, redis_url, stdout};
 use serde_json::{Value, json};
@@ -106,7 +106,7 @@ async fn a_running_job_past_its_deadline_fails_with_timeout_and_keeps_finished_p
     let view = app.wait_final(app.submit(&body).await).await;
 
     assert_eq!(view.status, JobStatus::Failed);
-    assert_eq!(view.error.as_ref().unwrap().code, "timeout");
+    assert_eq!(view.error.as_ref().unwrap().code, ErrorCode::Timeout);
     assert_eq!(view.counts.completed as usize, view.results.len());
     assert_eq!(view.counts.failed, 48 - view.counts.completed);
     worker.stop().await;
@@ -126,7 +126,7 @@ async fn a_queued_job_past_its_deadline_is_failed_by_the_reconciler() {
     assert_eq!(reconcile(&app).await["timed_out"], 1);
     let view = app.view(id).await;
     assert_eq!(view.status, JobStatus::Failed);
-    assert_eq!(view.error.unwrap().code, "timeout");
+    assert_eq!(view.error.unwrap().code, ErrorCode::Timeout);
     app.stop().await;
 }
 
@@ -265,7 +265,7 @@ async fn a_job_out_of_attempts_is_dead_listed_and_can_be_retried() {
     assert_eq!(reconcile(&app).await["failed_lost"], 1);
     let view = app.view(id).await;
     assert_eq!(view.status, JobStatus::Failed);
-    assert_eq!(view.error.unwrap().code, "worker_lost");
+    assert_eq!(view.error.unwrap().code, ErrorCode::WorkerLost);
     let listed = app
         .genqctl(&["jobs", "list", "--status", "failed", "--json"])
         .await;
@@ -279,7 +279,12 @@ async fn a_job_out_of_attempts_is_dead_listed_and_can_be_retried() {
     assert_eq!(view.status, JobStatus::Completed);
     assert!(view.error.is_none());
     let none_left = app.genqctl(&["jobs", "retry", "--all-failed"]).await;
-    assert!(stdout(&none_left).is_empty() || !stdout(&none_left).contains("queued again"));
+    assert_eq!(none_left.status.code(), Some(0), "{none_left:?}");
+    assert_eq!(stdout(&none_left), "");
+    assert_eq!(
+        String::from_utf8_lossy(&none_left.stderr),
+        "no failed job to retry\n"
+    );
     worker.stop().await;
     app.stop().await;
 }
@@ -301,7 +306,7 @@ async fn bad_input_fails_at_once_and_is_not_retried() {
         .await;
 
     assert_eq!(view.status, JobStatus::Failed);
-    assert_eq!(view.error.unwrap().code, "prompt_too_long");
+    assert_eq!(view.error.unwrap().code, ErrorCode::PromptTooLong);
     assert_eq!(attempt(&app, view.task_id).await, 1);
     worker.stop().await;
     app.stop().await;
@@ -315,7 +320,8 @@ async fn a_stale_claims_late_write_is_refused() {
         .await
         .unwrap()
         .unwrap();
-    let released = db::recovery::release(&app.pool, id, first.attempt, "worker_lost", "test").await;
+    let released =
+        db::jobs::release(&app.pool, id, first.attempt, ErrorCode::WorkerLost, "test").await;
     assert_eq!(released.unwrap(), Released::Requeued);
     let second = db::jobs::claim(&app.pool, id, "w2", "m")
         .await

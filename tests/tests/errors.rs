@@ -117,28 +117,98 @@ async fn unknown_tasks_are_404_and_malformed_ids_400() {
 }
 
 #[tokio::test]
-async fn odd_bodies_never_get_a_server_error() {
+async fn odd_bodies_get_the_exact_client_error_or_are_accepted() {
     let app = TestApp::spawn().await;
-    let bodies = [
-        json!(null),
-        json!([]),
-        json!("prompts"),
-        json!({ "prompts": null }),
-        json!({ "prompts": [null] }),
-        json!({ "prompts": ["x"], "temperature": null }),
-        json!({ "prompts": ["x"], "stop": 5 }),
-        json!({ "prompts": ["x"], "stop": vec!["s"; 10] }),
-        json!({ "prompts": ["\u{0000}\u{FFFF}"], "max_tokens": 1 }),
-        json!({ "prompts": ["x"], "max_tokens": 1e30 }),
-        json!({ "prompts": ["x"], "top_p": f64::MAX }),
+    // (body, status, error code, field) — 202 rows have no error.
+    let cases = [
+        (json!(null), 422, "invalid_field", "body"),
+        (json!([]), 422, "invalid_field", "body"),
+        (json!("prompts"), 422, "invalid_field", "body"),
+        (json!({ "prompts": null }), 422, "invalid_field", "prompts"),
+        (
+            json!({ "prompts": [null] }),
+            422,
+            "invalid_field",
+            "prompts[0]",
+        ),
+        (
+            json!({ "prompts": ["x"], "stop": 5 }),
+            422,
+            "invalid_field",
+            "stop",
+        ),
+        (
+            json!({ "prompts": ["x"], "stop": vec!["s"; 10] }),
+            422,
+            "invalid_field",
+            "stop",
+        ),
+        (
+            json!({ "prompts": ["x"], "max_tokens": 1e30 }),
+            422,
+            "invalid_field",
+            "max_tokens",
+        ),
+        (
+            json!({ "prompts": ["x"], "top_p": f64::MAX }),
+            422,
+            "invalid_field",
+            "top_p",
+        ),
+        // PostgreSQL text cannot hold NUL.
+        (
+            json!({ "prompts": ["a\u{0000}b"], "max_tokens": 1 }),
+            422,
+            "invalid_field",
+            "prompts[0]",
+        ),
+        // An explicit null is the default; a noncharacter is text like any other.
+        (
+            json!({ "prompts": ["x"], "temperature": null }),
+            202,
+            "",
+            "",
+        ),
+        (
+            json!({ "prompts": ["\u{FFFF}"], "max_tokens": 1 }),
+            202,
+            "",
+            "",
+        ),
     ];
-    for body in bodies {
-        let status = app.post("/batch", &body).await.status();
-        assert!(
-            status.is_client_error() || status == 202,
-            "{body} -> {status}"
-        );
+    for (body, status, code, field) in cases {
+        let response = app.post("/batch", &body).await;
+        assert_eq!(response.status(), status, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        if status == 202 {
+            assert_eq!(answer["status"], "queued", "{body}: {answer}");
+        } else {
+            assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+            assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+        }
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let app = TestApp::spawn().await;
+    let prompt = "x".repeat(genq_api::BODY_LIMIT);
+    let (status, error) = error_of(app.post("/batch", &json!({ "prompts": [prompt] })).await).await;
+    assert_eq!(status, 413);
+    assert_eq!(error["code"], "payload_too_large");
+    assert_eq!(
+        error["message"],
+        format!(
+            "the request body is larger than {} bytes",
+            genq_api::BODY_LIMIT
+        )
+    );
+    let jobs: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0);
     app.stop().await;
 }
 

@@ -95,12 +95,19 @@ async fn download_refuses_wrong_checksums_and_non_models_leaving_nothing() {
     ])
     .await;
 
-    for (case, output) in [("checksum", wrong), ("not gguf", html), ("404", missing)] {
-        assert!(!output.status.success(), "{case} must fail");
+    // Exit code 1 is a refused download; a usage error would be 2. Each message names its reason.
+    for (case, output, reason) in [
+        ("checksum", wrong, "checksum mismatch"),
+        ("not gguf", html, "is not a GGUF file"),
+        ("404", missing, "answered HTTP 404 Not Found"),
+    ] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{case}: {stderr}");
         assert!(
-            !String::from_utf8_lossy(&output.stderr).is_empty(),
-            "{case} must say why"
+            stderr.contains(reason),
+            "{case} must say {reason:?}: {stderr}"
         );
+        assert!(output.stdout.is_empty(), "{case}: nothing on stdout");
     }
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),

@@ -122,3 +122,62 @@ async fn wait_until_running(app: &TestApp, id: Uuid) {
         check.tick().await;
     }
 }
+
+#[tokio::test]
+async fn a_worker_whose_engine_dies_hands_its_jobs_back_at_once_and_exits_non_zero() {
+    let app = TestApp::spawn().await;
+    let ids = [
+        app.submit(&json!({ "prompts": ["one", "two"], "max_tokens": 40 }))
+            .await,
+        app.submit(&json!({ "prompts": ["three"], "max_tokens": 40 }))
+            .await,
+    ];
+    let mut worker = tokio::process::Command::new(binary("genq-worker"))
+        .args(&app.worker_args(4)[1..])
+        .env("GENQ_FAULT_ENGINE_PANIC_AFTER_TOKENS", "30")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting genq-worker");
+
+    let exit = tokio::time::timeout(PATIENCE, worker.wait())
+        .await
+        .expect("the worker exits by itself")
+        .unwrap();
+
+    assert_eq!(exit.code(), Some(1), "worker exit: {exit:?}");
+    // The reconciler is off in tests: only the dying worker can have put the jobs back.
+    let rows: Vec<(Uuid, String, i32, Option<String>)> =
+        sqlx::query_as("select id, status, attempt, error_code from jobs order by id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        rows.iter()
+            .all(|(_, status, attempt, code)| status == "queued"
+                && match attempt {
+                    0 => code.is_none(),
+                    1 => code.as_deref() == Some("worker_stopped"),
+                    _ => false,
+                }),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|(_, _, attempt, _)| *attempt == 1),
+        "{rows:?}"
+    );
+    let stopped: i64 =
+        sqlx::query_scalar("select count(*) from workers where stopped_at is not null")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stopped, 1, "the worker deregistered");
+    let replacement = app.start_worker(4).await;
+    for id in ids {
+        assert_eq!(app.wait_final(id).await.status, JobStatus::Completed);
+    }
+    replacement.stop().await;
+    app.stop().await;
+}

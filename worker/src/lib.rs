@@ -25,7 +25,7 @@ use genq_shared::{
     wait::FinalJobs,
 };
 
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{cache::ResultCache, consumer::Consumer, registry::HeldJobs, runner::JobRunner};
 
@@ -45,6 +45,16 @@ pub struct Config {
     /// CPU threads for llama.cpp; defaults to every core.
     #[arg(long, env = "GENQ_THREADS")]
     pub threads: Option<i32>,
+    /// A file every worker on this host locks while it decodes, so that several workers take
+    /// turns using all cores instead of slowing each other down; `off` disables it. Defaults to
+    /// `genq-decode.lock` in the temp dir, off on cuda builds or when GENQ_THREADS is set (an
+    /// explicit thread budget per worker).
+    #[arg(long, env = "GENQ_DECODE_LOCK")]
+    pub decode_lock: Option<String>,
+    /// Fault injection (tests, the fault suite): the engine panics after generating this many
+    /// tokens, as a llama.cpp crash would end it.
+    #[arg(long, env = "GENQ_FAULT_ENGINE_PANIC_AFTER_TOKENS", hide = true)]
+    pub fault_engine_panic_after_tokens: Option<u64>,
     /// Layers to offload to the GPU (cuda builds); defaults to all.
     #[arg(long, env = "GENQ_N_GPU_LAYERS")]
     pub n_gpu_layers: Option<u32>,
@@ -84,7 +94,9 @@ pub async fn run(
 }
 
 /// Serves jobs with an already loaded model until `shutdown` resolves, then gives the jobs in hand
-/// up to the shutdown timeout to finish and returns.
+/// up to the shutdown timeout to finish and returns. Should the inference engine stop (a llama.cpp
+/// crash), the worker stops taking jobs, hands the ones it holds back to the queue at once and
+/// returns an error, so that its supervisor restarts it.
 pub async fn run_with_model(
     config: Config,
     model: Arc<Model>,
@@ -96,9 +108,13 @@ pub async fn run_with_model(
         slots: config.slots.unwrap_or_else(genq_engine::default_slots),
         threads: config.threads.unwrap_or(EngineConfig::default().threads),
         context_per_slot: config.context_per_slot,
+        decode_lock: decode_lock(&config),
+        panic_after_tokens: config.fault_engine_panic_after_tokens,
         ..EngineConfig::default()
     };
+    let engine_config_lock = engine_config.decode_lock.clone();
     let engine = tokio::task::spawn_blocking(move || Engine::start(model, engine_config)).await??;
+    let engine_failed = engine.stopped();
     let name = unique_name(config.name.as_deref());
     let model_name = engine.model().name().to_owned();
     let held = Arc::new(HeldJobs::default());
@@ -112,6 +128,7 @@ pub async fn run_with_model(
         slots = engine.slots(),
         context_per_slot = engine.context_per_slot(),
         kv_cache_mib = engine.kv_cache_bytes() >> 20,
+        decode_lock = ?engine_config_lock,
         "worker ready"
     );
 
@@ -133,7 +150,8 @@ pub async fn run_with_model(
         .unwrap_or(runner.engine.slots() as usize)
         .max(1);
     let jobs = TaskTracker::new();
-    let shutdown = shutdown.boxed().shared();
+    // Stops consuming on shutdown, or at once when the engine has died.
+    let stop_consuming = CancellationToken::new();
     let consumer = Consumer {
         name: name.clone(),
         storage,
@@ -142,12 +160,26 @@ pub async fn run_with_model(
         runner: runner.clone(),
         jobs: jobs.clone(),
     };
-    let consuming = tokio::spawn(consumer.run(shutdown.clone()));
-    shutdown.await;
-    tracing::info!(
-        running = jobs.len(),
-        "shutting down: finishing the jobs in hand"
-    );
+    let consuming =
+        tokio::spawn(consumer.run(stop_consuming.clone().cancelled_owned().boxed().shared()));
+    let engine_failure = tokio::select! {
+        _ = shutdown => None,
+        reason = engine_failed => Some(reason),
+    };
+    stop_consuming.cancel();
+    match &engine_failure {
+        None => tracing::info!(
+            running = jobs.len(),
+            "shutting down: finishing the jobs in hand"
+        ),
+        // The jobs in hand end at once (the engine answers them EngineStopped) and are released
+        // to the queue for another worker.
+        Some(reason) => tracing::error!(
+            reason,
+            running = jobs.len(),
+            "the inference engine stopped: handing the jobs back and exiting"
+        ),
+    }
     jobs.close();
     let grace = Duration::from_secs(config.shutdown_timeout_secs);
     let finished = tokio::time::timeout(grace, async {
@@ -169,7 +201,20 @@ pub async fn run_with_model(
         Err(_) => tracing::warn!("a job outlived the shutdown timeout; not waiting for the engine"),
     }
     registration.stop(&pool).await;
-    Ok(())
+    match engine_failure {
+        None => Ok(()),
+        Some(reason) => Err(anyhow::anyhow!("the inference engine stopped: {reason}")),
+    }
+}
+
+/// The decode lock file, per `--decode-lock` and its defaults.
+fn decode_lock(config: &Config) -> Option<PathBuf> {
+    match config.decode_lock.as_deref() {
+        Some("off") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None if cfg!(feature = "cuda") || config.threads.is_some() => None,
+        None => Some(std::env::temp_dir().join("genq-decode.lock")),
+    }
 }
 
 fn unique_name(prefix: Option<&str>) -> String {

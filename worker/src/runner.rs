@@ -10,18 +10,20 @@ use genq_engine::{Engine, GenerationError, GenerationParams};
 use genq_shared::{
     db::{
         self,
-        jobs::{Claim, NewGeneration},
-        recovery::Released,
+        jobs::{Claim, NewGeneration, Released},
     },
     queue,
-    types::{ErrorDetail, FinishReason},
+    types::{ErrorCode, ErrorDetail, FinishReason},
     wait::FinalJobs,
 };
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{cache::ResultCache, registry::HeldJobs};
+use crate::{
+    cache::ResultCache,
+    registry::{Held, HeldJobs},
+};
 
 pub struct JobRunner {
     pub(crate) db: PgPool,
@@ -39,7 +41,8 @@ pub struct JobRunner {
 enum Outcome {
     Completed(Vec<NewGeneration>),
     Failed(Vec<NewGeneration>, ErrorDetail),
-    /// Worth another attempt (the engine stopped or llama.cpp failed a decode).
+    /// Worth another attempt, on this worker or another (the engine stopped or llama.cpp failed
+    /// a decode).
     Transient(ErrorDetail),
     Cancelled(Vec<NewGeneration>),
 }
@@ -51,6 +54,13 @@ impl JobRunner {
     }
 
     async fn run_job(&self, job_id: Uuid) -> anyhow::Result<()> {
+        if self.engine.is_stopped() {
+            // This worker is on its way out: hand the job to another without spending an attempt.
+            let mut storage = self.storage.clone();
+            queue::redispatch(&self.db, &mut storage, &[job_id]).await?;
+            tracing::info!("engine stopped; job handed back unclaimed");
+            return Ok(());
+        }
         let model = self.engine.model().name();
         let Some(claim) = db::jobs::claim(&self.db, job_id, &self.worker_name, model).await? else {
             // Cancelled, already taken by another delivery, or unknown: nothing to run.
@@ -59,13 +69,13 @@ impl JobRunner {
         };
         // Should this claim's answer have been lost instead, the job is not held and its lease
         // lapses, so the reconciler takes it back.
-        let _held = self.held.hold(claim.id);
+        let held = self.held.hold(claim.id, claim.attempt);
         tracing::info!(
             prompts = claim.prompts.len(),
             attempt = claim.attempt,
             "job started"
         );
-        let stored = match self.generate(&claim).await? {
+        let stored = match self.generate(&claim, &held).await? {
             Outcome::Cancelled(finished) => {
                 let write = || db::jobs::keep_cancelled_results(&self.db, &claim, model, &finished);
                 let kept = write.retry(write_backoff()).notify(log_retry).await?;
@@ -78,11 +88,11 @@ impl JobRunner {
             }
             Outcome::Transient(error) => {
                 let release = || {
-                    db::recovery::release(
+                    db::jobs::release(
                         &self.db,
                         claim.id,
                         claim.attempt,
-                        &error.code,
+                        error.code,
                         &error.message,
                     )
                 };
@@ -118,7 +128,7 @@ impl JobRunner {
         Ok(())
     }
 
-    async fn generate(&self, claim: &Claim) -> anyhow::Result<Outcome> {
+    async fn generate(&self, claim: &Claim, held: &Held<'_>) -> anyhow::Result<Outcome> {
         let params = GenerationParams {
             max_tokens: claim.params.max_tokens,
             temperature: claim.params.temperature,
@@ -153,15 +163,28 @@ impl JobRunner {
         let answered: Vec<bool> = (0..claim.prompts.len())
             .map(|i| finished.iter().any(|g| g.index as usize == i))
             .collect();
-        // Every other prompt goes to the engine now, so they share decode steps. Dropping
-        // `pending` cancels whatever has not finished.
-        let mut pending: FuturesUnordered<_> = claim
+        // Tokenizing is CPU work: off the runtime, and off the engine thread, which only decodes.
+        let model = self.engine.model().clone();
+        let to_generate: Vec<(usize, String)> = claim
             .prompts
             .iter()
             .enumerate()
             .filter(|(index, _)| !answered[*index])
-            .map(|(index, prompt)| {
-                let generation = self.engine.generate(prompt.clone(), params.clone());
+            .map(|(index, prompt)| (index, prompt.clone()))
+            .collect();
+        let tokenized = tokio::task::spawn_blocking(move || {
+            to_generate
+                .into_iter()
+                .map(|(index, prompt)| (index, model.prompt_tokens(&prompt)))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        // Every other prompt goes to the engine now, so they share decode steps. Dropping
+        // `pending` cancels whatever has not finished.
+        let mut pending: FuturesUnordered<_> = tokenized
+            .into_iter()
+            .map(|(index, tokens)| {
+                let generation = self.engine.generate(tokens, params.clone());
                 async move { (index, generation.await) }
             })
             .collect();
@@ -189,7 +212,9 @@ impl JobRunner {
             tokio::select! {
                 next = pending.next() => match next {
                     None => break,
-                    Some((index, Ok(generation))) => finished.push(NewGeneration {
+                    Some((index, Ok(generation))) => {
+                        held.generated_one();
+                        finished.push(NewGeneration {
                         index: index as i32,
                         // GPT-2 can emit a NUL byte, which PostgreSQL text cannot store.
                         text: generation.text.replace('\0', "\u{FFFD}"),
@@ -200,7 +225,8 @@ impl JobRunner {
                         },
                         cache_key: keys[index].clone(),
                         cached: false,
-                    }),
+                    });
+                    }
                     Some((index, Err(error))) => {
                         finished.sort_by_key(|g| g.index);
                         let detail = error_detail(index, &error);
@@ -219,7 +245,7 @@ impl JobRunner {
                 _ = &mut past_deadline => {
                     finished.sort_by_key(|g| g.index);
                     let error = ErrorDetail {
-                        code: "timeout".into(),
+                        code: ErrorCode::Timeout,
                         message: format!(
                             "the deadline passed with {} of {} prompts finished",
                             finished.len(),
@@ -237,12 +263,12 @@ impl JobRunner {
 
 fn error_detail(index: usize, error: &GenerationError) -> ErrorDetail {
     let code = match error {
-        GenerationError::PromptTooLong { .. } => "prompt_too_long",
-        GenerationError::Decode(_) => "inference_error",
-        GenerationError::EngineStopped => "worker_stopped",
+        GenerationError::PromptTooLong { .. } => ErrorCode::PromptTooLong,
+        GenerationError::Decode(_) => ErrorCode::InferenceError,
+        GenerationError::EngineStopped => ErrorCode::WorkerStopped,
     };
     ErrorDetail {
-        code: code.into(),
+        code,
         message: format!("prompts[{index}]: {error}"),
     }
 }

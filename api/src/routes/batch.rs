@@ -72,7 +72,8 @@ pub(crate) fn accepted(id: Uuid) -> Response {
 }
 
 /// Validates, records and dispatches a job. The job is recorded before it is dispatched, so a
-/// worker never receives an id PostgreSQL does not know.
+/// worker never receives an id PostgreSQL does not know; once recorded it is never withdrawn, so
+/// an id handed out always answers.
 #[tracing::instrument(skip_all, fields(task_id = tracing::field::Empty), err(level = "info"))]
 pub(crate) async fn submit(
     state: &AppState,
@@ -112,14 +113,18 @@ pub(crate) async fn submit(
     }
     let mut storage = state.queue.clone();
     if let Err(e) = queue::dispatch(&mut storage, id, id).await {
-        tracing::warn!(error = ?e, "dispatch failed; withdrawing the job");
-        // The client hears 503 and was never given the id, so the job must not linger as queued.
-        if let Err(e) = db::jobs::delete_unacknowledged(&state.db, id).await {
-            tracing::error!(error = %e, "could not withdraw an undispatched job");
+        // The job is recorded, and PostgreSQL is the record: the client gets its id like any
+        // other (a concurrent request with the same Idempotency-Key may already hold it), and the
+        // reconciler dispatches it once Redis answers again.
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "dispatch failed; the reconciler will dispatch the job"
+        );
+        if let Err(e) = db::jobs::mark_undispatched(&state.db, id).await {
+            // Still found, a little later: queued jobs are checked against Redis after
+            // GENQ_REDISPATCH_AFTER_SECS.
+            tracing::warn!(error = %e, "could not mark the job undispatched");
         }
-        return Err(ApiError::Unavailable(
-            "the job queue (Redis) is unavailable".into(),
-        ));
     }
     tracing::info!(prompts = job.prompts.len(), "job queued");
     Ok(id)

@@ -7,7 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use genq_shared::{db, types::JobStatus};
+use genq_shared::{
+    db,
+    types::{ErrorCode, JobStatus},
+};
 
 use super::batch::{accepted, submit, unknown};
 use crate::{
@@ -41,11 +44,12 @@ async fn generate(
             let view = db::jobs::view(&state.db, id)
                 .await?
                 .ok_or_else(|| unknown(id))?;
+            // A failed job always has an error; `internal` marks the impossible case.
             let error = view
                 .error
                 .unwrap_or_else(|| genq_shared::types::ErrorDetail {
-                    code: "failed".into(),
-                    message: "the job failed".into(),
+                    code: ErrorCode::Internal,
+                    message: "the job failed without a recorded reason".into(),
                 });
             Err(ApiError::JobFailed {
                 code: error.code,

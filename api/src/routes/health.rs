@@ -2,11 +2,18 @@
 
 use std::time::Duration;
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use genq_shared::queue;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use genq_shared::{db, queue};
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::{AppState, error::RETRY_AFTER_SECS};
+use genq_shared::types::ErrorCode;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -20,9 +27,8 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "model": state.model_name }))
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let database =
-        tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("select 1").execute(&state.db)).await;
+async fn ready(State(state): State<AppState>) -> Response {
+    let database = tokio::time::timeout(CHECK_TIMEOUT, db::ping(&state.db)).await;
     let database_ok = matches!(database, Ok(Ok(_)));
     let mut redis = state.redis.clone();
     let redis_ok = matches!(
@@ -35,14 +41,17 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .map(|(n, _)| n)
         .collect();
     if down.is_empty() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
-    } else {
-        let message = format!("unreachable: {}", down.join(", "));
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "status": "unavailable", "error": { "code": "unavailable", "message": message } }),
-            ),
-        )
+        return (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response();
     }
+    let message = format!("unreachable: {}", down.join(", "));
+    let body = json!({
+        "status": "unavailable",
+        "error": { "code": ErrorCode::Unavailable, "message": message },
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+        Json(body),
+    )
+        .into_response()
 }

@@ -7,7 +7,9 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use genq_engine::{Engine, EngineConfig, GenerationParams, Model, Placement, synth};
+use genq_engine::{
+    Engine, EngineConfig, Generation, GenerationError, GenerationParams, Model, Placement, synth,
+};
 
 pub fn tiny_model() -> Arc<Model> {
     static MODEL: OnceLock<(tempfile::TempDir, Arc<Model>)> = OnceLock::new();
@@ -35,15 +37,32 @@ pub fn params(max_tokens: u32, seed: u32) -> GenerationParams {
 }
 
 pub fn engine(slots: u32) -> Engine {
-    Engine::start(
-        tiny_model(),
-        EngineConfig {
-            slots,
-            // One thread: a test binary runs several engines, and llama.cpp's worker threads
-            // contending for the cores made two tests in a row take 8 s instead of 1.2 s.
-            threads: 1,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap()
+    engine_with(EngineConfig {
+        slots,
+        ..test_config()
+    })
+}
+
+/// The configuration [`engine`] uses, to build variants of it.
+pub fn test_config() -> EngineConfig {
+    EngineConfig {
+        // One thread: a test binary runs several engines, and llama.cpp's worker threads
+        // contending for the cores made two tests in a row take 8 s instead of 1.2 s.
+        threads: 1,
+        ..EngineConfig::default()
+    }
+}
+
+pub fn engine_with(config: EngineConfig) -> Engine {
+    Engine::start(tiny_model(), config).unwrap()
+}
+
+/// Tokenizes `prompt` as callers do and hands it to the engine. Not async: the request is queued
+/// now, which tests that depend on the order requests arrive in rely on.
+pub fn generate(
+    engine: &Engine,
+    prompt: &str,
+    params: GenerationParams,
+) -> impl Future<Output = Result<Generation, GenerationError>> + Send + 'static + use<> {
+    engine.generate(engine.model().prompt_tokens(prompt), params)
 }

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::jobs::{Claim, NewGeneration};
 
 use crate::types::{FinishReason, GenerationRecord, HistoryPage};
 
@@ -40,7 +43,7 @@ struct HistoryRow {
 }
 
 /// The stored records of one job, in prompt order.
-pub async fn of_job(pool: &PgPool, job_id: uuid::Uuid) -> sqlx::Result<Vec<GenerationRecord>> {
+pub async fn of_job(pool: &PgPool, job_id: Uuid) -> sqlx::Result<Vec<GenerationRecord>> {
     sqlx::query_as(
         r#"select id, prompt, generated_text, model_name, created_at from generations
            where job_id = $1 order by prompt_index"#,
@@ -74,5 +77,83 @@ pub async fn cached(
     .bind(keys)
     .bind(ttl.as_secs_f64())
     .fetch_all(pool)
+    .await
+}
+
+/// Stores a finished attempt's results, inside the transaction that records its outcome.
+pub(super) async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    claim: &Claim,
+    model: &str,
+    results: &[NewGeneration],
+) -> sqlx::Result<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = results.iter().map(|_| Uuid::now_v7()).collect();
+    let indexes: Vec<i32> = results.iter().map(|r| r.index).collect();
+    let prompts: Vec<&str> = results
+        .iter()
+        .map(|r| claim.prompts[r.index as usize].as_str())
+        .collect();
+    let texts: Vec<&str> = results.iter().map(|r| r.text.as_str()).collect();
+    let tokens: Vec<i32> = results.iter().map(|r| r.completion_tokens).collect();
+    let reasons: Vec<FinishReason> = results.iter().map(|r| r.finish_reason).collect();
+    let cache_keys: Vec<Option<&[u8]>> = results.iter().map(|r| r.cache_key.as_deref()).collect();
+    let cached: Vec<bool> = results.iter().map(|r| r.cached).collect();
+    sqlx::query(
+        r#"insert into generations
+               (id, job_id, prompt_index, prompt, generated_text, completion_tokens, finish_reason,
+                model_name, cache_key, cached)
+           select id, $2, idx, prompt, text, tokens, reason, $8, key, hit
+           from unnest($1::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
+                       $9::bytea[], $10::bool[])
+               as t(id, idx, prompt, text, tokens, reason, key, hit)
+           order by idx"#,
+    )
+    .bind(ids)
+    .bind(claim.id)
+    .bind(indexes)
+    .bind(prompts)
+    .bind(texts)
+    .bind(tokens)
+    .bind(reasons)
+    .bind(model)
+    .bind(cache_keys)
+    .bind(cached)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Completion tokens stored for these jobs: the benchmarks' throughput figure.
+pub async fn completion_tokens_of(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select coalesce(sum(completion_tokens), 0)::bigint from generations
+           where job_id = any($1)"#,
+    )
+    .bind(job_ids)
+    .fetch_one(pool)
+    .await
+}
+
+/// (job, prompt) pairs with more than one stored result. The unique key on (job_id,
+/// prompt_index) keeps this at zero; the fault suite reads it to show that it stays there.
+pub async fn stored_twice(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from (select 1 from generations group by job_id, prompt_index
+                                 having count(*) > 1) twice"#,
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Results stored for a prompt index their job does not have.
+pub async fn misplaced(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from generations g join jobs j on j.id = g.job_id
+           where g.prompt_index < 0 or g.prompt_index >= j.prompt_count"#,
+    )
+    .fetch_one(pool)
     .await
 }

@@ -1,15 +1,15 @@
-//! PostgreSQL: connecting (creating the database if missing), migrations, and the data access of
-//! each table. All SQL of the project lives in this module.
+//! PostgreSQL: connecting (creating the database if missing, or only to one that exists),
+//! migrations and where a database stands against them, and the data access of each table. All
+//! SQL of the project lives in this module.
 
+pub mod attempts;
 pub mod control;
-pub mod dispatches;
 pub mod generations;
 pub mod idempotency;
 pub mod jobs;
-pub mod recovery;
 pub mod workers;
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::Context;
 use sqlx::{
@@ -50,6 +50,75 @@ pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<Pg
         .with_context(|| format!("connecting to PostgreSQL at {url}"))
 }
 
+/// Connects to a database that must already exist, for tools that must not create or change a
+/// schema behind the services' back (`genqctl`: only `genqctl migrate` does that). `Ok(None)` when
+/// the database does not exist; an error when PostgreSQL cannot be reached. Does not migrate.
+pub async fn connect_existing(
+    url: &SecretUrl,
+    max_connections: u32,
+) -> anyhow::Result<Option<PgPool>> {
+    // `connect` opens one connection at once, so a missing database shows here, as SQLSTATE
+    // 3D000 (invalid_catalog_name), which sqlx does not retry.
+    match PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url.expose())
+        .await
+    {
+        Ok(pool) => Ok(Some(pool)),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("connecting to PostgreSQL at {url}")),
+    }
+}
+
+/// Where a database's schema stands against the migrations this build carries ([`MIGRATOR`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Migrations this build knows.
+    pub known: usize,
+    /// How many of those the database has applied successfully.
+    pub applied: usize,
+    /// Versions the database has applied that this build does not know: a newer build migrated
+    /// it.
+    pub unknown: Vec<i64>,
+}
+
+impl SchemaStatus {
+    /// Whether the database lacks migrations this build needs (`genqctl migrate` applies them).
+    pub fn is_behind(&self) -> bool {
+        self.applied < self.known
+    }
+}
+
+/// Reads sqlx's `_sqlx_migrations` table (absent: nothing applied) and compares it with
+/// [`MIGRATOR`]. A migration recorded as failed (`success = false`) does not count as applied.
+/// Changes nothing.
+pub async fn schema_status(pool: &PgPool) -> anyhow::Result<SchemaStatus> {
+    let has_table: bool =
+        sqlx::query_scalar(r#"select to_regclass('_sqlx_migrations') is not null"#)
+            .fetch_one(pool)
+            .await
+            .context("looking for the migrations table")?;
+    let applied: Vec<i64> = if has_table {
+        sqlx::query_scalar(r#"select version from _sqlx_migrations where success order by version"#)
+            .fetch_all(pool)
+            .await
+            .context("reading the applied migrations")?
+    } else {
+        Vec::new()
+    };
+    let known: BTreeSet<i64> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    Ok(SchemaStatus {
+        known: known.len(),
+        applied: applied.iter().filter(|v| known.contains(v)).count(),
+        unknown: applied.into_iter().filter(|v| !known.contains(v)).collect(),
+    })
+}
+
 /// Applies pending migrations; concurrent callers are serialised by sqlx's advisory lock.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR
@@ -67,6 +136,11 @@ pub async fn recreate(url: &SecretUrl, max_connections: u32) -> anyhow::Result<P
     let pool = connect(url, max_connections).await?;
     migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Answers when PostgreSQL does: for readiness checks.
+pub async fn ping(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::query(r#"select 1"#).execute(pool).await.map(|_| ())
 }
 
 /// Whether the error means PostgreSQL could not be reached or is restarting (worth answering 503

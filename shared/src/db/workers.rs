@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 /// A worker is live while its heartbeat is younger than this many seconds.
 pub const LIVE_WITHIN_SECS: i32 = 15;
@@ -44,17 +43,12 @@ pub async fn register(
     Ok(())
 }
 
-/// Marks the worker alive and renews the leases of the running jobs it holds, in one statement.
-pub async fn heartbeat(pool: &PgPool, name: &str, held: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"with alive as (update workers set last_seen = now() where name = $1)
-           update jobs set lease_renewed_at = now()
-           where id = any($2) and worker = $1 and status = 'running'"#,
-    )
-    .bind(name)
-    .bind(held)
-    .execute(pool)
-    .await?;
+/// Marks the worker alive.
+pub async fn heartbeat(pool: &PgPool, name: &str) -> sqlx::Result<()> {
+    sqlx::query(r#"update workers set last_seen = now() where name = $1"#)
+        .bind(name)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

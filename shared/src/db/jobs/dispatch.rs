@@ -6,7 +6,10 @@ use uuid::Uuid;
 
 /// Gives each of these jobs that is still queued a fresh dispatch id; returns (job, dispatch,
 /// claims so far) for those, to be pushed to Redis.
-pub async fn renew(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, Uuid, i32)>> {
+pub async fn renew_dispatches(
+    pool: &PgPool,
+    job_ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, Uuid, i32)>> {
     let fresh: Vec<Uuid> = job_ids.iter().map(|_| Uuid::now_v7()).collect();
     sqlx::query_as(
         r#"update jobs j set dispatch_id = d.dispatch_id
@@ -21,9 +24,19 @@ pub async fn renew(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<(Uuid, U
 }
 
 /// The current dispatch ids of these jobs.
-pub async fn of(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+pub async fn dispatch_ids(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(r#"select dispatch_id from jobs where id = any($1)"#)
         .bind(job_ids)
         .fetch_all(pool)
         .await
+}
+
+/// Marks a recorded job whose push to Redis failed as never dispatched, so the reconciler's next
+/// pass dispatches it (it checks queued jobs in `queued_at` order).
+pub async fn mark_undispatched(pool: &PgPool, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(r#"update jobs set queued_at = 'epoch' where id = $1 and status = 'queued'"#)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

@@ -7,8 +7,11 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::jobs::{notify_final, notify_final_all};
-use crate::types::{JobStatus, JobSummary};
+use super::{notify_final, notify_final_all};
+use crate::{
+    db::attempts::{self, AttemptOutcome},
+    types::{ErrorCode, JobStatus, JobSummary},
+};
 
 /// Running jobs whose lease has not been renewed for `stale_after` (their worker died, or does not
 /// know it holds them) or whose worker has stopped or is unknown, with the attempt they are at.
@@ -42,7 +45,7 @@ pub async fn release(
     pool: &PgPool,
     id: Uuid,
     attempt: i32,
-    code: &str,
+    code: ErrorCode,
     message: &str,
 ) -> sqlx::Result<Released> {
     let mut tx = pool.begin().await?;
@@ -63,6 +66,9 @@ pub async fn release(
     .bind(message)
     .fetch_optional(&mut *tx)
     .await?;
+    if status.is_some() {
+        attempts::end(&mut *tx, id, attempt, AttemptOutcome::Released, None).await?;
+    }
     let released = match status {
         None => Released::Stale,
         Some(JobStatus::Queued) => {
@@ -85,10 +91,11 @@ pub async fn release(
 pub async fn expire_queued(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(
-        r#"update jobs set status = 'failed', finished_at = now(), error_code = 'timeout',
+        r#"update jobs set status = 'failed', finished_at = now(), error_code = $1,
                   error_message = 'the deadline passed before a worker took the job'
            where status = 'queued' and deadline < now() returning id"#,
     )
+    .bind(ErrorCode::Timeout)
     .fetch_all(&mut *tx)
     .await?;
     notify_final_all(&mut tx, &ids).await?;
@@ -180,4 +187,33 @@ pub async fn delete_finished(
     .bind(batch)
     .fetch_all(pool)
     .await
+}
+
+/// Renews the leases of the running jobs `worker` holds, given as (job, attempt, prompts
+/// generated so far); the progress goes to their attempts. A (job, attempt) pair, not the job
+/// alone: a stale attempt of a job in the same process must not renew, or stop renewing, the live
+/// one's lease.
+pub async fn renew_leases(
+    pool: &PgPool,
+    worker: &str,
+    held: &[(Uuid, i32, i32)],
+) -> sqlx::Result<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let jobs: Vec<Uuid> = held.iter().map(|h| h.0).collect();
+    let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        r#"update jobs j set lease_renewed_at = now()
+           from unnest($2::uuid[], $3::int[]) as h(id, attempt)
+           where j.id = h.id and j.attempt = h.attempt and j.worker = $1 and j.status = 'running'"#,
+    )
+    .bind(worker)
+    .bind(jobs)
+    .bind(attempts)
+    .execute(&mut *tx)
+    .await?;
+    attempts::report_progress(&mut *tx, held).await?;
+    tx.commit().await
 }

@@ -1,0 +1,132 @@
+//! The workload as users send it: every job posted over HTTP at once, then each one polled with
+//! `GET /batch_result/{id}` every 0.5 s until it is final. The polling is part of what is
+//! measured: on a small host it takes CPU from the workers, as real clients' polling does.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use genq_shared::types::{JobStatus, JobView};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// A run that takes longer than this is broken, not slow.
+const PATIENCE: Duration = Duration::from_secs(900);
+
+/// One job's request body.
+pub fn job(prompts: Vec<String>, max_tokens: u32, seed: u32) -> Value {
+    json!({
+        "prompts": prompts,
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "top_k": 40,
+        "top_p": 0.95,
+        "seed": seed,
+    })
+}
+
+/// What one run of the workload measured.
+pub struct Outcome {
+    pub ids: Vec<Uuid>,
+    /// Sum of `completion_tokens` over every result.
+    pub tokens: i64,
+    /// From the first job's creation to the last job's completion, both as PostgreSQL recorded
+    /// them (one clock, and free of the polling interval).
+    pub wall: Duration,
+    /// From the first submission until the client had seen every job final: `wall` plus up to
+    /// one polling interval.
+    pub client_wall: Duration,
+}
+
+/// Submits every job at once and follows each until it is final; fails unless every job
+/// completed with a result for each prompt, none from the result cache.
+pub async fn run(base_url: &str, jobs: Vec<Value>) -> anyhow::Result<Outcome> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let start = Instant::now();
+    let followers: Vec<_> = jobs
+        .into_iter()
+        .map(|body| tokio::spawn(follow(http.clone(), base_url.to_owned(), body)))
+        .collect();
+    let mut views = Vec::with_capacity(followers.len());
+    for follower in followers {
+        views.push(follower.await.context("a client task panicked")??);
+    }
+    let client_wall = start.elapsed();
+
+    let mut tokens = 0i64;
+    for view in &views {
+        let id = view.task_id;
+        ensure!(
+            view.status == JobStatus::Completed,
+            "job {id} ended {:?}",
+            view.status
+        );
+        ensure!(
+            view.results.len() as i32 == view.counts.total,
+            "job {id} completed with {} of {} results",
+            view.results.len(),
+            view.counts.total
+        );
+        ensure!(
+            view.results.iter().all(|r| !r.cached),
+            "job {id} was answered from the result cache: its seed was not fresh"
+        );
+        tokens += view
+            .results
+            .iter()
+            .map(|r| i64::from(r.completion_tokens))
+            .sum::<i64>();
+    }
+    let first_created = views.iter().map(|v| v.created_at).min();
+    let last_finished = views.iter().filter_map(|v| v.finished_at).max();
+    let (Some(first), Some(last)) = (first_created, last_finished) else {
+        bail!("no jobs, or completed jobs without a finish time");
+    };
+    Ok(Outcome {
+        ids: views.iter().map(|v| v.task_id).collect(),
+        tokens,
+        wall: (last - first)
+            .to_std()
+            .context("a job finished before it was created")?,
+        client_wall,
+    })
+}
+
+async fn follow(http: reqwest::Client, base_url: String, body: Value) -> anyhow::Result<JobView> {
+    let response = http
+        .post(format!("{base_url}/batch"))
+        .json(&body)
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 202,
+        "submit answered {}",
+        response.status()
+    );
+    let accepted: Value = response.json().await?;
+    let id: Uuid = accepted["task_id"]
+        .as_str()
+        .context("no task_id")?
+        .parse()?;
+    let give_up = Instant::now() + PATIENCE;
+    while Instant::now() < give_up {
+        tokio::time::sleep(POLL_EVERY).await;
+        let response = http
+            .get(format!("{base_url}/batch_result/{id}"))
+            .send()
+            .await?;
+        ensure!(
+            response.status() == 200,
+            "GET /batch_result/{id} answered {}",
+            response.status()
+        );
+        let view: JobView = response.json().await?;
+        if view.status.is_final() {
+            return Ok(view);
+        }
+    }
+    bail!("job {id} was not final after {PATIENCE:?}")
+}

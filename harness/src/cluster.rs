@@ -1,0 +1,285 @@
+//! The genq processes under measurement or test: one `genq-api` on a free local port and N
+//! `genq-worker`s, started from the built binaries. Each process slot has one log file,
+//! `{logs}/{name}.log`, emptied when the cluster starts and appended to by every process that
+//! takes the slot, so a restarted process's log follows its predecessor's.
+
+use std::{
+    ffi::OsStr,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use crate::process::{Process, Spawn};
+
+/// How often readiness is asked for while waiting: a separate process has no other way to say it
+/// is up.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What to start. [`Config::new`] fills in the defaults; the fields are public to change them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where `genq-api` and `genq-worker` are.
+    pub bin_dir: PathBuf,
+    pub database_url: String,
+    pub redis_url: String,
+    /// `GENQ_QUEUE`, the Redis namespace; see [`crate::fresh_queue`].
+    pub queue: String,
+    /// `GENQ_MODEL` for every process (the API uses it to check prompt lengths).
+    pub model: PathBuf,
+    /// Directory of the log files; created if missing.
+    pub logs: PathBuf,
+    /// The API's log file is `{logs}/{api_name}.log`.
+    pub api_name: String,
+    /// One per worker: its log file `{logs}/{name}.log` and the prefix of the name it registers
+    /// under (`GENQ_WORKER_NAME`; the worker appends its pid and a unique suffix).
+    pub worker_names: Vec<String>,
+    /// Set for every process, after the connection settings (so they can override those).
+    pub env: Vec<(String, String)>,
+    /// Set for the workers only, after `env`.
+    pub worker_env: Vec<(String, String)>,
+    /// Removed from the environment the processes inherit, so a setting exported in the caller's
+    /// shell cannot change what is measured.
+    pub unset: Vec<String>,
+    /// How long [`Cluster::start`] waits for `/ready`.
+    pub ready_within: Duration,
+    /// How long [`Cluster::stop`] waits after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Config {
+    /// One worker named `worker`, an API named `api`, nothing extra in the environment, 60 s to
+    /// get ready and 30 s to stop.
+    pub fn new(
+        bin_dir: PathBuf,
+        database_url: String,
+        redis_url: String,
+        queue: String,
+        model: PathBuf,
+        logs: PathBuf,
+    ) -> Config {
+        Config {
+            bin_dir,
+            database_url,
+            redis_url,
+            queue,
+            model,
+            logs,
+            api_name: "api".into(),
+            worker_names: vec!["worker".into()],
+            env: Vec::new(),
+            worker_env: Vec::new(),
+            unset: Vec::new(),
+            ready_within: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(30),
+        }
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+}
+
+/// The running API and workers. Dropping it SIGKILLs every process it started that is still
+/// running (see `process`), so a caller that fails half-way leaves nothing behind; [`stop`]
+/// stops them as an orchestrator would.
+///
+/// [`stop`]: Cluster::stop
+pub struct Cluster {
+    config: Config,
+    addr: SocketAddr,
+    api: Process,
+    workers: Vec<Process>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts the API on a free port and the workers, and waits until the API is ready.
+    pub async fn start(config: Config) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(&config.logs)
+            .with_context(|| format!("creating {}", config.logs.display()))?;
+        // Logs append across restarts within a run, so an earlier run's go first.
+        for name in std::iter::once(&config.api_name).chain(&config.worker_names) {
+            let _ = std::fs::remove_file(config.log(name));
+        }
+        // The port is free now and the API binds it a moment later. Another process could take
+        // it in between (unlikely: the OS hands out ephemeral ports in turn); the API would then
+        // exit, and `wait_ready` says so at once.
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let api = spawn_api(&config, addr)?;
+        let workers = (0..config.worker_names.len())
+            .map(|index| spawn_worker(&config, addr, index))
+            .collect::<anyhow::Result<_>>()?;
+        let mut cluster = Cluster {
+            config,
+            addr,
+            api,
+            workers,
+            http: reqwest::Client::builder()
+                // A readiness answer takes milliseconds; a hung one must not stall the wait.
+                .timeout(Duration::from_secs(2))
+                .build()?,
+        };
+        cluster.wait_ready(cluster.config.ready_within).await?;
+        Ok(cluster)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The name prefix worker `index` registers under.
+    pub fn worker_name(&self, index: usize) -> &str {
+        &self.config.worker_names[index]
+    }
+
+    /// The pid of worker `index`'s current process.
+    pub fn worker_pid(&self, index: usize) -> u32 {
+        self.workers[index].pid()
+    }
+
+    /// SIGKILL worker `index` and start a fresh one in its place (a new process, a new name).
+    pub async fn kill_and_restart_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        self.workers[index].kill().await;
+        self.workers[index] = spawn_worker(&self.config, self.addr, index)?;
+        Ok(())
+    }
+
+    /// SIGKILL the API and start it again on the same address.
+    pub async fn kill_and_restart_api(&mut self) -> anyhow::Result<()> {
+        self.api.kill().await;
+        self.api = spawn_api(&self.config, self.addr)?;
+        Ok(())
+    }
+
+    /// Waits until `/ready` answers 200 (PostgreSQL and Redis reachable from the API). Fails at
+    /// once if the API process has exited.
+    pub async fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
+        let give_up = Instant::now() + patience;
+        let url = format!("{}/ready", self.base_url());
+        while Instant::now() < give_up {
+            if let Some(status) = self.api.exited() {
+                bail!(
+                    "genq-api exited ({status}); see {}",
+                    self.api_log().display()
+                );
+            }
+            let ready = self.http.get(&url).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        bail!(
+            "genq-api was not ready within {patience:?}; see {}",
+            self.api_log().display()
+        )
+    }
+
+    /// Waits until every worker has registered in the database `pool` reaches (each registers
+    /// once its model is loaded and its engine started). On a database of its own the live
+    /// workers are this cluster's. Fails at once if a worker process has exited.
+    pub async fn wait_workers_registered(
+        &mut self,
+        pool: &PgPool,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let give_up = Instant::now() + patience;
+        while Instant::now() < give_up {
+            for (index, worker) in self.workers.iter_mut().enumerate() {
+                if let Some(status) = worker.exited() {
+                    let log = self.config.log(&self.config.worker_names[index]);
+                    bail!("a genq-worker exited ({status}); see {}", log.display());
+                }
+            }
+            // Errors are "not yet": the caller's database may be starting.
+            let live = genq_shared::db::workers::live(pool).await;
+            if live.is_ok_and(|live| live.len() >= self.workers.len()) {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        bail!(
+            "{} workers did not all register within {patience:?}; see {}",
+            self.workers.len(),
+            self.config.logs.display()
+        )
+    }
+
+    /// SIGTERM to every worker, then to the API, as an orchestrator would; a process still there
+    /// after the grace gets SIGKILL.
+    pub async fn stop(mut self) {
+        let deadline = Instant::now() + self.config.stop_grace;
+        // Workers first, together: they finish the jobs in hand, which needs the database, not
+        // the API.
+        for worker in &mut self.workers {
+            worker.terminate();
+        }
+        for worker in &mut self.workers {
+            worker.wait_or_kill(deadline).await;
+        }
+        self.api.terminate();
+        self.api
+            .wait_or_kill(Instant::now() + self.config.stop_grace)
+            .await;
+    }
+
+    fn api_log(&self) -> PathBuf {
+        self.config.log(&self.config.api_name)
+    }
+}
+
+fn spawn_api(config: &Config, addr: SocketAddr) -> anyhow::Result<Process> {
+    let binary = config.bin_dir.join("genq-api");
+    let addr = addr.to_string();
+    let env = common_env(config, &addr)
+        .chain(pairs(&config.env))
+        .collect();
+    Process::spawn(Spawn {
+        binary: &binary,
+        unset: &config.unset,
+        env,
+        log: &config.log(&config.api_name),
+    })
+}
+
+fn spawn_worker(config: &Config, addr: SocketAddr, index: usize) -> anyhow::Result<Process> {
+    let binary = config.bin_dir.join("genq-worker");
+    let addr = addr.to_string();
+    let name = config.worker_names[index].as_str();
+    let env = common_env(config, &addr)
+        .chain(pairs(&config.env))
+        .chain([("GENQ_WORKER_NAME", OsStr::new(name))])
+        .chain(pairs(&config.worker_env))
+        .collect();
+    Process::spawn(Spawn {
+        binary: &binary,
+        unset: &config.unset,
+        env,
+        log: &config.log(name),
+    })
+}
+
+fn common_env<'a>(config: &'a Config, addr: &'a str) -> impl Iterator<Item = (&'a str, &'a OsStr)> {
+    [
+        ("DATABASE_URL", OsStr::new(&config.database_url)),
+        ("REDIS_URL", OsStr::new(&config.redis_url)),
+        ("GENQ_QUEUE", OsStr::new(&config.queue)),
+        ("GENQ_API_ADDR", OsStr::new(addr)),
+        ("GENQ_MODEL", config.model.as_os_str()),
+        ("RUST_LOG", OsStr::new("info")),
+    ]
+    .into_iter()
+}
+
+fn pairs(env: &[(String, String)]) -> impl Iterator<Item = (&str, &OsStr)> {
+    env.iter().map(|(k, v)| (k.as_str(), OsStr::new(v)))
+}

@@ -1,0 +1,211 @@
+//! Jobs: the record of every submitted batch and its lifecycle
+//! (queued -> running -> completed | failed, or cancelled from queued or running). All SQL that
+//! writes the `jobs` table is in this module.
+//!
+//! # Layout
+//! - here: recording a job, reading it (`view`, `status`, `stats`), notifications.
+//! - [`lifecycle`]: claim, complete or fail fenced by the attempt, cancel.
+//! - [`recovery`]: leases, lost workers, deadlines, lost dispatches, the dead list, retention.
+//! - [`dispatch`]: which apalis task carries each job.
+//! - [`report`]: read-only figures for the fault suite and the benchmarks.
+
+mod dispatch;
+mod lifecycle;
+mod recovery;
+pub mod report;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction, types::Json};
+use uuid::Uuid;
+
+pub use dispatch::*;
+pub use lifecycle::*;
+pub use recovery::*;
+
+use super::FINAL_CHANNEL;
+use crate::types::{
+    Counts, ErrorCode, ErrorDetail, FinishReason, JobParams, JobStatus, JobView, QueueStats,
+    ResultItem,
+};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    status: JobStatus,
+    prompt_count: i32,
+    params: Json<JobParams>,
+    model: Option<String>,
+    error_code: Option<ErrorCode>,
+    error_message: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job a worker has claimed; only this attempt may finish it.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub prompts: Vec<String>,
+    pub params: JobParams,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// How a job is run, beyond its sampling parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct RunPolicy {
+    /// Claims allowed before a lost worker or transient failure fails the job.
+    pub max_attempts: i32,
+    /// From submission to the deadline.
+    pub timeout: std::time::Duration,
+}
+
+/// One prompt's finished result, as a worker hands it in.
+#[derive(Debug, Clone)]
+pub struct NewGeneration {
+    pub index: i32,
+    pub text: String,
+    pub completion_tokens: i32,
+    pub finish_reason: FinishReason,
+    /// Set on results of inference for a deterministic request, so later ones can reuse them.
+    pub cache_key: Option<Vec<u8>>,
+    /// Answered from the result cache, without inference.
+    pub cached: bool,
+}
+
+pub async fn insert<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+    prompts: &[String],
+    params: &JobParams,
+    policy: RunPolicy,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline)
+           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6))"#,
+    )
+    .bind(id)
+    .bind(Json(prompts))
+    .bind(prompts.len() as i32)
+    .bind(Json(params))
+    .bind(policy.max_attempts)
+    .bind(policy.timeout.as_secs_f64())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobStatus>> {
+    sqlx::query_scalar(r#"select status from jobs where id = $1"#)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
+    let Some(job) = sqlx::query_as::<_, JobRow>(
+        r#"select id, status, prompt_count, params, model, error_code, error_message, created_at,
+                  started_at, finished_at
+           from jobs where id = $1"#,
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let results: Vec<ResultItem> = sqlx::query_as::<
+        _,
+        (i32, String, String, i32, FinishReason, bool),
+    >(
+        r#"select prompt_index, prompt, generated_text, completion_tokens, finish_reason, cached
+           from generations where job_id = $1 order by prompt_index"#,
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(
+        |(index, prompt, generated_text, completion_tokens, finish_reason, cached)| ResultItem {
+            index,
+            prompt,
+            generated_text,
+            completion_tokens,
+            finish_reason,
+            cached,
+        },
+    )
+    .collect();
+    let completed = results.len() as i32;
+    let failed = if job.status == JobStatus::Failed {
+        job.prompt_count - completed
+    } else {
+        0
+    };
+    let error = job.error_code.map(|code| ErrorDetail {
+        code,
+        message: job.error_message.unwrap_or_default(),
+    });
+    Ok(Some(JobView {
+        task_id: job.id,
+        status: job.status,
+        model: job.model,
+        params: job.params.0,
+        created_at: job.created_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        counts: Counts {
+            total: job.prompt_count,
+            completed,
+            failed,
+        },
+        results,
+        error,
+    }))
+}
+
+pub async fn stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
+    let counts: Vec<(JobStatus, i64)> =
+        sqlx::query_as(r#"select status, count(*) from jobs group by status"#)
+            .fetch_all(pool)
+            .await?;
+    let count = |s: JobStatus| {
+        counts
+            .iter()
+            .find(|(status, _)| *status == s)
+            .map_or(0, |(_, n)| *n)
+    };
+    let live_workers = super::workers::live(pool).await?.len() as i64;
+    Ok(QueueStats {
+        queued: count(JobStatus::Queued),
+        running: count(JobStatus::Running),
+        completed: count(JobStatus::Completed),
+        failed: count(JobStatus::Failed),
+        cancelled: count(JobStatus::Cancelled),
+        live_workers,
+        intake_paused: super::control::intake_paused(pool).await?,
+    })
+}
+
+/// Announces many jobs final in one round trip.
+pub(super) async fn notify_final_all(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query(r#"select pg_notify($1, id::text) from unnest($2::uuid[]) as id"#)
+        .bind(FINAL_CHANNEL)
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn notify_final(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(r#"select pg_notify($1, $2)"#)
+        .bind(FINAL_CHANNEL)
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

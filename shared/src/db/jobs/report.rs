@@ -1,0 +1,103 @@
+//! Read-only figures about jobs for the fault-injection suite and the benchmarks. Nothing here
+//! writes; the service itself never calls these.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::types::JobStatus;
+
+/// Where one job stands, as the fault suite's audit compares it with what its client read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Standing {
+    pub id: Uuid,
+    pub status: JobStatus,
+    /// Read as text rather than [`crate::types::ErrorCode`], so a code the audit does not know
+    /// still counts (under its own name) instead of failing the read.
+    pub error_code: Option<String>,
+}
+
+/// Every job's status and error code.
+pub async fn standings(pool: &PgPool) -> sqlx::Result<Vec<Standing>> {
+    sqlx::query_as(r#"select id, status, error_code from jobs"#)
+        .fetch_all(pool)
+        .await
+}
+
+/// Completed jobs without exactly one result for each prompt: lost results.
+pub async fn completed_without_every_result(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        r#"select j.id from jobs j
+           left join (select job_id, count(*) as n, count(distinct prompt_index) as distinct_n
+                      from generations group by job_id) g on g.job_id = j.id
+           where j.status = 'completed'
+             and (coalesce(g.n, 0) <> j.prompt_count or coalesce(g.distinct_n, 0) <> j.prompt_count)"#,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Jobs not yet final (queued or running).
+pub async fn unfinished(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(r#"select id from jobs where status in ('queued', 'running')"#)
+        .fetch_all(pool)
+        .await
+}
+
+/// How many of `ids` are not yet final.
+pub async fn unfinished_among(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from jobs where id = any($1) and status in ('queued', 'running')"#,
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn running_count(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(r#"select count(*) from jobs where status = 'running'"#)
+        .fetch_one(pool)
+        .await
+}
+
+/// Jobs running under the worker registered as `worker`.
+pub async fn running_on(pool: &PgPool, worker: &str) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(r#"select id from jobs where status = 'running' and worker = $1"#)
+        .bind(worker)
+        .fetch_all(pool)
+        .await
+}
+
+/// Running jobs per worker name, the busiest first.
+pub async fn running_by_worker(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        r#"select worker, count(*) from jobs where status = 'running' and worker is not null
+           group by worker order by 2 desc"#,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How many of `ids` are still waiting for another worker: queued, or running under `dead`.
+pub async fn still_held_by(pool: &PgPool, ids: &[Uuid], dead: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from jobs where id = any($1)
+             and (status = 'queued' or (status = 'running' and worker = $2))"#,
+    )
+    .bind(ids)
+    .bind(dead)
+    .fetch_one(pool)
+    .await
+}
+
+/// How many of `ids` each worker completed (the worker of the attempt that completed them), by
+/// worker name.
+pub async fn completed_by_worker(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        r#"select worker, count(*) from jobs
+           where id = any($1) and status = 'completed' and worker is not null
+           group by worker order by worker"#,
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,172 @@
+//! PostgreSQL or Redis unreachable for one API (through a cut proxy): readiness says which, with
+//! `Retry-After`; a job recorded while Redis is down keeps its id and runs once Redis is back; a
+//! reconciler step that fails does not skip the others.
+
+use std::time::Duration;
+
+use genq_shared::{
+    config::QueueConfig,
+    db, queue,
+    reconcile::{ReconcileConfig, Reconciler},
+    types::JobStatus,
+};
+use genq_tests::{
+    AppOptions, TestApp,
+    proxy::{Proxy, host_port, through},
+    redis_url,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn app_behind(postgres: Option<&Proxy>, redis: Option<&Proxy>) -> TestApp {
+    TestApp::spawn_with(AppOptions {
+        postgres_via: postgres.map(Proxy::address),
+        redis_via: redis.map(Proxy::address),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+async fn assert_unready_naming(app: &TestApp, service: &str) {
+    let response = app.get("/ready").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("30")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "status": "unavailable",
+            "error": { "code": "unavailable", "message": format!("unreachable: {service}") },
+        })
+    );
+}
+
+#[tokio::test]
+async fn ready_is_503_with_retry_after_while_redis_is_unreachable() {
+    let redis = Proxy::start(host_port(&redis_url())).await;
+    let app = app_behind(None, Some(&redis)).await;
+    assert_eq!(app.get("/ready").await.status(), 200);
+
+    redis.cut();
+
+    assert_unready_naming(&app, "redis").await;
+    redis.restore();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ready_is_503_with_retry_after_while_postgresql_is_unreachable() {
+    let postgres = Proxy::start(host_port(&genq_tests::postgres_base())).await;
+    let app = app_behind(Some(&postgres), None).await;
+    assert_eq!(app.get("/ready").await.status(), 200);
+
+    postgres.cut();
+
+    assert_unready_naming(&app, "postgresql").await;
+    postgres.restore();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_recorded_while_redis_is_down_keeps_its_id_and_runs_once_redis_is_back() {
+    let redis = Proxy::start(host_port(&redis_url())).await;
+    let app = app_behind(None, Some(&redis)).await;
+    redis.cut();
+
+    // Two requests with one Idempotency-Key race: both must get the one job's id, and that id
+    // must answer, although Redis refuses its dispatch.
+    let send = || {
+        app.client
+            .post(format!("{}/batch", app.address))
+            .header("Idempotency-Key", "while-redis-is-down")
+            .json(&json!({ "prompts": ["kept"], "max_tokens": 4 }))
+            .send()
+    };
+    let (first, second) = tokio::join!(send(), send());
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (202, 202)
+    );
+    let id_of = |body: Value| body["task_id"].as_str().unwrap().parse::<Uuid>().unwrap();
+    let id = id_of(first.json().await.unwrap());
+    assert_eq!(id_of(second.json().await.unwrap()), id);
+    let answer = app.get(&format!("/batch_result/{id}")).await;
+    assert_eq!(answer.status(), 200);
+    let view: Value = answer.json().await.unwrap();
+    assert_eq!(view["status"], "queued");
+
+    redis.restore();
+    let out = app.genqctl(&["queue", "reconcile", "--json"]).await;
+    let pass: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pass["redispatched"], 1, "{pass}");
+    let worker = app.start_worker(1).await;
+    let view = app.wait_final(id).await;
+    assert_eq!(view.status, JobStatus::Completed);
+    assert_eq!(view.results.len(), 1);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_reconciler_step_does_not_skip_the_others() {
+    let app = TestApp::spawn().await;
+    // One finished job past retention, one queued job past its deadline, one queued job that
+    // waited long enough to be checked against Redis.
+    let finished = app.submit(&json!({ "prompts": ["old"] })).await;
+    let expired = app.submit(&json!({ "prompts": ["late"] })).await;
+    let waiting = app.submit(&json!({ "prompts": ["waiting"] })).await;
+    db::jobs::cancel(&app.pool, finished).await.unwrap();
+    sqlx::query("update jobs set finished_at = now() - interval '2 hours' where id = $1")
+        .bind(finished)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update jobs set deadline = now() - interval '1 second' where id = $1")
+        .bind(expired)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update jobs set queued_at = now() - interval '1 minute' where id = $1")
+        .bind(waiting)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let redis = Proxy::start(host_port(&redis_url())).await;
+    let (storage, connection) = queue::connect(&QueueConfig {
+        redis_url: through(&redis_url(), &redis).parse().unwrap(),
+        queue: app.queue.clone(),
+    })
+    .await
+    .unwrap();
+    let mut reconciler = Reconciler {
+        db: app.pool.clone(),
+        storage,
+        redis: connection,
+        queue: app.queue.clone(),
+        config: ReconcileConfig {
+            worker_stale_secs: 15,
+            redispatch_after_secs: 10,
+            retention_secs: 3600,
+        },
+    };
+
+    redis.cut();
+    let pass = tokio::time::timeout(Duration::from_secs(60), reconciler.pass())
+        .await
+        .expect("a pass ends although Redis is unreachable");
+
+    let failed: Vec<&str> = pass.failed_steps.iter().map(|f| f.step).collect();
+    assert_eq!(failed, ["redispatch_lost", "vacuum_redis"], "{pass:?}");
+    assert_eq!((pass.timed_out, pass.deleted), (1, 1), "{pass:?}");
+    assert_eq!(app.status(expired).await, JobStatus::Failed);
+    assert_eq!(db::jobs::status(&app.pool, finished).await.unwrap(), None);
+    redis.restore();
+    app.stop().await;
+}
