@@ -38,7 +38,7 @@ pub enum ApiError {
 }
 
 /// Seconds a client is told to wait before retrying a paused or unavailable service.
-pub(crate) const RETRY_AFTER_SECS: &str = "30";
+const RETRY_AFTER_SECS: &str = "30";
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {

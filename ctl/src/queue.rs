@@ -124,7 +124,8 @@ async fn reconcile(
     config: ReconcileConfig,
     json: bool,
 ) -> anyhow::Result<Done> {
-    let (storage, redis) = dispatch::connect(&backends.queue).await?;
+    // Lazily: with Redis down its two steps fail and the PostgreSQL steps still run.
+    let (storage, redis) = dispatch::connect_lazy(&backends.queue)?;
     let mut reconciler = Reconciler {
         db: pool,
         storage,

@@ -17,7 +17,7 @@
 use std::{
     any::Any,
     collections::VecDeque,
-    fs::{self, File},
+    fs::{self, File, TryLockError},
     num::NonZeroU32,
     panic::{self, AssertUnwindSafe},
     path::{Path, PathBuf},
@@ -27,6 +27,7 @@ use std::{
         mpsc,
     },
     thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
@@ -85,6 +86,9 @@ pub enum GenerationError {
     #[error("the inference engine has stopped")]
     EngineStopped,
 }
+
+/// Longest wait for the decode lock; see `DecodeLoop::lock_decode`.
+pub const DECODE_LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Context per sequence unless asked for more: room for a prompt and the API's default
 /// max_tokens limit without reserving GPT-2's whole 1,024 positions in every slot.
@@ -609,19 +613,35 @@ impl<'m> DecodeLoop<'m> {
         }
     }
 
-    /// Waits for this host's turn to decode, if a decode lock is configured.
+    /// Waits for this host's turn to decode, if a decode lock is configured. The wait is bounded:
+    /// a holder that stopped (SIGSTOP) or hangs in llama.cpp must not stall every worker on the
+    /// host, so after [`DECODE_LOCK_PATIENCE`] this engine decodes without the lock from then on.
+    /// It polls rather than blocks, as a blocking `flock` cannot time out; the pause is short
+    /// next to a decode step.
     fn lock_decode(&mut self) {
         let Some(file) = &self.decode_lock else {
             return;
         };
-        if let Err(e) = file.lock() {
-            // Decoding without the lock only costs throughput; stopping the engine would cost jobs.
-            tracing::warn!(
-                error = %e,
-                "cannot take the decode lock; decoding without it from now on"
-            );
-            self.decode_lock = None;
-        }
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(20);
+        let failure = loop {
+            match file.try_lock() {
+                Ok(()) => return,
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => break e.to_string(),
+            }
+            if started.elapsed() >= DECODE_LOCK_PATIENCE {
+                break format!("another worker held it for over {DECODE_LOCK_PATIENCE:?}");
+            }
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_micros(200));
+        };
+        // Decoding without the lock only costs throughput; stopping the engine would cost jobs.
+        tracing::warn!(
+            error = failure,
+            "cannot take the decode lock; decoding without it from now on"
+        );
+        self.decode_lock = None;
     }
 
     fn unlock_decode(&mut self) {

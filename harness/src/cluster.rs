@@ -215,7 +215,7 @@ impl Cluster {
     }
 
     /// SIGTERM to every worker, then to the API, as an orchestrator would; a process still there
-    /// after the grace gets SIGKILL.
+    /// after the grace gets SIGKILL. Then the run's Redis namespace is deleted.
     pub async fn stop(mut self) {
         let deadline = Instant::now() + self.config.stop_grace;
         // Workers first, together: they finish the jobs in hand, which needs the database, not
@@ -230,6 +230,18 @@ impl Cluster {
         self.api
             .wait_or_kill(Instant::now() + self.config.stop_grace)
             .await;
+        // Each run takes a fresh namespace; leave none behind in Redis.
+        let deleted = async {
+            let client = redis::Client::open(self.config.redis_url.as_str())?;
+            let mut redis = client.get_multiplexed_async_connection().await?;
+            genq_shared::queue::delete_namespace(&mut redis, &self.config.queue).await
+        };
+        if let Err(e) = deleted.await {
+            eprintln!(
+                "could not delete Redis namespace {}: {e}",
+                self.config.queue
+            );
+        }
     }
 
     fn api_log(&self) -> PathBuf {

@@ -37,6 +37,17 @@ pub fn storage_config(queue: &str) -> apalis_redis::Config {
         .missed_heartbeats(5)
 }
 
+/// Connects to Redis lazily: the connection is made (and remade) on first use, so a caller whose
+/// other work does not need Redis (`genqctl queue reconcile`) can run while it is down.
+pub fn connect_lazy(config: &QueueConfig) -> anyhow::Result<(Storage, ConnectionManager)> {
+    let client = redis::Client::open(config.redis_url.expose())
+        .with_context(|| format!("invalid Redis URL {}", config.redis_url))?;
+    let conn = ConnectionManager::new_lazy_with_config(client, Default::default())
+        .with_context(|| format!("cannot reach Redis at {}", config.redis_url))?;
+    let storage = RedisStorage::new(conn.clone()).with_config(storage_config(&config.queue));
+    Ok((storage, conn))
+}
+
 pub async fn connect(config: &QueueConfig) -> anyhow::Result<(Storage, ConnectionManager)> {
     let conn = apalis_redis::connect(config.redis_url.expose())
         .await
@@ -221,6 +232,36 @@ pub async fn waiting(conn: &mut ConnectionManager, queue: &str) -> anyhow::Resul
         .await
         .context("reading queue lengths from Redis")?;
     Ok(ready + scheduled)
+}
+
+/// Deletes every key of a queue's namespace (tasks, payloads, worker registrations): for throwaway
+/// queues such as the tests', the benchmark's and the fault suite's, never a live one. SCAN rather
+/// than KEYS, so a shared Redis is not blocked. Returns how many keys went.
+pub async fn delete_namespace(
+    conn: &mut impl redis::aio::ConnectionLike,
+    queue: &str,
+) -> redis::RedisResult<u64> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{queue}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for chunk in keys.chunks(500) {
+        redis::cmd("DEL").arg(chunk).query_async::<()>(conn).await?;
+    }
+    Ok(keys.len() as u64)
 }
 
 pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {

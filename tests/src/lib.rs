@@ -108,7 +108,7 @@ pub struct TestApp {
     finals: FinalJobs,
     stop_api: Option<oneshot::Sender<()>>,
     api: Option<JoinHandle<anyhow::Result<()>>>,
-    _cleanup: Cleanup,
+    _cleanup: Throwaway,
 }
 
 impl TestApp {
@@ -121,7 +121,7 @@ impl TestApp {
         let name = format!("genq_test_{}", Uuid::new_v4().simple());
         let database_url = format!("{}/{name}", postgres_base());
         // First, so that whatever fails below still drops what was made.
-        let cleanup = Cleanup {
+        let cleanup = Throwaway {
             database_url: database_url.clone(),
             queue: name.clone(),
         };
@@ -306,14 +306,15 @@ impl TestApp {
     }
 }
 
-/// Drops a test's database and Redis keys when the test ends, passed or failed. Runs on a thread
-/// of its own: `Drop` cannot await, and the test's runtime may be the one unwinding.
-struct Cleanup {
-    database_url: String,
-    queue: String,
+/// A test's database and Redis namespace, dropped when this is, passed or failed. The cleanup
+/// runs on a thread of its own: `Drop` cannot await, and the test's runtime may be the one
+/// unwinding.
+pub struct Throwaway {
+    pub database_url: String,
+    pub queue: String,
 }
 
-impl Drop for Cleanup {
+impl Drop for Throwaway {
     fn drop(&mut self) {
         let (database_url, queue) = (self.database_url.clone(), self.queue.clone());
         let cleaning = std::thread::spawn(move || {
@@ -326,29 +327,18 @@ impl Drop for Cleanup {
                 if let Err(e) = sqlx::Postgres::force_drop_database(&database_url).await {
                     eprintln!("could not drop test database {database_url}: {e}");
                 }
-                if let Err(e) = delete_keys(&queue).await {
+                let deleted = async {
+                    let client = redis::Client::open(redis_url())?;
+                    let mut redis = client.get_multiplexed_async_connection().await?;
+                    genq_shared::queue::delete_namespace(&mut redis, &queue).await
+                };
+                if let Err(e) = deleted.await {
                     eprintln!("could not delete Redis keys of {queue}: {e}");
                 }
             });
         });
         let _ = cleaning.join();
     }
-}
-
-async fn delete_keys(queue: &str) -> redis::RedisResult<()> {
-    let client = redis::Client::open(redis_url())?;
-    let mut redis = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{queue}*"))
-        .query_async(&mut redis)
-        .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut redis)
-            .await?;
-    }
-    Ok(())
 }
 
 pub struct TestWorker {

@@ -6,9 +6,8 @@
 use std::{net::TcpListener, process::Output};
 
 use genq_shared::{db, queue, types::JobStatus, types::QueueStats};
-use genq_tests::{TestApp, binary, postgres_base, redis_url, stdout};
+use genq_tests::{TestApp, Throwaway, binary, postgres_base, redis_url, stdout};
 use serde_json::{Value, json};
-use sqlx::{Postgres, migrate::MigrateDatabase};
 use uuid::Uuid;
 
 fn stderr(output: &Output) -> String {
@@ -56,27 +55,6 @@ fn dead_redis_url() -> String {
     format!("redis://127.0.0.1:{port}")
 }
 
-/// Drops the database when the test ends, passed or failed. Dropping runs on a thread and a
-/// runtime of its own: the test's runtime may be the one unwinding.
-struct DropDatabase(String);
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let url = self.0.clone();
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime to drop the test database")
-                .block_on(Postgres::force_drop_database(&url))
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test database {}: {dropped:?}", self.0);
-        }
-    }
-}
-
 async fn database_exists(name: &str) -> bool {
     let pool = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base()))
         .await
@@ -95,7 +73,10 @@ async fn database_exists(name: &str) -> bool {
 async fn a_missing_database_is_refused_and_left_alone_until_genqctl_migrate() {
     let name = format!("genq_test_{}", Uuid::new_v4().simple());
     let database_url = format!("{}/{name}", postgres_base());
-    let _drop = DropDatabase(database_url.clone());
+    let _drop = Throwaway {
+        database_url: database_url.clone(),
+        queue: name.clone(),
+    };
     let redis = redis_url();
     let env = Env {
         database_url: &database_url,
@@ -320,6 +301,8 @@ async fn a_failed_reconciler_step_is_named_and_exits_1_after_the_others_ran() {
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
+    // Retention runs after the vacuum: a finished job past it shows that the pass went on.
+    let old = finished_long_ago(&app).await;
 
     let reconciled = app.genqctl(&["queue", "reconcile", "--json"]).await;
 
@@ -337,10 +320,52 @@ async fn a_failed_reconciler_step_is_named_and_exits_1_after_the_others_ran() {
         .map(|s| s["step"].as_str().unwrap())
         .collect();
     assert_eq!(failed, ["vacuum_redis"]);
+    assert_eq!(pass["deleted"], 1, "{pass}");
+    assert_eq!(db::jobs::status(&app.pool, old).await.unwrap(), None);
     redis::cmd("DEL")
         .arg(&done_set)
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
+    app.stop().await;
+}
+
+/// A cancelled job that finished eight days ago: past the default retention of seven.
+async fn finished_long_ago(app: &TestApp) -> Uuid {
+    let id = app.submit(&json!({ "prompts": ["old"] })).await;
+    db::jobs::cancel(&app.pool, id).await.unwrap();
+    sqlx::query("update jobs set finished_at = now() - interval '8 days' where id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn reconcile_runs_its_postgresql_steps_while_redis_is_down() {
+    let app = TestApp::spawn().await;
+    let old = finished_long_ago(&app).await;
+    let dead_redis = dead_redis_url();
+    let env = Env {
+        database_url: &app.database_url,
+        redis_url: &dead_redis,
+        queue: &app.queue,
+        rust_log: "warn",
+    };
+
+    let reconciled = genqctl(&env, &["queue", "reconcile", "--json"]).await;
+
+    assert_eq!(reconciled.status.code(), Some(1), "{reconciled:?}");
+    let pass: Value = serde_json::from_slice(&reconciled.stdout).expect("stdout is the pass");
+    let failed: Vec<&str> = pass["failed_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["vacuum_redis"], "{pass}");
+    assert_eq!(pass["deleted"], 1, "{pass}");
+    assert_eq!(db::jobs::status(&app.pool, old).await.unwrap(), None);
     app.stop().await;
 }

@@ -47,7 +47,7 @@ impl HeldJobs {
     }
 
     /// (job, attempt, prompts generated) of every attempt held now.
-    pub fn snapshot(&self) -> Vec<(Uuid, i32, i32)> {
+    fn snapshot(&self) -> Vec<(Uuid, i32, i32)> {
         self.lock()
             .iter()
             .map(|(&(job, attempt), generated)| (job, attempt, generated.load(Ordering::Relaxed)))

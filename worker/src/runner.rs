@@ -214,18 +214,7 @@ impl JobRunner {
                     None => break,
                     Some((index, Ok(generation))) => {
                         held.generated_one();
-                        finished.push(NewGeneration {
-                        index: index as i32,
-                        // GPT-2 can emit a NUL byte, which PostgreSQL text cannot store.
-                        text: generation.text.replace('\0', "\u{FFFD}"),
-                        completion_tokens: generation.completion_tokens as i32,
-                        finish_reason: match generation.finish_reason {
-                            genq_engine::FinishReason::Length => FinishReason::Length,
-                            genq_engine::FinishReason::Stop => FinishReason::Stop,
-                        },
-                        cache_key: keys[index].clone(),
-                        cached: false,
-                    });
+                        finished.push(inferred(index, generation, keys[index].clone()));
                     }
                     Some((index, Err(error))) => {
                         finished.sort_by_key(|g| g.index);
@@ -258,6 +247,26 @@ impl JobRunner {
         }
         finished.sort_by_key(|g| g.index);
         Ok(Outcome::Completed(finished))
+    }
+}
+
+/// A prompt's result as the engine produced it.
+fn inferred(
+    index: usize,
+    generation: genq_engine::Generation,
+    cache_key: Option<Vec<u8>>,
+) -> NewGeneration {
+    NewGeneration {
+        index: index as i32,
+        // GPT-2 can emit a NUL byte, which PostgreSQL text cannot store.
+        text: generation.text.replace('\0', "\u{FFFD}"),
+        completion_tokens: generation.completion_tokens as i32,
+        finish_reason: match generation.finish_reason {
+            genq_engine::FinishReason::Length => FinishReason::Length,
+            genq_engine::FinishReason::Stop => FinishReason::Stop,
+        },
+        cache_key,
+        cached: false,
     }
 }
 

@@ -112,21 +112,23 @@ pub(crate) async fn submit(
         }
     }
     let mut storage = state.queue.clone();
-    if let Err(e) = queue::dispatch(&mut storage, id, id).await {
-        // The job is recorded, and PostgreSQL is the record: the client gets its id like any
-        // other (a concurrent request with the same Idempotency-Key may already hold it), and the
-        // reconciler dispatches it once Redis answers again.
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "dispatch failed; the reconciler will dispatch the job"
-        );
-        if let Err(e) = db::jobs::mark_undispatched(&state.db, id).await {
-            // Still found, a little later: queued jobs are checked against Redis after
-            // GENQ_REDISPATCH_AFTER_SECS.
-            tracing::warn!(error = %e, "could not mark the job undispatched");
+    match queue::dispatch(&mut storage, id, id).await {
+        Ok(()) => tracing::info!(prompts = job.prompts.len(), "job queued"),
+        Err(e) => {
+            // The job is recorded, and PostgreSQL is the record: the client gets its id like any
+            // other (a concurrent request with the same Idempotency-Key may already hold it), and
+            // the reconciler dispatches it once Redis answers again.
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "job recorded but not dispatched; the reconciler will dispatch it"
+            );
+            if let Err(e) = db::jobs::mark_undispatched(&state.db, id).await {
+                // Still found, a little later: queued jobs are checked against Redis after
+                // GENQ_REDISPATCH_AFTER_SECS.
+                tracing::warn!(error = %e, "could not mark the job undispatched");
+            }
         }
     }
-    tracing::info!(prompts = job.prompts.len(), "job queued");
     Ok(id)
 }
 

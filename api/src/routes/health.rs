@@ -5,15 +5,14 @@ use std::time::Duration;
 use axum::{
     Json, Router,
     extract::State,
-    http::{StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
 use genq_shared::{db, queue};
 use serde_json::{Value, json};
 
-use crate::{AppState, error::RETRY_AFTER_SECS};
-use genq_shared::types::ErrorCode;
+use crate::{AppState, error::ApiError};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -43,15 +42,5 @@ async fn ready(State(state): State<AppState>) -> Response {
     if down.is_empty() {
         return (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response();
     }
-    let message = format!("unreachable: {}", down.join(", "));
-    let body = json!({
-        "status": "unavailable",
-        "error": { "code": ErrorCode::Unavailable, "message": message },
-    });
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
-        Json(body),
-    )
-        .into_response()
+    ApiError::Unavailable(format!("unreachable: {}", down.join(", "))).into_response()
 }

@@ -157,3 +157,15 @@ pub async fn misplaced(pool: &PgPool) -> sqlx::Result<i64> {
     .fetch_one(pool)
     .await
 }
+
+/// Drops the results of jobs that run again from the start (a lost attempt, a manual retry).
+pub(super) async fn delete_of_jobs<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    job_ids: &[Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query(r#"delete from generations where job_id = any($1)"#)
+        .bind(job_ids)
+        .execute(executor)
+        .await?;
+    Ok(())
+}

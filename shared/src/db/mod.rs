@@ -1,6 +1,7 @@
 //! PostgreSQL: connecting (creating the database if missing, or only to one that exists),
 //! migrations and where a database stands against them, and the data access of each table. All
-//! SQL of the project lives in this module.
+//! SQL of the services, genqctl, the benchmark and the fault suite lives in this module; only the
+//! tests add a few statements of their own, to put rows in states that are slow to reach.
 
 pub mod attempts;
 pub mod control;

@@ -9,7 +9,10 @@ use uuid::Uuid;
 
 use super::{notify_final, notify_final_all};
 use crate::{
-    db::attempts::{self, AttemptOutcome},
+    db::{
+        attempts::{self, AttemptOutcome},
+        generations,
+    },
     types::{ErrorCode, JobStatus, JobSummary},
 };
 
@@ -72,10 +75,7 @@ pub async fn release(
     let released = match status {
         None => Released::Stale,
         Some(JobStatus::Queued) => {
-            sqlx::query(r#"delete from generations where job_id = $1"#)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            generations::delete_of_jobs(&mut *tx, &[id]).await?;
             Released::Requeued
         }
         Some(_) => {
@@ -160,10 +160,7 @@ pub async fn retry_failed(pool: &PgPool, id: Option<Uuid>) -> sqlx::Result<Vec<U
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(r#"delete from generations where job_id = any($1)"#)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    generations::delete_of_jobs(&mut *tx, &ids).await?;
     tx.commit().await?;
     Ok(ids)
 }
