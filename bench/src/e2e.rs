@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use genq_harness::{Cluster, Config, Database, fresh_queue};
 use genq_shared::{db, types::JobStatus, wait::FinalJobs};
 use serde_json::json;
@@ -77,26 +77,15 @@ impl Genq {
     }
 
     async fn submit_and_wait(&self, request: &Request) -> anyhow::Result<Uuid> {
-        let response = self
-            .client
-            .post(format!("{}/batch", self.base_url))
-            .json(&json!({
-                "prompts": request.prompts,
-                "max_tokens": request.max_tokens,
-                "temperature": 0.8,
-                "top_k": 40,
-                "top_p": 0.95,
-                "seed": request.seed,
-            }))
-            .send()
-            .await?;
-        ensure!(
-            response.status() == 202,
-            "submit answered {}",
-            response.status()
-        );
-        let body: serde_json::Value = response.json().await?;
-        let id: Uuid = body["task_id"].as_str().context("no task_id")?.parse()?;
+        let body = json!({
+            "prompts": request.prompts,
+            "max_tokens": request.max_tokens,
+            "temperature": 0.8,
+            "top_k": 40,
+            "top_p": 0.95,
+            "seed": request.seed,
+        });
+        let id = genq_harness::client::submit(&self.client, &self.base_url, &body).await?;
         let status = self.finals.wait(id, Duration::from_secs(900)).await?;
         ensure!(
             status == Some(JobStatus::Completed),

@@ -8,7 +8,9 @@
 //! - [`cluster`]: [`Cluster`], the API and its workers: start, wait until ready, kill and
 //!   restart, stop.
 //! - `process`: one child process: its environment and log, SIGTERM with a grace then SIGKILL.
+//! - [`client`]: HTTP requests as users' clients make them.
 
+pub mod client;
 pub mod cluster;
 pub mod database;
 mod process;

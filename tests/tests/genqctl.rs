@@ -313,12 +313,7 @@ async fn a_failed_reconciler_step_is_named_and_exits_1_after_the_others_ran() {
         stderr(&reconciled)
     );
     let pass: Value = serde_json::from_slice(&reconciled.stdout).expect("stdout is the pass");
-    let failed: Vec<&str> = pass["failed_steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let failed = failed_steps(&pass);
     assert_eq!(failed, ["vacuum_redis"]);
     assert_eq!(pass["deleted"], 1, "{pass}");
     assert_eq!(db::jobs::status(&app.pool, old).await.unwrap(), None);
@@ -358,14 +353,18 @@ async fn reconcile_runs_its_postgresql_steps_while_redis_is_down() {
 
     assert_eq!(reconciled.status.code(), Some(1), "{reconciled:?}");
     let pass: Value = serde_json::from_slice(&reconciled.stdout).expect("stdout is the pass");
-    let failed: Vec<&str> = pass["failed_steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let failed = failed_steps(&pass);
     assert_eq!(failed, ["vacuum_redis"], "{pass}");
     assert_eq!(pass["deleted"], 1, "{pass}");
     assert_eq!(db::jobs::status(&app.pool, old).await.unwrap(), None);
     app.stop().await;
+}
+
+fn failed_steps(pass: &Value) -> Vec<&str> {
+    pass["failed_steps"]
+        .as_array()
+        .expect("failed_steps is a list")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect()
 }

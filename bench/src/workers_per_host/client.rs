@@ -96,21 +96,7 @@ pub async fn run(base_url: &str, jobs: Vec<Value>) -> anyhow::Result<Outcome> {
 }
 
 async fn follow(http: reqwest::Client, base_url: String, body: Value) -> anyhow::Result<JobView> {
-    let response = http
-        .post(format!("{base_url}/batch"))
-        .json(&body)
-        .send()
-        .await?;
-    ensure!(
-        response.status() == 202,
-        "submit answered {}",
-        response.status()
-    );
-    let accepted: Value = response.json().await?;
-    let id: Uuid = accepted["task_id"]
-        .as_str()
-        .context("no task_id")?
-        .parse()?;
+    let id = genq_harness::client::submit(&http, &base_url, &body).await?;
     let give_up = Instant::now() + PATIENCE;
     while Instant::now() < give_up {
         tokio::time::sleep(POLL_EVERY).await;

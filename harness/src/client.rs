@@ -1,0 +1,24 @@
+//! What the tools' clients do over HTTP, as users' clients do.
+
+use anyhow::{Context, ensure};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// `POST /batch`; the task id of the accepted job, or an error naming the status it got.
+pub async fn submit(http: &reqwest::Client, base_url: &str, body: &Value) -> anyhow::Result<Uuid> {
+    let response = http
+        .post(format!("{base_url}/batch"))
+        .json(body)
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 202,
+        "submit answered {}",
+        response.status()
+    );
+    let accepted: Value = response.json().await?;
+    Ok(accepted["task_id"]
+        .as_str()
+        .context("no task_id")?
+        .parse()?)
+}
