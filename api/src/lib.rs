@@ -9,12 +9,14 @@
 
 pub mod error;
 mod extract;
+mod moderation;
 mod routes;
 mod validate;
 
-use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::http::{HeaderValue, Method, header};
 use axum::{Router, extract::DefaultBodyLimit};
 use genq_engine::Model;
 use genq_shared::{
@@ -25,9 +27,9 @@ use genq_shared::{
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tower_http::{cors::CorsLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
-pub use validate::has_forbidden_word;
+pub use moderation::ForbiddenWords;
 
 /// Largest request body accepted: 256 prompts of a few KB each.
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -52,7 +54,8 @@ pub struct Config {
     pub max_prompts: usize,
     #[arg(long, env = "GENQ_MAX_TOKENS_LIMIT", default_value_t = 512)]
     pub max_tokens_limit: u32,
-    /// Comma-separated words that make a prompt refused (whole words, any case).
+    /// Comma-separated words that make a prompt refused: whole words, in any case, in any
+    /// disguise (fullwidth letters, lookalike letters of other scripts, invisible characters).
     #[arg(
         long,
         env = "GENQ_FORBIDDEN_WORDS",
@@ -60,6 +63,9 @@ pub struct Config {
         default_value = "hate,violence"
     )]
     pub forbidden_words: Vec<String>,
+    /// A file of further forbidden words, one a line (`#` starts a comment).
+    #[arg(long, env = "GENQ_FORBIDDEN_WORDS_FILE")]
+    pub forbidden_words_file: Option<PathBuf>,
     /// How long `POST /generate` waits for its job before answering 202 with the task id.
     #[arg(long, env = "GENQ_GENERATE_TIMEOUT_SECS", default_value_t = 60)]
     pub generate_timeout_secs: u64,
@@ -74,6 +80,10 @@ pub struct Config {
     /// The largest `timeout_secs` a request may ask for.
     #[arg(long, env = "GENQ_JOB_TIMEOUT_MAX_SECS", default_value_t = 86_400)]
     pub job_timeout_max_secs: u64,
+    /// Origins (comma-separated, e.g. `https://app.example.com`) whose browser pages may call
+    /// the API; none by default, so browsers refuse cross-origin calls.
+    #[arg(long, env = "GENQ_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub reconcile: ReconcileConfig,
     /// How often the reconciler runs; 0 turns it off in this process.
@@ -121,15 +131,14 @@ impl Application {
             }
             None => None,
         };
+        let forbidden_words = ForbiddenWords::load(
+            &config.forbidden_words,
+            config.forbidden_words_file.as_deref(),
+        )?;
         let limits = validate::Limits {
             max_prompts: config.max_prompts,
             max_tokens: config.max_tokens_limit,
-            forbidden_words: config
-                .forbidden_words
-                .iter()
-                .map(|w| w.trim().to_lowercase())
-                .filter(|w| !w.is_empty())
-                .collect::<HashSet<_>>(),
+            forbidden_words,
             context,
             default_timeout_secs: config.job_timeout_secs,
             max_timeout_secs: config.job_timeout_max_secs,
@@ -152,10 +161,23 @@ impl Application {
             max_attempts: config.max_attempts.max(1),
             generate_wait: Duration::from_secs(config.generate_timeout_secs),
         };
-        let router = routes::router()
+        let mut router = routes::router()
             .with_state(state)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
-            .layer(TraceLayer::new_for_http());
+            // Answers are JSON for programs: never sniffed as another type, never framed, and no
+            // active content may load from them.
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+            ));
+        if let Some(cors) = cors_layer(&config.cors_origins)? {
+            router = router.layer(cors);
+        }
+        let router = router.layer(TraceLayer::new_for_http());
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding the API to {}", config.addr))?;
@@ -193,4 +215,31 @@ impl Application {
         }
         served
     }
+}
+
+/// CORS for the configured origins only; `None` (no CORS headers at all) when there are none.
+fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .with_context(|| format!("GENQ_CORS_ORIGINS: invalid origin {o:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("idempotency-key"),
+                header::HeaderName::from_static("x-api-key"),
+            ]),
+    ))
 }

@@ -1,13 +1,16 @@
 //! Checking a batch request before anything is stored: sizes, ranges, forbidden words, and
 //! whether the longest prompt plus max_tokens fits the model's context.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use genq_engine::Model;
 use genq_shared::types::JobParams;
 use serde::Deserialize;
 
-use crate::error::{ApiError, Result};
+use crate::{
+    error::{ApiError, Result},
+    moderation::ForbiddenWords,
+};
 
 /// Longest stop string and most stop strings a request may give.
 const MAX_STOP_LEN: usize = 64;
@@ -40,7 +43,7 @@ pub enum Stop {
 pub struct Limits {
     pub max_prompts: usize,
     pub max_tokens: u32,
-    pub forbidden_words: HashSet<String>,
+    pub forbidden_words: ForbiddenWords,
     /// The model's vocabulary and each sequence's context, when the API was given the model.
     pub context: Option<(Arc<Model>, u32)>,
     pub default_timeout_secs: u64,
@@ -54,14 +57,16 @@ pub struct ValidJob {
 }
 
 pub async fn validate(request: BatchRequest, limits: Arc<Limits>) -> Result<ValidJob> {
-    let job = check_fields(request, &limits)?;
-    if limits.context.is_none() {
-        return Ok(job);
-    }
-    // Tokenizing hundreds of prompts is CPU work: keep it off the async runtime.
-    tokio::task::spawn_blocking(move || check_context(&job, &limits).map(|()| job))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+    // Normalizing and tokenizing megabytes of prompts is CPU work: keep it off the async runtime.
+    tokio::task::spawn_blocking(move || {
+        let job = check_fields(request, &limits)?;
+        if limits.context.is_some() {
+            check_context(&job, &limits)?;
+        }
+        Ok(job)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
 }
 
 fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
@@ -90,7 +95,7 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
                 format!("prompts[{index}] contains a NUL character"),
             ));
         }
-        if has_forbidden_word(prompt, &limits.forbidden_words) {
+        if limits.forbidden_words.matches(prompt) {
             return Err(ApiError::InappropriateContent { index });
         }
     }
@@ -166,15 +171,6 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
     })
 }
 
-/// Whole words, case-insensitively: "hate" refuses "I HATE it" but not "chateau".
-pub fn has_forbidden_word(prompt: &str, forbidden: &HashSet<String>) -> bool {
-    !forbidden.is_empty()
-        && prompt
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .any(|w| forbidden.contains(&w.to_lowercase()))
-}
-
 fn check_context(job: &ValidJob, limits: &Limits) -> Result<()> {
     let Some((model, context)) = &limits.context else {
         return Ok(());
@@ -197,19 +193,4 @@ fn check_context(job: &ValidJob, limits: &Limits) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forbidden_words_match_whole_words_only() {
-        let words: HashSet<String> = ["hate".to_owned(), "violence".to_owned()].into();
-        assert!(has_forbidden_word("I HATE Mondays", &words));
-        assert!(has_forbidden_word("violence!", &words));
-        assert!(!has_forbidden_word("a chateau whatever", &words));
-        assert!(!has_forbidden_word("hatred", &words));
-        assert!(!has_forbidden_word("hate", &HashSet::new()));
-    }
 }

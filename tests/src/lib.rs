@@ -85,6 +85,8 @@ pub struct AppOptions {
     pub postgres_via: Option<std::net::SocketAddr>,
     /// Where the API reaches Redis (`host:port`), when not directly.
     pub redis_via: Option<std::net::SocketAddr>,
+    /// Further `genq-api` flags, e.g. `--cors-origins=https://app.example`.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -95,6 +97,7 @@ impl Default for AppOptions {
             reconcile_interval_secs: 0,
             postgres_via: None,
             redis_via: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl TestApp {
         if options.with_model {
             args.push(format!("--model={}", tiny_model_path().display()));
         }
+        args.extend(options.extra_args.iter().cloned());
         let app = genq_api::Application::build(genq_api::Config::parse_from(args))
             .await
             .expect("building the API");

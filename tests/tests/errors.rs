@@ -1,6 +1,6 @@
 //! Every error class of the HTTP contract: a clear JSON error, never a 500.
 
-use genq_tests::TestApp;
+use genq_tests::{AppOptions, TestApp};
 use serde_json::{Value, json};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
@@ -27,7 +27,16 @@ async fn malformed_json_is_400() {
 #[tokio::test]
 async fn forbidden_words_are_400_inappropriate_content_as_whole_words_only() {
     let app = TestApp::spawn().await;
-    for prompt in ["I hate rainy days", "VIOLENCE!", "so much hate."] {
+    let disguised = [
+        "I h\u{200b}ate this",     // zero-width space
+        "I ｈａｔｅ this",         // fullwidth letters
+        "I h\u{0430}te this",      // Cyrillic a
+        "so much vio\u{0406}ence", // Cyrillic I for l
+    ];
+    for prompt in ["I hate rainy days", "VIOLENCE!", "so much hate."]
+        .into_iter()
+        .chain(disguised)
+    {
         let (status, error) = error_of(
             app.post("/batch", &json!({ "prompts": ["fine", prompt] }))
                 .await,
@@ -46,13 +55,13 @@ async fn forbidden_words_are_400_inappropriate_content_as_whole_words_only() {
             "{error}"
         );
     }
-    let response = app
-        .post(
-            "/batch",
-            &json!({ "prompts": ["a chateau in whatever weather"] }),
-        )
-        .await;
-    assert_eq!(response.status(), 202);
+    for fine in [
+        "a chateau in whatever weather",
+        "a ｃｈａｔｅａｕ, whatever",
+    ] {
+        let response = app.post("/batch", &json!({ "prompts": [fine] })).await;
+        assert_eq!(response.status(), 202, "{fine}");
+    }
     app.stop().await;
 }
 
@@ -220,4 +229,69 @@ async fn health_and_readiness_answer() {
     let ready = app.get("/ready").await;
     assert_eq!(ready.status(), 200);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn every_answer_says_nosniff_and_forbids_active_content() {
+    let app = TestApp::spawn().await;
+    let answers = [
+        app.get("/health").await,
+        app.get(&format!("/batch_result/{}", uuid::Uuid::now_v7()))
+            .await,
+        app.post_raw("/batch", "not json").await,
+        app.post("/batch", &json!({ "prompts": ["fine"] })).await,
+    ];
+    for answer in answers {
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+        assert_eq!(
+            header("content-security-policy").as_deref(),
+            Some("default-src 'none'; frame-ancestors 'none'"),
+            "{}",
+            answer.status()
+        );
+    }
+    app.stop().await;
+}
+
+async fn preflight(app: &TestApp, origin: &str) -> reqwest::Response {
+    app.client
+        .request(reqwest::Method::OPTIONS, format!("{}/batch", app.address))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_origins_are_configured() {
+    let closed = TestApp::spawn().await;
+    let answer = preflight(&closed, "https://app.example").await;
+    assert_eq!(answer.headers().get("access-control-allow-origin"), None);
+    closed.stop().await;
+
+    let open = TestApp::spawn_with(AppOptions {
+        extra_args: vec!["--cors-origins=https://app.example".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let allowed = preflight(&open, "https://app.example").await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .unwrap(),
+        "https://app.example"
+    );
+    let other = preflight(&open, "https://evil.example").await;
+    assert_eq!(other.headers().get("access-control-allow-origin"), None);
+    open.stop().await;
 }
