@@ -7,6 +7,7 @@
 //! - [`db`]: connecting, migrations, and the data access of each table.
 //! - [`queue`]: apalis/Redis dispatch and the removal of waiting tasks.
 //! - [`reconcile`]: re-dispatching what Redis lost, re-queueing jobs of lost workers, retention.
+//! - [`redact`]: the output filter (card numbers, SSNs, e-mail addresses).
 //! - [`wait`]: waiting for jobs to reach a final status via `LISTEN`/`NOTIFY`.
 //! - [`telemetry`]: tracing setup for the binaries.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod queue;
 pub mod reconcile;
+pub mod redact;
 pub mod telemetry;
 pub mod types;
 pub mod wait;

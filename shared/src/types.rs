@@ -96,6 +96,8 @@ pub struct ResultItem {
     pub finish_reason: FinishReason,
     /// Answered from the result cache: an identical deterministic request ran within the TTL.
     pub cached: bool,
+    /// The output filter replaced a card number, SSN or e-mail address in the text.
+    pub redacted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

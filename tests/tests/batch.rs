@@ -1,6 +1,9 @@
 //! Submitting batches and reading them back: the HTTP contract end to end.
 
-use genq_shared::types::{FinishReason, GenerationRecord, HistoryPage, JobStatus};
+use genq_shared::{
+    db::{self, jobs::NewGeneration},
+    types::{FinishReason, GenerationRecord, HistoryPage, JobStatus},
+};
 use genq_tests::{AppOptions, TestApp};
 use serde_json::{Value, json};
 
@@ -218,5 +221,51 @@ async fn history_pages_newest_first_and_stay_stable_under_concurrent_inserts() {
         ["newest", "newer"]
     );
     worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_result_the_output_filter_changed_says_redacted() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(&json!({ "prompts": ["leak", "keep"], "max_tokens": 4 }))
+        .await;
+    let claim = db::jobs::claim(&app.pool, id, "w", "m")
+        .await
+        .unwrap()
+        .unwrap();
+    let result = |index: i32, text: &str, redacted: bool| NewGeneration {
+        index,
+        text: text.into(),
+        completion_tokens: 4,
+        finish_reason: FinishReason::Length,
+        cache_key: None,
+        cached: false,
+        redacted,
+    };
+    let stored = db::jobs::complete(
+        &app.pool,
+        &claim,
+        "m",
+        &[
+            result(0, "pay [redacted card]", true),
+            result(1, "plain", false),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(stored);
+
+    let view: Value = app
+        .get(&format!("/batch_result/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let results = view["results"].as_array().unwrap();
+    assert_eq!(results[0]["generated_text"], "pay [redacted card]");
+    assert_eq!(results[0]["redacted"], true);
+    assert_eq!(results[1]["redacted"], false);
     app.stop().await;
 }

@@ -76,6 +76,7 @@ impl ResultCache {
                     finish_reason: hit.finish_reason,
                     cache_key: None,
                     cached: true,
+                    redacted: hit.redacted,
                 })
             })
             .collect())

@@ -12,7 +12,7 @@ use genq_shared::{
         self,
         jobs::{Claim, NewGeneration, Released},
     },
-    queue,
+    queue, redact,
     types::{ErrorCode, ErrorDetail, FinishReason},
     wait::FinalJobs,
 };
@@ -250,16 +250,19 @@ impl JobRunner {
     }
 }
 
-/// A prompt's result as the engine produced it.
+/// A prompt's result as it is stored: through the output filter, and storable.
 fn inferred(
     index: usize,
     generation: genq_engine::Generation,
     cache_key: Option<Vec<u8>>,
 ) -> NewGeneration {
+    // GPT-2 can emit a NUL byte, which PostgreSQL text cannot store.
+    let text = generation.text.replace('\0', "\u{FFFD}");
+    let filtered = redact::redact(&text);
     NewGeneration {
         index: index as i32,
-        // GPT-2 can emit a NUL byte, which PostgreSQL text cannot store.
-        text: generation.text.replace('\0', "\u{FFFD}"),
+        redacted: filtered.is_some(),
+        text: filtered.unwrap_or(text),
         completion_tokens: generation.completion_tokens as i32,
         finish_reason: match generation.finish_reason {
             genq_engine::FinishReason::Length => FinishReason::Length,
@@ -292,4 +295,29 @@ fn write_backoff() -> ExponentialBuilder {
 
 fn log_retry(error: &sqlx::Error, after: Duration) {
     tracing::warn!(error = %error, retry_in = ?after, "storing the job's outcome failed; retrying");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_pass_the_output_filter_before_they_are_stored() {
+        let generation = |text: &str| genq_engine::Generation {
+            text: text.to_owned(),
+            completion_tokens: 9,
+            finish_reason: genq_engine::FinishReason::Length,
+        };
+
+        let leaked = inferred(0, generation("call 123-45-6789 or bob@example.org\0"), None);
+        let plain = inferred(1, generation("nothing to hide"), None);
+
+        assert_eq!(
+            leaked.text,
+            "call [redacted ssn] or [redacted email]\u{FFFD}"
+        );
+        assert!(leaked.redacted);
+        assert_eq!(plain.text, "nothing to hide");
+        assert!(!plain.redacted);
+    }
 }

@@ -60,6 +60,7 @@ pub struct CachedResult {
     pub generated_text: String,
     pub completion_tokens: i32,
     pub finish_reason: FinishReason,
+    pub redacted: bool,
 }
 
 /// The newest inferred result for each key, among those younger than `ttl`.
@@ -69,7 +70,8 @@ pub async fn cached(
     ttl: Duration,
 ) -> sqlx::Result<Vec<CachedResult>> {
     sqlx::query_as(
-        r#"select distinct on (cache_key) cache_key, generated_text, completion_tokens, finish_reason
+        r#"select distinct on (cache_key) cache_key, generated_text, completion_tokens, finish_reason,
+                  redacted
            from generations
            where cache_key = any($1) and created_at > now() - make_interval(secs => $2)
            order by cache_key, created_at desc"#,
@@ -101,14 +103,15 @@ pub(super) async fn insert(
     let reasons: Vec<FinishReason> = results.iter().map(|r| r.finish_reason).collect();
     let cache_keys: Vec<Option<&[u8]>> = results.iter().map(|r| r.cache_key.as_deref()).collect();
     let cached: Vec<bool> = results.iter().map(|r| r.cached).collect();
+    let redacted: Vec<bool> = results.iter().map(|r| r.redacted).collect();
     sqlx::query(
         r#"insert into generations
                (id, job_id, prompt_index, prompt, generated_text, completion_tokens, finish_reason,
-                model_name, cache_key, cached)
-           select id, $2, idx, prompt, text, tokens, reason, $8, key, hit
+                model_name, cache_key, cached, redacted)
+           select id, $2, idx, prompt, text, tokens, reason, $8, key, hit, filtered
            from unnest($1::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
-                       $9::bytea[], $10::bool[])
-               as t(id, idx, prompt, text, tokens, reason, key, hit)
+                       $9::bytea[], $10::bool[], $11::bool[])
+               as t(id, idx, prompt, text, tokens, reason, key, hit, filtered)
            order by idx"#,
     )
     .bind(ids)
@@ -121,6 +124,7 @@ pub(super) async fn insert(
     .bind(model)
     .bind(cache_keys)
     .bind(cached)
+    .bind(redacted)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -72,6 +72,8 @@ pub struct NewGeneration {
     pub cache_key: Option<Vec<u8>>,
     /// Answered from the result cache, without inference.
     pub cached: bool,
+    /// The output filter changed the text (see `crate::redact`).
+    pub redacted: bool,
 }
 
 pub async fn insert<'e>(
@@ -117,9 +119,10 @@ pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
     };
     let results: Vec<ResultItem> = sqlx::query_as::<
         _,
-        (i32, String, String, i32, FinishReason, bool),
+        (i32, String, String, i32, FinishReason, bool, bool),
     >(
-        r#"select prompt_index, prompt, generated_text, completion_tokens, finish_reason, cached
+        r#"select prompt_index, prompt, generated_text, completion_tokens, finish_reason, cached,
+                  redacted
            from generations where job_id = $1 order by prompt_index"#,
     )
     .bind(id)
@@ -127,13 +130,16 @@ pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
     .await?
     .into_iter()
     .map(
-        |(index, prompt, generated_text, completion_tokens, finish_reason, cached)| ResultItem {
-            index,
-            prompt,
-            generated_text,
-            completion_tokens,
-            finish_reason,
-            cached,
+        |(index, prompt, generated_text, completion_tokens, finish_reason, cached, redacted)| {
+            ResultItem {
+                index,
+                prompt,
+                generated_text,
+                completion_tokens,
+                finish_reason,
+                cached,
+                redacted,
+            }
         },
     )
     .collect();
