@@ -52,6 +52,10 @@ pub struct Config {
     pub context_per_slot: Option<u32>,
     #[arg(long, env = "GENQ_MAX_PROMPTS", default_value_t = 256)]
     pub max_prompts: usize,
+    /// Longest prompt in characters (GPT-2's whole context is 1,024 tokens, a few thousand
+    /// characters).
+    #[arg(long, env = "GENQ_MAX_PROMPT_CHARS", default_value_t = 16_384)]
+    pub max_prompt_chars: usize,
     #[arg(long, env = "GENQ_MAX_TOKENS_LIMIT", default_value_t = 512)]
     pub max_tokens_limit: u32,
     /// Comma-separated words that make a prompt refused: whole words, in any case, in any
@@ -137,6 +141,7 @@ impl Application {
         )?;
         let limits = validate::Limits {
             max_prompts: config.max_prompts,
+            max_prompt_chars: config.max_prompt_chars,
             max_tokens: config.max_tokens_limit,
             forbidden_words,
             context,

@@ -42,6 +42,8 @@ pub enum Stop {
 #[derive(Debug)]
 pub struct Limits {
     pub max_prompts: usize,
+    /// Longest prompt, in characters: bounds the work of checking and tokenizing one.
+    pub max_prompt_chars: usize,
     pub max_tokens: u32,
     pub forbidden_words: ForbiddenWords,
     /// The model's vocabulary and each sequence's context, when the API was given the model.
@@ -86,6 +88,16 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
             return Err(ApiError::invalid(
                 format!("prompts[{index}]"),
                 format!("prompts[{index}] is empty"),
+            ));
+        }
+        let chars = prompt.chars().count();
+        if chars > limits.max_prompt_chars {
+            return Err(ApiError::invalid(
+                format!("prompts[{index}]"),
+                format!(
+                    "prompts[{index}] is {chars} characters; the limit is {} (GENQ_MAX_PROMPT_CHARS)",
+                    limits.max_prompt_chars
+                ),
             ));
         }
         if prompt.contains('\0') {

@@ -93,6 +93,10 @@ async fn bad_field_values_are_422_naming_the_field() {
         (json!({ "prompts": ["x"], "seed": -1 }), "seed"),
         (json!({ "prompts": ["x"], "stop": [""] }), "stop"),
         (json!({ "prompts": ["x"], "max_token": 5 }), "max_token"),
+        (
+            json!({ "prompts": ["ok", "y".repeat(16_385)] }),
+            "prompts[1]",
+        ),
     ];
     for (body, field) in cases {
         let (status, error) = error_of(app.post("/batch", &body).await).await;
@@ -294,4 +298,40 @@ async fn cors_is_off_unless_origins_are_configured() {
     let other = preflight(&open, "https://evil.example").await;
     assert_eq!(other.headers().get("access-control-allow-origin"), None);
     open.stop().await;
+}
+
+#[tokio::test]
+async fn limits_are_named_and_deep_nesting_is_a_client_error() {
+    let app = TestApp::spawn_with(AppOptions {
+        with_model: false,
+        ..AppOptions::default()
+    })
+    .await;
+    let (status, error) = error_of(
+        app.post("/batch", &json!({ "prompts": ["z".repeat(16_385)] }))
+            .await,
+    )
+    .await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("prompts[0]")));
+    assert_eq!(
+        error["message"],
+        "prompts[0] is 16385 characters; the limit is 16384 (GENQ_MAX_PROMPT_CHARS)"
+    );
+    // Deep nesting is refused at the first level that has the wrong type (serde_json would stop
+    // at 128 levels anyway): a named client error, never a stack overflow or a 500.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let response = app
+        .client
+        .post(format!("{}/batch", app.address))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!(
+        (status, error["code"].as_str(), error["field"].as_str()),
+        (422, Some("invalid_field"), Some("[0][0]"))
+    );
+    app.stop().await;
 }
