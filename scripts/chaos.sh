@@ -12,6 +12,8 @@
 # both running. Logs go to .genq/chaos/; the jobs stay in the genq_chaos database for a look.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# The fault suite restarts PostgreSQL and Redis: they must not inherit what this shell holds.
+close_inherited_fds
 
 run=(--jobs 5000 --faults-per-kind 20)
 if [ "${1:-}" = "--short" ]; then

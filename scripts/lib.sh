@@ -44,6 +44,24 @@ ensure_build_tools() {
 
 # Only a local default service is installed and started: a DATABASE_URL or REDIS_URL pointing
 # elsewhere is taken as given.
+# Closes this shell's file descriptors beyond stdio. A daemon started from here would inherit them:
+# one holding a lock taken with flock, or a CI runner's pipe, would keep it open as long as it runs.
+close_inherited_fds() {
+    local fd
+    for fd in $(ls /proc/$BASHPID/fd); do
+        [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+    done
+    return 0
+}
+
+# Runs a command that starts a daemon, without the file descriptors above.
+detached() {
+    (
+        close_inherited_fds
+        "$@"
+    )
+}
+
 ensure_postgres() {
     if pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
     if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
@@ -53,7 +71,7 @@ ensure_postgres() {
     say "starting PostgreSQL"
     local version
     version="$(ls /etc/postgresql | sort -V | tail -1)"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    detached as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
     for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
     pg_isready -q -h 127.0.0.1 -p 5432 || { warn "PostgreSQL did not start"; exit 1; }
     # genq connects as `postgres` over TCP; a fresh Debian cluster wants a password there, so
@@ -71,7 +89,7 @@ ensure_redis() {
     command -v redis-server >/dev/null || { say "installing Redis"; apt_install redis-server; }
     say "starting Redis"
     as_root mkdir -p /var/lib/redis /var/log/redis
-    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+    detached as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
         --appendonly no --dir /var/lib/redis --logfile /var/log/redis/genq.log
     for _ in $(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.2; done
     redis-cli ping >/dev/null 2>&1 || { warn "Redis did not start"; exit 1; }

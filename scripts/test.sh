@@ -14,6 +14,9 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc \
     while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database \"$db\" with (force)"; done
 redis-cli --scan --pattern 'genq_test_*' | xargs -r redis-cli del >/dev/null
 
+# Dependencies: licences, sources and bans (not advisories: their database cannot be fetched here).
+"$GENQ_ROOT/scripts/deny.sh"
+
 build_release
 say "running the tests"
 cd "$GENQ_ROOT"
@@ -28,6 +31,10 @@ if [ "$left_dbs" != 0 ] || [ "$left_keys" != 0 ]; then
     exit 1
 fi
 say "the tests left no database or Redis key behind"
+
+# The API against its own OpenAPI description: generated requests with a key and without one,
+# no 5xx, no answer outside the description, no hang (the long form: scripts/fuzz.sh).
+"$GENQ_ROOT/scripts/fuzz.sh" --short
 
 # Last, as it restarts PostgreSQL and Redis: the fault-injection suite's short version.
 "$GENQ_ROOT/scripts/chaos.sh" --short

@@ -5,6 +5,9 @@
 #   scripts/up.sh --serve    the same, then keep the API (port 8000) and a worker running
 #
 # Uses GENQ_MODEL if set; otherwise synthesizes a GPT-2 124M-shape model whose text is noise.
+# The API asks for an API key: the script makes a development key (a tenant key of tenant
+# `local`, no limits) and keeps it in .genq/dev-api-key (mode 600), reused on later runs while it
+# still authenticates; it prints how to use it.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -23,6 +26,9 @@ bin="$GENQ_ROOT/target/release"
 state="$GENQ_ROOT/.genq"
 mkdir -p "$state"
 export GENQ_API_ADDR="${GENQ_API_ADDR:-127.0.0.1:8000}"
+if [ "${GENQ_AUTH:-on}" = off ]; then
+    warn "GENQ_AUTH=off is set in this shell: the API will take requests without a key (development only)."
+fi
 export GENQ_API_URL="http://$GENQ_API_ADDR"
 
 if [ -z "${GENQ_MODEL:-}" ]; then
@@ -59,12 +65,49 @@ for _ in $(seq 100); do
 done
 curl -fsS "$GENQ_API_URL/ready" >/dev/null || { warn "API not ready; see $state/api.log"; exit 1; }
 
+# The HTTP status GET /history answers with key $1. The key goes to curl on stdin, not in its
+# arguments, where any local user could read it (ps).
+key_status() {
+    printf 'Authorization: Bearer %s\n' "$1" |
+        curl -sS -o /dev/null -w '%{http_code}' -H @- "$GENQ_API_URL/history?limit=1" || true
+}
+
+key_file="$state/dev-api-key"
+api_key=""
+if [ -s "$key_file" ]; then
+    api_key="$(cat "$key_file")"
+    status="$(key_status "$api_key")"
+    if [ "$status" = 200 ]; then
+        chmod 600 "$key_file"
+        say "using the API key saved in $key_file"
+    else
+        say "the API key saved in $key_file no longer authenticates (HTTP $status): making a new one"
+        api_key=""
+    fi
+fi
+if [ -z "$api_key" ]; then
+    # Tenant `local` is the tenant of jobs recorded before keys existed, so their history stays
+    # visible to the development key.
+    key_name="dev-$(date +%s)-$$"
+    say "creating API key $key_name"
+    api_key="$("$bin/genqctl" keys create --name "$key_name" --tenant local)"
+    (umask 077 && printf '%s\n' "$api_key" >"$key_file.tmp")
+    chmod 600 "$key_file.tmp"
+    mv -f "$key_file.tmp" "$key_file"
+fi
+# genqctl submit reads it.
+export GENQ_API_KEY="$api_key"
+
 say "submitting a sample batch"
 "$bin/genqctl" submit --wait --max-tokens 32 --seed 7 \
     "Once upon a time" "The meaning of life is" "In a distant galaxy"
 
+say "every route but /health and /ready needs an API key; yours is in $key_file (mode 600):"
+echo "  export GENQ_API_KEY=\"\$(cat '$key_file')\""
+echo "  curl -s '$GENQ_API_URL/history?limit=5' -H \"Authorization: Bearer \$GENQ_API_KEY\""
 if [ "$serve" -eq 1 ]; then
     say "serving on $GENQ_API_URL; Ctrl-C stops. Try:"
-    echo "  curl -s $GENQ_API_URL/batch -H 'content-type: application/json' -d '{\"prompts\":[\"Hello\"]}'"
+    echo "  curl -s $GENQ_API_URL/batch -H \"Authorization: Bearer \$GENQ_API_KEY\" \\"
+    echo "       -H 'content-type: application/json' -d '{\"prompts\":[\"Hello\"]}'"
     wait
 fi

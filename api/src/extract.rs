@@ -1,25 +1,42 @@
 //! A JSON body extractor whose rejections are genq errors: syntax errors are 400, wrong values
-//! are 422 naming the field (via serde_path_to_error), oversized bodies are 413.
+//! are 422 naming the field (via serde_path_to_error), oversized bodies are 413, bodies that do not
+//! arrive in time are 408.
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, Request, rejection::BytesRejection},
+    extract::{
+        FromRequest, Request,
+        rejection::{BytesRejection, FailedToBufferBody},
+    },
 };
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::{AppState, error::ApiError};
 
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge {
-                limit: crate::BODY_LIMIT,
-            },
-            other => ApiError::MalformedJson(other.body_text()),
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        // A deadline for the whole body, not per chunk: a client sending a byte at a time must
+        // not hold the request open.
+        let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| ApiError::RequestTimeout {
+                secs: state.body_timeout.as_secs(),
+            })?;
+        let bytes = read.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                ApiError::PayloadTooLarge {
+                    limit: crate::BODY_LIMIT,
+                }
+            }
+            // Broken chunked encoding, or a client gone mid-body.
+            other => ApiError::MalformedJson(format!(
+                "the request body could not be read: {}",
+                other.body_text()
+            )),
         })?;
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(deserializer) {

@@ -4,13 +4,20 @@
 //! # Layout
 //! - [`Config`]: flags and environment variables.
 //! - [`Application`]: build -> port -> run_until_stopped; `main` and the tests drive the same code.
-//! - `routes`: one module per resource (batch, generate, history, health).
+//! - `routes`: one module per resource (batch, generate, history, admin, health).
+//! - `auth`: API keys, tenants, admin rights; `rate_limit`: the per-key token bucket in Redis.
 //! - `validate`: request checks; `extract`: the JSON body extractor; [`error`]: the error type.
+//! - `serve`: the HTTP server loop with its slow-client limits.
+//! - `openapi`: the OpenAPI 3.1 document (served with Swagger UI by `routes::docs`).
 
+mod auth;
 pub mod error;
 mod extract;
 mod moderation;
+mod openapi;
+mod rate_limit;
 mod routes;
+mod serve;
 mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -34,9 +41,20 @@ pub use moderation::ForbiddenWords;
 /// Largest request body accepted: 256 prompts of a few KB each.
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
+/// Whether requests need an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    On,
+    /// Local development only: every caller is an admin of the tenant `local`.
+    Off,
+}
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "genq-api", about = "genq's HTTP API")]
 pub struct Config {
+    /// API keys (`genqctl keys create`) required on every route but /health, /ready and /docs.
+    #[arg(long, env = "GENQ_AUTH", value_enum, default_value = "on")]
+    pub auth: AuthMode,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
@@ -58,6 +76,16 @@ pub struct Config {
     pub max_prompt_chars: usize,
     #[arg(long, env = "GENQ_MAX_TOKENS_LIMIT", default_value_t = 512)]
     pub max_tokens_limit: u32,
+    /// Most tokens one job may generate: prompts x max_tokens.
+    #[arg(long, env = "GENQ_MAX_JOB_TOKENS", default_value_t = 32_768)]
+    pub max_job_tokens: u64,
+    /// A client must send each request head within this long, or its connection is closed; this
+    /// also closes keep-alive connections idle for as long.
+    #[arg(long, env = "GENQ_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
+    /// A client must send its whole request body within this long (408 otherwise).
+    #[arg(long, env = "GENQ_REQUEST_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_body_timeout_secs: u64,
     /// Comma-separated words that make a prompt refused: whole words, in any case, in any
     /// disguise (fullwidth letters, lookalike letters of other scripts, invisible characters).
     #[arg(
@@ -106,11 +134,15 @@ pub struct AppState {
     max_attempts: i32,
     generate_wait: Duration,
     model_name: Option<String>,
+    auth_enabled: bool,
+    rate_limiter: rate_limit::RateLimiter,
+    body_timeout: Duration,
 }
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    header_read_timeout: Duration,
     reconciler: Option<(Reconciler, Duration)>,
 }
 
@@ -143,6 +175,7 @@ impl Application {
             max_prompts: config.max_prompts,
             max_prompt_chars: config.max_prompt_chars,
             max_tokens: config.max_tokens_limit,
+            max_job_tokens: config.max_job_tokens,
             forbidden_words,
             context,
             default_timeout_secs: config.job_timeout_secs,
@@ -155,10 +188,18 @@ impl Application {
             queue: config.queue.queue.clone(),
             config: config.reconcile.clone(),
         });
+        if config.auth == AuthMode::Off {
+            tracing::warn!(
+                "GENQ_AUTH=off: no API key is asked for and every caller is an admin; use this only for local development"
+            );
+        }
         let state = AppState {
             db: pool,
             queue: storage,
             queue_name: config.queue.queue.clone(),
+            rate_limiter: rate_limit::RateLimiter::new(redis.clone(), &config.queue.queue),
+            auth_enabled: config.auth == AuthMode::On,
+            body_timeout: Duration::from_secs(config.request_body_timeout_secs),
             redis,
             finals,
             model_name: limits.context.as_ref().map(|(m, _)| m.name().to_owned()),
@@ -166,8 +207,7 @@ impl Application {
             max_attempts: config.max_attempts.max(1),
             generate_wait: Duration::from_secs(config.generate_timeout_secs),
         };
-        let mut router = routes::router()
-            .with_state(state)
+        let mut router = routes::router(state)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             // Answers are JSON for programs: never sniffed as another type, never framed, and no
             // active content may load from them.
@@ -189,6 +229,7 @@ impl Application {
         Ok(Application {
             listener,
             router,
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
             reconciler: reconciler
                 .map(|r| (r, Duration::from_secs(config.reconcile_interval_secs))),
         })
@@ -210,15 +251,18 @@ impl Application {
                 let _ = reconciler_stopped.await;
             }))
         });
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP");
+        serve::serve(
+            self.listener,
+            self.router,
+            self.header_read_timeout,
+            shutdown,
+        )
+        .await;
         drop(stop_reconciler);
         if let Some(task) = reconciling {
             let _ = task.await;
         }
-        served
+        Ok(())
     }
 }
 

@@ -16,23 +16,46 @@ use crate::{
 const MAX_STOP_LEN: usize = 64;
 const MAX_STOPS: usize = 4;
 
-/// `POST /batch` and `POST /generate` body.
-#[derive(Debug, Deserialize)]
+/// `POST /batch` and `POST /generate` body. The bounds in the OpenAPI schema are the defaults
+/// of the limits (`GENQ_MAX_PROMPTS` and the like); a value past them is a 422 naming the field.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({ "prompts": ["Once upon a time"], "max_tokens": 16, "seed": 7 }),
+    json!({ "prompts": ["The sea", "The sky"], "temperature": 0, "stop": ["\n\n"] })
+))]
 pub struct BatchRequest {
+    /// 1 to 256 prompts (`GENQ_MAX_PROMPTS`), each not blank, without NUL, of at most 16,384
+    /// characters (`GENQ_MAX_PROMPT_CHARS`).
+    #[schema(min_items = 1, max_items = 256)]
     pub prompts: Vec<String>,
+    /// Tokens to generate per prompt (default 50); at most 512 (`GENQ_MAX_TOKENS_LIMIT`), what the
+    /// context leaves after the longest prompt, and 32,768 for the whole job.
+    #[schema(minimum = 1, maximum = 512)]
     pub max_tokens: Option<u32>,
+    /// 0 is greedy decoding (default 0.8).
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    /// 0 turns top-k off (default 40).
+    #[schema(minimum = 0)]
     pub top_k: Option<i32>,
+    /// Nucleus sampling (default 0.95).
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
+    /// Same seed, prompt, parameters and model, same text; without one it is derived from the
+    /// task id.
+    #[schema(format = "uint32", minimum = 0, maximum = 4_294_967_295_u64)]
     pub seed: Option<u32>,
     pub stop: Option<Stop>,
-    /// Seconds from submission until the job ends failed with code `timeout`.
+    /// Seconds from submission until the job ends failed with code `timeout` (default 600, at
+    /// most 86,400: `GENQ_JOB_TIMEOUT_SECS`, `GENQ_JOB_TIMEOUT_MAX_SECS`).
+    #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<u64>,
 }
 
-/// A stop string or a list of them, as OpenAI's API accepts.
-#[derive(Debug, Deserialize)]
+/// A stop string or a list of them, as OpenAI's API accepts: at most 4 non-empty strings of at
+/// most 64 bytes each; generation stops before the first one that appears.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -45,6 +68,8 @@ pub struct Limits {
     /// Longest prompt, in characters: bounds the work of checking and tokenizing one.
     pub max_prompt_chars: usize,
     pub max_tokens: u32,
+    /// Most tokens one job may generate (prompts x max_tokens).
+    pub max_job_tokens: u64,
     pub forbidden_words: ForbiddenWords,
     /// The model's vocabulary and each sequence's context, when the API was given the model.
     pub context: Option<(Arc<Model>, u32)>,
@@ -56,6 +81,13 @@ pub struct ValidJob {
     pub prompts: Vec<String>,
     pub params: JobParams,
     pub timeout: std::time::Duration,
+}
+
+impl ValidJob {
+    /// The most tokens the job can generate: what a key's tokens-per-day quota is charged.
+    pub fn token_budget(&self) -> u64 {
+        self.prompts.len() as u64 * u64::from(self.params.max_tokens)
+    }
 }
 
 pub async fn validate(request: BatchRequest, limits: Arc<Limits>) -> Result<ValidJob> {
@@ -116,6 +148,17 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
         return Err(ApiError::invalid(
             "max_tokens",
             format!("max_tokens must be between 1 and {}", limits.max_tokens),
+        ));
+    }
+    let job_tokens = prompts.len() as u64 * u64::from(max_tokens);
+    if job_tokens > limits.max_job_tokens {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "{} prompts x max_tokens {max_tokens} is {job_tokens} tokens; a job may generate at most {} (GENQ_MAX_JOB_TOKENS)",
+                prompts.len(),
+                limits.max_job_tokens
+            ),
         ));
     }
     let temperature = request

@@ -60,10 +60,11 @@ impl Genq {
         let finals = FinalJobs::listen(database.pool.clone()).await?;
         let genq = Genq {
             base_url: cluster.base_url(),
-            cluster,
             pool: database.pool,
             finals,
-            client: reqwest::Client::new(),
+            // Every API route but readiness asks for the cluster's key.
+            client: cluster.client(),
+            cluster,
         };
         // A first job loads every lazy path (model pages, connections) before anything is timed.
         let warm_up = Request {

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use genq_harness::Cluster;
 use genq_shared::types::{JobStatus, JobView};
 use rand::{Rng, SeedableRng, seq::IndexedRandom};
 use rand_chacha::ChaCha8Rng;
@@ -62,13 +63,16 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base_url: String, ledger: Arc<Ledger>, seed: u64, cancel_percent: u32) -> Client {
+    /// A client of `cluster`'s API: it sends the cluster's API key with every request (without it
+    /// every submission is a 401, refused for good) and gives up on an answer after 30 s.
+    pub fn new(cluster: &Cluster, ledger: Arc<Ledger>, seed: u64, cancel_percent: u32) -> Client {
         Client {
-            http: reqwest::Client::builder()
+            http: cluster
+                .client_builder()
                 .timeout(Duration::from_secs(30))
                 .build()
-                .expect("a plain HTTP client builds"),
-            base_url,
+                .expect("a plain HTTP client with a default header builds"),
+            base_url: cluster.base_url(),
             ledger,
             rng: ChaCha8Rng::seed_from_u64(seed),
             cancel_percent,

@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
     let clients: Vec<_> = (0..args.clients)
         .map(|i| {
             let client = Client::new(
-                cluster.base_url(),
+                &cluster,
                 ledger.clone(),
                 args.seed.wrapping_mul(1000).wrapping_add(i as u64),
                 args.cancel_percent,

@@ -51,14 +51,14 @@ enum JobsCommand {
 pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
     let pool = connect_db(&args.backends.database).await?;
     match args.command {
-        JobsCommand::Show { id } => match db::jobs::view(&pool, id).await? {
+        JobsCommand::Show { id } => match db::jobs::view(&pool, id, db::Scope::All).await? {
             Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
             None => {
                 eprintln!("no job {id}");
                 return Ok(Done::Failed);
             }
         },
-        JobsCommand::Cancel { id } => match db::jobs::cancel(&pool, id).await? {
+        JobsCommand::Cancel { id } => match db::jobs::cancel(&pool, id, db::Scope::All).await? {
             CancelOutcome::Cancelled => {
                 // PostgreSQL holds the cancellation, so a worker that still gets the task skips
                 // it: taking it out of Redis only saves that worker the look, as the API's cancel.

@@ -10,10 +10,12 @@
 //! - here: the command line, exit codes, and connecting to PostgreSQL with the schema check.
 //! - `queue`: stats, pause/resume, drain, purge, reconcile; `jobs`: show, cancel, list, retry,
 //!   cleanup; `workers`: live workers.
+//! - `keys`: API keys (create, list, revoke).
 //! - `submit`: send prompts to the API, optionally wait for the results.
 //! - `model`: synthesize a GPT-2-shaped test model or download a real one.
 
 mod jobs;
+mod keys;
 mod model;
 mod queue;
 mod submit;
@@ -71,6 +73,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// API keys: create (printed once), list, revoke.
+    Keys(keys::KeysArgs),
     /// Submit prompts through the HTTP API.
     Submit(submit::SubmitArgs),
     /// Make or fetch GGUF models.
@@ -116,6 +120,7 @@ async fn run(command: Command) -> anyhow::Result<Done> {
         Command::Queue(args) => queue::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
         Command::Workers { database, json } => jobs::workers(&database, json).await,
+        Command::Keys(args) => keys::run(args).await,
         Command::Submit(args) => submit::run(args).await,
         Command::Model(args) => model::run(args).await,
     }

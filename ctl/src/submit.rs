@@ -16,6 +16,9 @@ pub struct SubmitArgs {
     prompts: Vec<String>,
     #[arg(long, env = "GENQ_API_URL", default_value = "http://127.0.0.1:8000")]
     api_url: String,
+    /// The API key (`genqctl keys create`); not needed by an API with GENQ_AUTH=off.
+    #[arg(long, env = "GENQ_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[arg(long)]
     max_tokens: Option<u32>,
     #[arg(long)]
@@ -32,11 +35,25 @@ pub struct SubmitArgs {
     timeout: u64,
 }
 
+/// A client that sends the key, if any, with every request.
+fn client(api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("GENQ_API_KEY is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 /// How often --wait polls the job's status.
 const POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(args: SubmitArgs) -> anyhow::Result<Done> {
-    let client = reqwest::Client::new();
+    let client = client(args.api_key.as_deref())?;
     let base = args.api_url.trim_end_matches('/');
     let mut body = json!({ "prompts": args.prompts });
     if let Some(n) = args.max_tokens {

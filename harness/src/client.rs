@@ -4,7 +4,8 @@ use anyhow::{Context, ensure};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// `POST /batch`; the task id of the accepted job, or an error naming the status it got.
+/// `POST /batch`; the task id of the accepted job, or an error naming the status it got. `http`
+/// must send an API key: [`crate::Cluster::client`] makes one that does.
 pub async fn submit(http: &reqwest::Client, base_url: &str, body: &Value) -> anyhow::Result<Uuid> {
     let response = http
         .post(format!("{base_url}/batch"))

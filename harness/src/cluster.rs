@@ -2,6 +2,10 @@
 //! `genq-worker`s, started from the built binaries. Each process slot has one log file,
 //! `{logs}/{name}.log`, emptied when the cluster starts and appended to by every process that
 //! takes the slot, so a restarted process's log follows its predecessor's.
+//!
+//! The API asks for an API key on every route but `/health`, `/ready` and the docs. Once it is
+//! ready the cluster makes a tenant key with no limits, straight in PostgreSQL, and hands out
+//! clients that send it ([`Cluster::client`]); readiness itself is asked for without one.
 
 use std::{
     ffi::OsStr,
@@ -11,8 +15,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use genq_shared::db::keys::{self, NewKey};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use sqlx::PgPool;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::process::{Process, Spawn};
 
@@ -33,7 +40,7 @@ pub struct Config {
     pub model: PathBuf,
     /// Directory of the log files; created if missing.
     pub logs: PathBuf,
-    /// The API's log file is `{logs}/{api_name}.log`.
+    /// The API's log file is `{logs}/{api_name}.log`; the cluster's API key is named after it.
     pub api_name: String,
     /// One per worker: its log file `{logs}/{name}.log` and the prefix of the name it registers
     /// under (`GENQ_WORKER_NAME`; the worker appends its pid and a unique suffix).
@@ -94,11 +101,16 @@ pub struct Cluster {
     addr: SocketAddr,
     api: Process,
     workers: Vec<Process>,
+    /// For `/ready` only, which asks for no key.
     http: reqwest::Client,
+    /// A tenant key with no limits, made once the API had migrated the database. It lives in
+    /// PostgreSQL, so it stays valid across [`Cluster::kill_and_restart_api`].
+    api_key: String,
 }
 
 impl Cluster {
-    /// Starts the API on a free port and the workers, and waits until the API is ready.
+    /// Starts the API on a free port and the workers, waits until the API is ready, then makes
+    /// the cluster's API key.
     pub async fn start(config: Config) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&config.logs)
             .with_context(|| format!("creating {}", config.logs.display()))?;
@@ -123,13 +135,44 @@ impl Cluster {
                 // A readiness answer takes milliseconds; a hung one must not stall the wait.
                 .timeout(Duration::from_secs(2))
                 .build()?,
+            // Made below, once the API has migrated the database; nothing reads it before.
+            api_key: String::new(),
         };
         cluster.wait_ready(cluster.config.ready_within).await?;
+        cluster.api_key = create_api_key(&cluster.config).await?;
         Ok(cluster)
     }
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The cluster's API key: a tenant key (not an admin) with no rate limit or quota.
+    pub fn api_key(&self) -> &str {
+        &self.api_key
+    }
+
+    /// A client that sends [`Cluster::api_key`] with every request.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder()
+            .build()
+            .expect("a plain HTTP client with a default header builds")
+    }
+
+    /// A builder for a client that sends [`Cluster::api_key`] with every request, for callers
+    /// that set more (a timeout).
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.api_key))
+            .expect("a generated key is ASCII hex");
+        // Kept out of reqwest's and hyper's debug output.
+        value.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, value);
+        reqwest::Client::builder()
+            .default_headers(headers)
+            // The API closes keep-alive connections idle for its header read timeout (30 s by
+            // default); dropping them sooner here keeps a request off a connection it is closing.
+            .pool_idle_timeout(Duration::from_secs(15))
     }
 
     pub fn workers(&self) -> usize {
@@ -249,10 +292,34 @@ impl Cluster {
     }
 }
 
+/// Makes a tenant key with no limits in the cluster's database, named after the API and unique
+/// (a database may outlive a cluster), and returns the key.
+async fn create_api_key(config: &Config) -> anyhow::Result<String> {
+    let url: genq_shared::config::SecretUrl = config.database_url.parse()?;
+    let pool = genq_shared::db::connect_existing(&url, 1)
+        .await?
+        .with_context(|| format!("the database at {url} is gone"))?;
+    let new = NewKey {
+        name: format!(
+            "{}-harness-{}",
+            config.api_name,
+            &Uuid::new_v4().simple().to_string()[..8]
+        ),
+        ..NewKey::default()
+    };
+    let created = keys::create(&pool, &new).await;
+    pool.close().await;
+    let (_, key) = created.with_context(|| format!("creating API key {:?}", new.name))?;
+    Ok(key)
+}
+
 fn spawn_api(config: &Config, addr: SocketAddr) -> anyhow::Result<Process> {
     let binary = config.bin_dir.join("genq-api");
     let addr = addr.to_string();
     let env = common_env(config, &addr)
+        // Keys are checked as in production, whatever the caller's shell exports; `env` may
+        // still override it.
+        .chain([("GENQ_AUTH", OsStr::new("on"))])
         .chain(pairs(&config.env))
         .collect();
     Process::spawn(Spawn {

@@ -6,9 +6,9 @@
 //! # Layout
 //! - [`database`]: throwaway databases and fresh queue names.
 //! - [`cluster`]: [`Cluster`], the API and its workers: start, wait until ready, kill and
-//!   restart, stop.
+//!   restart, stop; the API key it makes and clients that send it.
 //! - `process`: one child process: its environment and log, SIGTERM with a grace then SIGKILL.
-//! - [`client`]: HTTP requests as users' clients make them.
+//! - [`client`]: HTTP requests as users' clients make them (with the cluster's key).
 
 pub mod client;
 pub mod cluster;

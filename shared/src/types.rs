@@ -5,7 +5,16 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    clap::ValueEnum,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -51,7 +60,7 @@ impl std::fmt::Display for JobStatus {
 }
 
 /// Sampling parameters of a job, defaults filled in, as stored with the job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobParams {
     pub max_tokens: u32,
     pub temperature: f32,
@@ -59,6 +68,7 @@ pub struct JobParams {
     pub top_p: f32,
     /// `None` when the client gave none: the worker then derives one from the job id, so a job
     /// that runs twice still produces the same text.
+    #[schema(required = true, format = "uint32")]
     pub seed: Option<u32>,
     pub stop: Vec<String>,
 }
@@ -78,7 +88,9 @@ impl JobParams {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum FinishReason {
@@ -87,7 +99,7 @@ pub enum FinishReason {
 }
 
 /// One prompt's result inside a job view.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResultItem {
     pub index: i32,
     pub prompt: String,
@@ -100,7 +112,7 @@ pub struct ResultItem {
     pub redacted: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counts {
     pub total: i32,
     pub completed: i32,
@@ -121,10 +133,12 @@ pub struct Counts {
     sqlx::Type,
     strum::EnumIter,
     strum::IntoStaticStr,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
+#[schema(description = "The `code` of an error answer, or of a failed or cancelled job's `error`.")]
 pub enum ErrorCode {
     /// Job: its deadline (`timeout_secs`) passed.
     Timeout,
@@ -143,8 +157,20 @@ pub enum ErrorCode {
     InvalidField,
     InappropriateContent,
     NotFound,
+    /// A route called with a method it does not serve.
+    MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    /// No API key, an unknown one or a revoked one (one answer for all three).
+    Unauthorized,
+    /// A valid key without the right, e.g. a tenant key on an admin route.
+    Forbidden,
+    /// The key's requests per minute are spent; `Retry-After` says when to come back.
+    RateLimited,
+    /// The key's queued jobs or tokens per day are spent.
+    QuotaExceeded,
+    /// The client sent its request too slowly.
+    RequestTimeout,
     IntakePaused,
     Unavailable,
     Internal,
@@ -162,29 +188,34 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Why a job failed or was cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
 }
 
-/// `GET /batch_result/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `GET /batch_result/{id}`. Every field is always sent; those that may not apply yet are `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     pub task_id: Uuid,
     pub status: JobStatus,
+    #[schema(required = true)]
     pub model: Option<String>,
     pub params: JobParams,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
     pub counts: Counts,
     pub results: Vec<ResultItem>,
+    #[schema(required = true)]
     pub error: Option<ErrorDetail>,
 }
 
 /// One stored generation, in the record shape Python GPT-2 services use (`/generate`, `/history`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct GenerationRecord {
     pub id: Uuid,
     pub prompt: String,
@@ -193,22 +224,23 @@ pub struct GenerationRecord {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryPage {
     pub items: Vec<GenerationRecord>,
     /// Pass as `before` for the next (older) page; `null` on the last page.
+    #[schema(required = true)]
     pub next: Option<String>,
 }
 
 /// `202` answer of `POST /batch`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub task_id: Uuid,
     pub status: JobStatus,
 }
 
-/// Queue-wide figures for `genqctl queue stats`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Queue-wide figures for `genqctl queue stats` and `GET /admin/queue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStats {
     pub queued: i64,
     pub running: i64,

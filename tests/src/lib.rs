@@ -6,7 +6,9 @@
 //!
 //! # Layout
 //! - [`TestApp`]: the API on a fresh database and queue namespace, both dropped when it is, even
-//!   if the test fails; workers in-process ([`TestApp::start_worker`]) or as binaries.
+//!   if the test fails; workers in-process ([`TestApp::start_worker`]) or as binaries; its
+//!   `client` sends the API key of the tenant `tests`, [`TestApp::create_key`] makes others.
+//! - [`ApiProcess`]: a second API, the `genq-api` binary, on the same database and queue.
 //! - [`proxy`]: a TCP proxy to cut one test's view of PostgreSQL or Redis.
 
 pub mod proxy;
@@ -21,7 +23,7 @@ use std::{
 use clap::Parser;
 use genq_engine::{Model, Placement, synth};
 use genq_shared::{
-    db,
+    db::{self, keys::NewKey},
     types::{JobStatus, JobView},
     wait::FinalJobs,
 };
@@ -107,7 +109,10 @@ pub struct TestApp {
     pub database_url: String,
     pub queue: String,
     pub pool: PgPool,
+    /// Sends [`TestApp::key`] with every request.
     pub client: reqwest::Client,
+    /// A key of the tenant `tests`, without limits.
+    pub key: String,
     finals: FinalJobs,
     stop_api: Option<oneshot::Sender<()>>,
     api: Option<JoinHandle<anyhow::Result<()>>>,
@@ -166,17 +171,47 @@ impl TestApp {
         let finals = FinalJobs::listen(pool.clone())
             .await
             .expect("listening for final jobs");
+        let key = new_key(&pool, "tests", false).await;
         TestApp {
             address,
             database_url,
             queue: name,
             pool,
-            client: reqwest::Client::new(),
+            client: client_with_key(Some(&key)),
+            key,
             finals,
             stop_api: Some(stop_api),
             api: Some(api),
             _cleanup: cleanup,
         }
+    }
+
+    /// Makes a key as `genqctl keys create` does and returns it.
+    pub async fn create_key(&self, new: NewKey) -> String {
+        db::keys::create(&self.pool, &new)
+            .await
+            .expect("creating a key")
+            .1
+    }
+
+    /// A key of its own tenant (named as the key), without limits.
+    pub async fn tenant_key(&self, name: &str) -> String {
+        new_key(&self.pool, name, false).await
+    }
+
+    pub async fn admin_key(&self, name: &str) -> String {
+        new_key(&self.pool, name, true).await
+    }
+
+    /// Starts a second API, the real `genq-api` binary, on this app's database and queue.
+    pub async fn spawn_api_process(&self) -> ApiProcess {
+        self.spawn_api_process_with(&[]).await
+    }
+
+    /// As [`TestApp::spawn_api_process`], with further environment variables (later ones win,
+    /// e.g. `RUST_LOG` or a `DATABASE_URL` with a password).
+    pub async fn spawn_api_process_with(&self, env: &[(&str, &str)]) -> ApiProcess {
+        ApiProcess::spawn(&self.database_url, &self.queue, env).await
     }
 
     /// Starts an in-process worker on the shared tiny model.
@@ -271,8 +306,9 @@ impl TestApp {
         self.view(id).await
     }
 
+    /// The job as stored, whatever its tenant.
     pub async fn view(&self, id: Uuid) -> JobView {
-        db::jobs::view(&self.pool, id)
+        db::jobs::view(&self.pool, id, db::Scope::All)
             .await
             .unwrap()
             .expect("job exists")
@@ -294,6 +330,7 @@ impl TestApp {
             .env("REDIS_URL", redis_url())
             .env("GENQ_QUEUE", &self.queue)
             .env("GENQ_API_URL", &self.address)
+            .env("GENQ_API_KEY", &self.key)
             .env("RUST_LOG", "warn")
             .output()
             .await
@@ -307,6 +344,111 @@ impl TestApp {
         if let Some(api) = self.api.take() {
             api.await.expect("API task").expect("API stopped cleanly");
         }
+    }
+}
+
+async fn new_key(pool: &PgPool, name: &str, admin: bool) -> String {
+    let new = NewKey {
+        name: name.into(),
+        admin,
+        ..NewKey::default()
+    };
+    db::keys::create(pool, &new)
+        .await
+        .expect("creating a key")
+        .1
+}
+
+/// A client that sends `key` (if any) as `Authorization: Bearer`.
+pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .expect("a key is a valid header value");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
+}
+
+/// The `genq-api` binary on a free port, killed when this is dropped (also when the test fails);
+/// its stderr goes to a file of its own ([`ApiProcess::log`]).
+pub struct ApiProcess {
+    pub address: String,
+    child: tokio::process::Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl ApiProcess {
+    async fn spawn(database_url: &str, queue: &str, env: &[(&str, &str)]) -> ApiProcess {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        // Free now; the API binds it a moment later (the OS hands ephemeral ports out in turn).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("http://127.0.0.1:{port}");
+        let mut child = tokio::process::Command::new(binary("genq-api"))
+            .env("DATABASE_URL", database_url)
+            .env("REDIS_URL", redis_url())
+            .env("GENQ_QUEUE", queue)
+            .env("GENQ_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("GENQ_RECONCILE_INTERVAL_SECS", "0")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().expect("the log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting genq-api");
+        // A separate process can only say it is up by answering.
+        let ready = format!("{address}/ready");
+        let client = reqwest::Client::new();
+        let give_up = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("checking genq-api") {
+                let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+                panic!("genq-api exited before it was ready: {status}\n{log}");
+            }
+            if client
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "genq-api not ready after {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ApiProcess {
+            address,
+            child,
+            log,
+        }
+    }
+
+    /// Stops the process (SIGTERM, as an orchestrator does) and returns what it logged.
+    pub async fn stop(mut self) -> String {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let stopped = tokio::time::timeout(PATIENCE, self.child.wait()).await;
+        assert!(
+            matches!(stopped, Ok(Ok(status)) if status.success()),
+            "genq-api did not stop cleanly on SIGTERM: {stopped:?}"
+        );
+        std::fs::read_to_string(self.log.path()).expect("reading the API's log")
     }
 }
 

@@ -130,6 +130,27 @@ async fn unknown_tasks_are_404_and_malformed_ids_400() {
 }
 
 #[tokio::test]
+async fn a_method_a_route_does_not_serve_is_405_in_json() {
+    let app = TestApp::spawn().await;
+    let (status, error) = error_of(app.get("/batch").await).await;
+    assert_eq!(
+        (status, error),
+        (
+            405,
+            json!({ "error": { "code": "method_not_allowed", "message": "GET is not served on /batch" } })
+        )
+    );
+    let response = app
+        .client
+        .delete(format!("{}/health", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn odd_bodies_get_the_exact_client_error_or_are_accepted() {
     let app = TestApp::spawn().await;
     // (body, status, error code, field) — 202 rows have no error.

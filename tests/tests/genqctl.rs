@@ -328,7 +328,9 @@ async fn a_failed_reconciler_step_is_named_and_exits_1_after_the_others_ran() {
 /// A cancelled job that finished eight days ago: past the default retention of seven.
 async fn finished_long_ago(app: &TestApp) -> Uuid {
     let id = app.submit(&json!({ "prompts": ["old"] })).await;
-    db::jobs::cancel(&app.pool, id).await.unwrap();
+    db::jobs::cancel(&app.pool, id, db::Scope::All)
+        .await
+        .unwrap();
     sqlx::query("update jobs set finished_at = now() - interval '8 days' where id = $1")
         .bind(id)
         .execute(&app.pool)

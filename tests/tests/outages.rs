@@ -119,7 +119,9 @@ async fn a_failed_reconciler_step_does_not_skip_the_others() {
     let finished = app.submit(&json!({ "prompts": ["old"] })).await;
     let expired = app.submit(&json!({ "prompts": ["late"] })).await;
     let waiting = app.submit(&json!({ "prompts": ["waiting"] })).await;
-    db::jobs::cancel(&app.pool, finished).await.unwrap();
+    db::jobs::cancel(&app.pool, finished, db::Scope::All)
+        .await
+        .unwrap();
     sqlx::query("update jobs set finished_at = now() - interval '2 hours' where id = $1")
         .bind(finished)
         .execute(&app.pool)

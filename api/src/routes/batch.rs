@@ -1,8 +1,8 @@
 //! Submitting batches, reading their status and results, cancelling them.
 
 use axum::{
-    Json, Router,
-    extract::{Path, State},
+    Extension, Json, Router,
+    extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -11,7 +11,7 @@ use genq_shared::{
     db::{
         self,
         idempotency::Earlier,
-        jobs::{CancelOutcome, RunPolicy},
+        jobs::{CancelOutcome, Owner, RunPolicy},
     },
     queue,
     types::{Accepted, JobStatus, JobView},
@@ -20,8 +20,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::parse_task_id;
+use crate::openapi::{
+    AcceptedJob, ErrorBody, Internal, PayloadTooLarge, RequestTimeout, TooManyRequests,
+    Unauthorized, Unavailable,
+};
 use crate::{
     AppState,
+    auth::Caller,
     error::{ApiError, Result},
     extract::JsonBody,
     validate::{BatchRequest, ValidJob, validate},
@@ -37,8 +42,44 @@ pub fn router() -> Router<AppState> {
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// Submit a batch
+///
+/// Validates, records and queues the job, and answers at once with its id. With an
+/// `Idempotency-Key`, a repeat of the same body answers the original task id (the job is not
+/// submitted twice) and another body under the same key is a 409.
+#[utoipa::path(
+    post,
+    path = "/batch",
+    tag = "jobs",
+    request_body = BatchRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1,
+            max_length = 255,
+            description = "1 to 255 visible ASCII characters, unique per request body (per \
+                tenant)"),
+    ),
+    responses(
+        (status = 202, response = AcceptedJob),
+        (status = 400, body = ErrorBody,
+            description = "`malformed_json`: the body is not JSON; `inappropriate_content`: a \
+                prompt has a forbidden word"),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 409, body = ErrorBody,
+            description = "`conflict`: the `Idempotency-Key` was already used with a different \
+                body"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, body = ErrorBody,
+            description = "`invalid_field`: a missing, unknown or out-of-range field, or a bad \
+                `Idempotency-Key`, named in `field`"),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn submit_batch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
@@ -56,7 +97,7 @@ async fn submit_batch(
             }
         },
     };
-    let id = submit(&state, request, key.as_deref()).await?;
+    let id = submit(&state, &caller, request, key.as_deref()).await?;
     Ok(accepted(id))
 }
 
@@ -71,12 +112,13 @@ pub(crate) fn accepted(id: Uuid) -> Response {
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response()
 }
 
-/// Validates, records and dispatches a job. The job is recorded before it is dispatched, so a
-/// worker never receives an id PostgreSQL does not know; once recorded it is never withdrawn, so
-/// an id handed out always answers.
+/// Validates, records and dispatches a job for the caller's tenant, within its key's quotas. The
+/// job is recorded before it is dispatched, so a worker never receives an id PostgreSQL does not
+/// know; once recorded it is never withdrawn, so an id handed out always answers.
 #[tracing::instrument(skip_all, fields(task_id = tracing::field::Empty), err(level = "info"))]
 pub(crate) async fn submit(
     state: &AppState,
+    caller: &Caller,
     request: BatchRequest,
     idempotency_key: Option<&str>,
 ) -> Result<Uuid> {
@@ -90,27 +132,33 @@ pub(crate) async fn submit(
         max_attempts: state.max_attempts,
         timeout: job.timeout,
     };
-    match idempotency_key {
-        None => db::jobs::insert(&state.db, id, &job.prompts, &job.params, policy).await?,
-        Some(key) => {
-            let mut tx = state.db.begin().await?;
-            db::jobs::insert(&mut *tx, id, &job.prompts, &job.params, policy).await?;
-            match db::idempotency::claim(&mut tx, key, &request_hash(&job), id).await? {
-                None => tx.commit().await?,
-                Some(Earlier::Same(earlier)) => {
-                    tx.rollback().await?;
-                    tracing::info!(%earlier, "repeat of an idempotent request");
-                    return Ok(earlier);
-                }
-                Some(Earlier::Different) => {
-                    tx.rollback().await?;
-                    return Err(ApiError::Conflict(format!(
-                        "Idempotency-Key {key:?} was already used with a different request"
-                    )));
-                }
+    let owner = Owner {
+        tenant: &caller.tenant,
+        key_id: caller.key.as_ref().map(|k| k.id),
+    };
+    let mut tx = state.db.begin().await?;
+    db::jobs::insert(&mut *tx, id, &job.prompts, &job.params, policy, owner).await?;
+    if let Some(key) = idempotency_key {
+        match db::idempotency::claim(&mut tx, &caller.tenant, key, &request_hash(&job), id).await? {
+            None => {}
+            Some(Earlier::Same(earlier)) => {
+                tx.rollback().await?;
+                tracing::info!(%earlier, "repeat of an idempotent request");
+                return Ok(earlier);
+            }
+            Some(Earlier::Different) => {
+                tx.rollback().await?;
+                return Err(ApiError::Conflict(format!(
+                    "Idempotency-Key {key:?} was already used with a different request"
+                )));
             }
         }
     }
+    if let Some(refusal) = check_quotas(&mut tx, caller, &job).await? {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
+    tx.commit().await?;
     let mut storage = state.queue.clone();
     match queue::dispatch(&mut storage, id, id).await {
         Ok(()) => tracing::info!(prompts = job.prompts.len(), "job queued"),
@@ -132,6 +180,41 @@ pub(crate) async fn submit(
     Ok(id)
 }
 
+/// Refuses the job, inside its recording transaction, when the key's queued jobs or tokens today
+/// are spent; otherwise charges its token budget. Checked after the idempotency key, so a repeat
+/// of an accepted request gets its job even at the limit.
+async fn check_quotas(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    caller: &Caller,
+    job: &ValidJob,
+) -> Result<Option<ApiError>> {
+    let Some(key) = &caller.key else {
+        return Ok(None);
+    };
+    if key.max_queued.is_none() && key.tokens_per_day.is_none() {
+        return Ok(None);
+    }
+    db::keys::lock_for_quota(tx, key.id).await?;
+    if let Some(max_queued) = key.max_queued {
+        // The job just inserted counts too.
+        let unfinished = db::keys::unfinished_jobs(tx, key.id, i64::from(max_queued) + 1).await?;
+        if unfinished > i64::from(max_queued) {
+            return Ok(Some(ApiError::QuotaExceeded(format!(
+                "this key may have {max_queued} jobs queued or running; wait for some to finish"
+            ))));
+        }
+    }
+    if let Some(per_day) = key.tokens_per_day {
+        let budget = job.token_budget() as i64;
+        if !db::keys::charge_tokens(tx, key.id, budget, per_day).await? {
+            return Ok(Some(ApiError::QuotaExceeded(format!(
+                "this key may use {per_day} tokens a day (UTC) and this job needs {budget} (prompts x max_tokens)"
+            ))));
+        }
+    }
+    Ok(None)
+}
+
 /// What makes two requests "the same" for an idempotency key: the validated job, defaults
 /// filled in.
 fn request_hash(job: &ValidJob) -> Vec<u8> {
@@ -143,23 +226,66 @@ fn request_hash(job: &ValidJob) -> Vec<u8> {
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 
+/// Read a job
+///
+/// Its status, parameters, timestamps, counts, the results so far in prompt order, and why it
+/// failed if it did. A tenant key sees its tenant's jobs only; an admin key sees every job.
+#[utoipa::path(
+    get,
+    path = "/batch_result/{task_id}",
+    tag = "jobs",
+    params(("task_id" = uuid::Uuid, Path, description = "The task id `POST /batch` answered")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, body = ErrorBody, description = "`malformed_id`: the task id is not a UUID"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody,
+            description = "`not_found`: no such task (for this tenant)"),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn batch_result(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
+    Extension(caller): Extension<Caller>,
+    task_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobView>> {
-    let id = parse_task_id(&task_id)?;
-    let view = db::jobs::view(&state.db, id)
+    let id = task_id_of(task_id)?;
+    let view = db::jobs::view(&state.db, id, caller.scope())
         .await?
         .ok_or_else(|| unknown(id))?;
     Ok(Json(view))
 }
 
+/// Cancel a job
+///
+/// A queued job never runs; a running one stops at its next decode step and keeps the prompts
+/// already finished. Answers the job as it is after the cancel.
+#[utoipa::path(
+    post,
+    path = "/batch/{task_id}/cancel",
+    tag = "jobs",
+    params(("task_id" = uuid::Uuid, Path, description = "The task id `POST /batch` answered")),
+    responses(
+        (status = 200, description = "The job, now `cancelled`", body = JobView),
+        (status = 400, body = ErrorBody, description = "`malformed_id`: the task id is not a UUID"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody,
+            description = "`not_found`: no such task (for this tenant)"),
+        (status = 409, body = ErrorBody, description = "`conflict`: the job already finished"),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn cancel_batch(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
+    Extension(caller): Extension<Caller>,
+    task_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobView>> {
-    let id = parse_task_id(&task_id)?;
-    match db::jobs::cancel(&state.db, id).await? {
+    let id = task_id_of(task_id)?;
+    match db::jobs::cancel(&state.db, id, caller.scope()).await? {
         CancelOutcome::Cancelled => {
             // Best effort: a task left in Redis is skipped by the worker that fetches it.
             let mut redis = state.redis.clone();
@@ -172,10 +298,19 @@ async fn cancel_batch(
         }
         CancelOutcome::NotFound => return Err(unknown(id)),
     }
-    let view = db::jobs::view(&state.db, id)
+    let view = db::jobs::view(&state.db, id, caller.scope())
         .await?
         .ok_or_else(|| unknown(id))?;
     Ok(Json(view))
+}
+
+/// The task id of the path; one that axum cannot even decode (bad percent-encoding, not UTF-8) is
+/// as malformed as one that is not a UUID.
+fn task_id_of(path: Result<Path<String>, PathRejection>) -> Result<Uuid> {
+    let Path(raw) = path.map_err(|e| {
+        ApiError::MalformedId(format!("the task id is not a UUID: {}", e.body_text()))
+    })?;
+    parse_task_id(&raw)
 }
 
 pub(crate) fn unknown(id: Uuid) -> ApiError {

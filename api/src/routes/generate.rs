@@ -2,19 +2,24 @@
 //! Python GPT-2 services, or with `202` and the task id if the wait runs out.
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::State,
     response::{IntoResponse, Response},
     routing::post,
 };
 use genq_shared::{
     db,
-    types::{ErrorCode, JobStatus},
+    types::{ErrorCode, GenerationRecord, JobStatus},
 };
 
 use super::batch::{accepted, submit, unknown};
+use crate::openapi::{
+    AcceptedJob, ErrorBody, Internal, PayloadTooLarge, RequestTimeout, TooManyRequests,
+    Unauthorized, Unavailable,
+};
 use crate::{
     AppState,
+    auth::Caller,
     error::{ApiError, Result},
     extract::JsonBody,
     validate::BatchRequest,
@@ -24,11 +29,45 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/generate", post(generate))
 }
 
+/// Generate and wait
+///
+/// Submits the prompts as a batch and waits for the job (60 s by default,
+/// `GENQ_GENERATE_TIMEOUT_SECS`): its generations in prompt order, or `202` with the task id if
+/// the wait runs out (the job goes on; poll `Location`).
+#[utoipa::path(
+    post,
+    path = "/generate",
+    tag = "generations",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "The job's generations, in prompt order",
+            body = [GenerationRecord]),
+        (status = 202, response = AcceptedJob),
+        (status = 400, body = ErrorBody,
+            description = "`malformed_json`: the body is not JSON; `inappropriate_content`: a \
+                prompt has a forbidden word"),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 409, body = ErrorBody,
+            description = "`conflict`: the job was cancelled while waited for"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, body = ErrorBody,
+            description = "`invalid_field`: a missing, unknown or out-of-range field, named in \
+                `field`"),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 502, body = ErrorBody,
+            description = "The job failed; `code` is the job's own (`timeout`, `prompt_too_long`, \
+                `worker_lost`, `worker_stopped`, `inference_error`)"),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn generate(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
-    let id = submit(&state, request, None).await?;
+    let id = submit(&state, &caller, request, None).await?;
     let status = state
         .finals
         .wait(id, state.generate_wait)
@@ -41,7 +80,7 @@ async fn generate(
         JobStatus::Queued | JobStatus::Running => Ok(accepted(id)),
         JobStatus::Cancelled => Err(ApiError::Conflict(format!("task {id} was cancelled"))),
         JobStatus::Failed => {
-            let view = db::jobs::view(&state.db, id)
+            let view = db::jobs::view(&state.db, id, caller.scope())
                 .await?
                 .ok_or_else(|| unknown(id))?;
             // A failed job always has an error; `internal` marks the impossible case.

@@ -12,6 +12,7 @@ use axum::{
 use genq_shared::{db, queue};
 use serde_json::{Value, json};
 
+use crate::openapi::{HealthStatus, ReadyStatus, Unavailable};
 use crate::{AppState, error::ApiError};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -22,10 +23,33 @@ pub fn router() -> Router<AppState> {
         .route("/ready", get(ready))
 }
 
+/// Liveness
+///
+/// The process answers; says nothing of PostgreSQL or Redis.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    security(()),
+    responses((status = 200, description = "The process is up", body = HealthStatus))
+)]
 async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "model": state.model_name }))
 }
 
+/// Readiness
+///
+/// PostgreSQL and Redis both answer (within 2 s each).
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "Ready to take requests", body = ReadyStatus),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn ready(State(state): State<AppState>) -> Response {
     let database = tokio::time::timeout(CHECK_TIMEOUT, db::ping(&state.db)).await;
     let database_ok = matches!(database, Ok(Ok(_)));

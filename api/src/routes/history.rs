@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json, Router,
-    extract::{Query, State},
+    Extension, Json, Router,
+    extract::{Query, State, rejection::QueryRejection},
     routing::get,
 };
 use genq_shared::{db, types::HistoryPage};
 
+use crate::openapi::{ErrorBody, Internal, TooManyRequests, Unauthorized, Unavailable};
 use crate::{
     AppState,
+    auth::Caller,
     error::{ApiError, Result},
 };
 
@@ -21,10 +23,43 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/history", get(history))
 }
 
+/// List generations
+///
+/// Stored generations, newest first, a page at a time; pass `next` as `before` for the next
+/// (older) page. Pages stay stable while new generations arrive. A tenant key sees its tenant's
+/// only.
+#[utoipa::path(
+    get,
+    path = "/history",
+    tag = "generations",
+    params(
+        ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 500,
+            description = "Generations per page (default 50)"),
+        ("before" = Option<String>, Query, nullable = false, pattern = "^[0-9]+$",
+            description = "The `next` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of generations", body = HistoryPage),
+        (status = 401, response = Unauthorized),
+        (status = 422, body = ErrorBody,
+            description = "`invalid_field`: `limit` or `before` (or the query string itself) is \
+                not valid, named in `field`"),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn history(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<HistoryPage>> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::invalid(
+            "query",
+            format!("the query string is not valid: {}", e.body_text()),
+        )
+    })?;
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => raw
@@ -48,6 +83,6 @@ async fn history(
         })?),
     };
     Ok(Json(
-        db::generations::history(&state.db, limit, before).await?,
+        db::generations::history(&state.db, limit, before, caller.scope()).await?,
     ))
 }

@@ -1,24 +1,45 @@
 //! HTTP routes; each module exports a `router()` and the root merges them.
 
+pub mod admin;
 pub mod batch;
+pub mod docs;
 pub mod generate;
 pub mod health;
 pub mod history;
 
-use axum::{Router, http::Uri};
+use axum::{
+    Router,
+    http::{Method, Uri},
+    middleware,
+};
 use uuid::Uuid;
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, auth, error::ApiError};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// Health, readiness and the docs are open; every other route needs a key, admin routes an admin
+/// key.
+pub fn router(state: AppState) -> Router {
+    let admin = admin::router().route_layer(middleware::from_fn(auth::require_admin));
+    let keyed = Router::new()
         .merge(batch::router())
         .merge(generate::router())
         .merge(history::router())
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .merge(keyed)
         .merge(health::router())
+        .merge(docs::router())
+        .with_state(state)
         .fallback(
             |uri: Uri| async move { ApiError::NotFound(format!("no route for {}", uri.path())) },
         )
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::MethodNotAllowed(format!("{method} is not served on {}", uri.path()))
+        })
 }
 
 fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {

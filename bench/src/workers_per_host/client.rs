@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use genq_harness::Cluster;
 use genq_shared::types::{JobStatus, JobView};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -39,12 +40,22 @@ pub struct Outcome {
     pub client_wall: Duration,
 }
 
-/// Submits every job at once and follows each until it is final; fails unless every job
-/// completed with a result for each prompt, none from the result cache.
-pub async fn run(base_url: &str, jobs: Vec<Value>) -> anyhow::Result<Outcome> {
-    let http = reqwest::Client::builder()
+/// An HTTP client for [`run`]: it sends the cluster's API key, and gives up on an answer after
+/// 30 s.
+pub fn http(cluster: &Cluster) -> anyhow::Result<reqwest::Client> {
+    Ok(cluster
+        .client_builder()
         .timeout(Duration::from_secs(30))
-        .build()?;
+        .build()?)
+}
+
+/// Submits every job at once through `http` (see [`http`]) and follows each until it is final;
+/// fails unless every job completed with a result for each prompt, none from the result cache.
+pub async fn run(
+    http: &reqwest::Client,
+    base_url: &str,
+    jobs: Vec<Value>,
+) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let followers: Vec<_> = jobs
         .into_iter()

@@ -194,7 +194,8 @@ async fn once(
     let warm_up = (0..setup.workers)
         .map(|i| client::job(vec!["Hello".into()], 4, seed(JOBS + i)))
         .collect();
-    client::run(&cluster.base_url(), warm_up).await?;
+    let http = client::http(&cluster)?;
+    client::run(&http, &cluster.base_url(), warm_up).await?;
 
     let jobs = (0..JOBS)
         .map(|j| {
@@ -204,7 +205,7 @@ async fn once(
             client::job(prompts, MAX_TOKENS, seed(j))
         })
         .collect();
-    let outcome = client::run(&cluster.base_url(), jobs).await?;
+    let outcome = client::run(&http, &cluster.base_url(), jobs).await?;
     let completed = report::completed_by_worker(&database.pool, &outcome.ids).await?;
     // Registered names are `{prefix}-{pid}-{suffix}`; a worker that completed nothing shows 0.
     let per_worker = (0..cluster.workers())

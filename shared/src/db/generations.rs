@@ -5,25 +5,46 @@ use std::time::Duration;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::jobs::{Claim, NewGeneration};
+use super::{
+    Scope,
+    jobs::{Claim, NewGeneration},
+};
 
 use crate::types::{FinishReason, GenerationRecord, HistoryPage};
 
 /// Keyset pagination on the generation sequence: a page never repeats or skips rows because newer
-/// ones were inserted meanwhile.
-pub async fn history(pool: &PgPool, limit: i64, before: Option<i64>) -> sqlx::Result<HistoryPage> {
-    let rows: Vec<(i64, GenerationRecord)> = sqlx::query_as::<_, HistoryRow>(
-        r#"select seq, id, prompt, generated_text, model_name, created_at from generations
-           where $1::bigint is null or seq < $1
-           order by seq desc limit $2"#,
-    )
-    .bind(before)
-    .bind(limit + 1)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| (r.seq, r.record))
-    .collect();
+/// ones were inserted meanwhile. A tenant sees only its own.
+pub async fn history(
+    pool: &PgPool,
+    limit: i64,
+    before: Option<i64>,
+    scope: Scope<'_>,
+) -> sqlx::Result<HistoryPage> {
+    // Two statements, not one with `$n is null or tenant = $n`: a generic plan of that could not
+    // use the (tenant, seq) index, and a small tenant's page would scan everyone's rows.
+    let rows: Vec<HistoryRow> =
+        match scope {
+            Scope::All => sqlx::query_as(
+                r#"select seq, id, prompt, generated_text, model_name, created_at from generations
+                   where $1::bigint is null or seq < $1
+                   order by seq desc limit $2"#,
+            )
+            .bind(before)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await?,
+            Scope::Tenant(tenant) => sqlx::query_as(
+                r#"select seq, id, prompt, generated_text, model_name, created_at from generations
+                   where tenant = $3 and ($1::bigint is null or seq < $1)
+                   order by tenant, seq desc limit $2"#,
+            )
+            .bind(before)
+            .bind(limit + 1)
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?,
+        };
+    let rows: Vec<(i64, GenerationRecord)> = rows.into_iter().map(|r| (r.seq, r.record)).collect();
     let has_more = rows.len() as i64 > limit;
     let items: Vec<(i64, GenerationRecord)> = rows.into_iter().take(limit as usize).collect();
     let next = has_more
@@ -107,8 +128,9 @@ pub(super) async fn insert(
     sqlx::query(
         r#"insert into generations
                (id, job_id, prompt_index, prompt, generated_text, completion_tokens, finish_reason,
-                model_name, cache_key, cached, redacted)
-           select id, $2, idx, prompt, text, tokens, reason, $8, key, hit, filtered
+                model_name, cache_key, cached, redacted, tenant)
+           select id, $2, idx, prompt, text, tokens, reason, $8, key, hit, filtered,
+                  (select tenant from jobs where jobs.id = $2)
            from unnest($1::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
                        $9::bytea[], $10::bool[], $11::bool[])
                as t(id, idx, prompt, text, tokens, reason, key, hit, filtered)

@@ -8,6 +8,7 @@ pub mod control;
 pub mod generations;
 pub mod idempotency;
 pub mod jobs;
+pub mod keys;
 pub mod workers;
 
 use std::{collections::BTreeSet, time::Duration};
@@ -22,6 +23,24 @@ use sqlx::{
 use crate::config::SecretUrl;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Whose jobs and results a query may see: one tenant's, or every tenant's (admin keys,
+/// operators' tools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    All,
+    Tenant(&'a str),
+}
+
+impl<'a> Scope<'a> {
+    /// The tenant to filter on, for SQL's `$n::text is null or tenant = $n`.
+    pub fn tenant(self) -> Option<&'a str> {
+        match self {
+            Scope::All => None,
+            Scope::Tenant(tenant) => Some(tenant),
+        }
+    }
+}
 
 /// Notification channel a job's id is sent on when it reaches a final status.
 pub const FINAL_CHANNEL: &str = "genq_job_final";

@@ -6,6 +6,7 @@ use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
 use super::{Claim, NewGeneration, notify_final, notify_final_all};
+use crate::db::Scope;
 use crate::{
     db::{
         attempts::{self, AttemptOutcome},
@@ -170,15 +171,18 @@ pub enum CancelOutcome {
 }
 
 /// Cancels a queued or running job. A running job's worker sees the status and stops.
-pub async fn cancel(pool: &PgPool, id: Uuid) -> sqlx::Result<CancelOutcome> {
+/// Cancels the job if `scope` may see it; another tenant's job is `NotFound`, as an unknown one.
+pub async fn cancel(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<CancelOutcome> {
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
         r#"update jobs set status = 'cancelled', finished_at = now(), error_code = $2,
                   error_message = 'cancelled on request'
-           where id = $1 and status in ('queued', 'running')"#,
+           where id = $1 and status in ('queued', 'running')
+             and ($3::text is null or tenant = $3)"#,
     )
     .bind(id)
     .bind(ErrorCode::Cancelled)
+    .bind(scope.tenant())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -188,7 +192,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> sqlx::Result<CancelOutcome> {
         return Ok(CancelOutcome::Cancelled);
     }
     tx.rollback().await?;
-    Ok(match super::status(pool, id).await? {
+    Ok(match super::status_in(pool, id, scope).await? {
         Some(status) => CancelOutcome::AlreadyFinal(status),
         None => CancelOutcome::NotFound,
     })

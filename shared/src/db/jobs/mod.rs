@@ -22,7 +22,7 @@ pub use dispatch::*;
 pub use lifecycle::*;
 pub use recovery::*;
 
-use super::FINAL_CHANNEL;
+use super::{FINAL_CHANNEL, Scope};
 use crate::types::{
     Counts, ErrorCode, ErrorDetail, FinishReason, JobParams, JobStatus, JobView, QueueStats,
     ResultItem,
@@ -61,6 +61,13 @@ pub struct RunPolicy {
     pub timeout: std::time::Duration,
 }
 
+/// Who submitted a job: its tenant, and the key (none with `GENQ_AUTH=off`).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub tenant: &'a str,
+    pub key_id: Option<Uuid>,
+}
+
 /// One prompt's finished result, as a worker hands it in.
 #[derive(Debug, Clone)]
 pub struct NewGeneration {
@@ -82,10 +89,12 @@ pub async fn insert<'e>(
     prompts: &[String],
     params: &JobParams,
     policy: RunPolicy,
+    owner: Owner<'_>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline)
-           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6))"#,
+        r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline,
+                             tenant, api_key_id)
+           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8)"#,
     )
     .bind(id)
     .bind(Json(prompts))
@@ -93,6 +102,8 @@ pub async fn insert<'e>(
     .bind(Json(params))
     .bind(policy.max_attempts)
     .bind(policy.timeout.as_secs_f64())
+    .bind(owner.tenant)
+    .bind(owner.key_id)
     .execute(executor)
     .await?;
     Ok(())
@@ -105,13 +116,31 @@ pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobStatus>> 
         .await
 }
 
-pub async fn view(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
+/// The job with its results, if `scope` may see it: another tenant's job is `None`, exactly as an
+/// unknown one.
+/// The job's status if `scope` may see it.
+pub async fn status_in(
+    pool: &PgPool,
+    id: Uuid,
+    scope: Scope<'_>,
+) -> sqlx::Result<Option<JobStatus>> {
+    sqlx::query_scalar(
+        r#"select status from jobs where id = $1 and ($2::text is null or tenant = $2)"#,
+    )
+    .bind(id)
+    .bind(scope.tenant())
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Option<JobView>> {
     let Some(job) = sqlx::query_as::<_, JobRow>(
         r#"select id, status, prompt_count, params, model, error_code, error_message, created_at,
                   started_at, finished_at
-           from jobs where id = $1"#,
+           from jobs where id = $1 and ($2::text is null or tenant = $2)"#,
     )
     .bind(id)
+    .bind(scope.tenant())
     .fetch_optional(pool)
     .await?
     else {

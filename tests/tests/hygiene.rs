@@ -1,0 +1,87 @@
+//! What genq must never let out: keys, passwords, prompts and generated text stay out of logs and
+//! error bodies, even at the most verbose log level.
+
+use genq_tests::{TestApp, client_with_key};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn logs_and_errors_never_carry_keys_passwords_or_prompts() {
+    let app = TestApp::spawn().await;
+    let worker = app.start_worker(2).await;
+    // PostgreSQL trusts local connections here, so a password in the URL is accepted and unused.
+    let password = "pw-must-not-leak-5521";
+    let with_password = app.database_url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{password}@"),
+        1,
+    );
+    assert_ne!(with_password, app.database_url);
+    let api = app
+        .spawn_api_process_with(&[("DATABASE_URL", &with_password), ("RUST_LOG", "trace")])
+        .await;
+    let prompt = "zebra orchid lantern 7731";
+    let wrong_key = format!("genq_{}", "ab".repeat(32));
+
+    let response = app
+        .client
+        .post(format!("{}/batch", api.address))
+        .json(&json!({ "prompts": [prompt], "max_tokens": 8, "seed": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let view = app.wait_final(id).await;
+    let generated = view.results[0].generated_text.clone();
+    assert!(generated.len() > 8, "{generated:?}");
+    let response = app
+        .client
+        .get(format!("{}/batch_result/{id}", api.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refused = client_with_key(Some(&wrong_key))
+        .get(format!("{}/history", api.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let refusal = refused.text().await.unwrap();
+    assert!(!refusal.contains(&wrong_key[5..]), "{refusal}");
+
+    let log = api.stop().await;
+    // The log is there and verbose: it did record the request.
+    assert!(log.contains("/batch"), "{log}");
+    for (what, secret) in [
+        ("a key", &app.key[5..]),
+        ("a wrong key", &wrong_key[5..]),
+        ("the database password", password),
+        ("a prompt", prompt),
+        ("generated text", generated.trim()),
+    ] {
+        assert!(!log.contains(secret), "the API's log carries {what}");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn turning_auth_off_is_said_in_the_log_at_start() {
+    let app = TestApp::spawn().await;
+    let api = app.spawn_api_process_with(&[("GENQ_AUTH", "off")]).await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/history", api.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let log = api.stop().await;
+    assert!(
+        log.contains("GENQ_AUTH=off: no API key is asked for"),
+        "{log}"
+    );
+}
