@@ -79,10 +79,11 @@ pub struct Config {
     /// Most tokens one job may generate: prompts x max_tokens.
     #[arg(long, env = "GENQ_MAX_JOB_TOKENS", default_value_t = 32_768)]
     pub max_job_tokens: u64,
-    /// A client must send each request head within this long, or its connection is closed; this
-    /// also closes keep-alive connections idle for as long.
-    #[arg(long, env = "GENQ_HEADER_READ_TIMEOUT_SECS", default_value_t = 30)]
-    pub header_read_timeout_secs: u64,
+    /// A client must send each request head within this long, and take each part of an answer
+    /// within as long, or its connection is closed; this also closes keep-alive connections idle
+    /// for as long.
+    #[arg(long, env = "GENQ_CLIENT_TIMEOUT_SECS", default_value_t = 30)]
+    pub client_timeout_secs: u64,
     /// A client must send its whole request body within this long (408 otherwise).
     #[arg(long, env = "GENQ_REQUEST_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub request_body_timeout_secs: u64,
@@ -142,7 +143,7 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    client_timeout: Duration,
     reconciler: Option<(Reconciler, Duration)>,
 }
 
@@ -229,7 +230,7 @@ impl Application {
         Ok(Application {
             listener,
             router,
-            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+            client_timeout: Duration::from_secs(config.client_timeout_secs),
             reconciler: reconciler
                 .map(|r| (r, Duration::from_secs(config.reconcile_interval_secs))),
         })
@@ -251,13 +252,7 @@ impl Application {
                 let _ = reconciler_stopped.await;
             }))
         });
-        serve::serve(
-            self.listener,
-            self.router,
-            self.header_read_timeout,
-            shutdown,
-        )
-        .await;
+        serve::serve(self.listener, self.router, self.client_timeout, shutdown).await;
         drop(stop_reconciler);
         if let Some(task) = reconciling {
             let _ = task.await;

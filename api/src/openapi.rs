@@ -34,8 +34,9 @@ use crate::{
         title = "genq",
         description = "Batch text generation: submit prompts, poll for results, or wait for \
             them.\n\n\
-            Every route but `/health` and `/ready` needs an API key (`genqctl keys create`), sent \
-            as `Authorization: Bearer <key>` or `X-API-Key: <key>`. A key with a rate limit gets \
+            Every route but `/health`, `/ready`, `/docs` and `/openapi.json` needs an API key \
+            (`genqctl keys create`), sent as `Authorization: Bearer <key>` or \
+            `X-API-Key: <key>`. A key with a rate limit gets \
             `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` on every answer. \
             Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}`.",
         license(name = "MIT"),

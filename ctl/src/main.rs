@@ -75,7 +75,7 @@ enum Command {
     },
     /// API keys: create (printed once), list, revoke.
     Keys(keys::KeysArgs),
-    /// Submit prompts through the HTTP API.
+    /// Submit prompts through the HTTP API (GENQ_API_URL; the key from GENQ_API_KEY).
     Submit(submit::SubmitArgs),
     /// Make or fetch GGUF models.
     Model(model::ModelArgs),

@@ -16,9 +16,6 @@ pub struct SubmitArgs {
     prompts: Vec<String>,
     #[arg(long, env = "GENQ_API_URL", default_value = "http://127.0.0.1:8000")]
     api_url: String,
-    /// The API key (`genqctl keys create`); not needed by an API with GENQ_AUTH=off.
-    #[arg(long, env = "GENQ_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
     #[arg(long)]
     max_tokens: Option<u32>,
     #[arg(long)]
@@ -53,7 +50,9 @@ fn client(api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
 const POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(args: SubmitArgs) -> anyhow::Result<Done> {
-    let client = client(args.api_key.as_deref())?;
+    // From the environment only: a flag would show the key to every user of `ps`.
+    let api_key = std::env::var("GENQ_API_KEY").ok().filter(|k| !k.is_empty());
+    let client = client(api_key.as_deref())?;
     let base = args.api_url.trim_end_matches('/');
     let mut body = json!({ "prompts": args.prompts });
     if let Some(n) = args.max_tokens {

@@ -131,7 +131,13 @@ async fn a_tenant_sees_only_its_own_jobs_results_and_history() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(
+        status_and_body(response).await,
+        (
+            404,
+            json!({ "error": { "code": "not_found", "message": format!("no task {ours}") } })
+        )
+    );
 
     // Each history holds its own tenant's generations only.
     let theirs = other
@@ -166,6 +172,17 @@ async fn a_tenant_sees_only_its_own_jobs_results_and_history() {
         .await
         .unwrap();
     assert_eq!(prompts_in(their_history), ["Theirs alone"]);
+    // An admin's history is its own tenant's too (it reads others' jobs by id).
+    let admin = client_with_key(Some(&app.admin_key("ops").await));
+    let admin_history: Value = admin
+        .get(format!("{}/history", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prompts_in(admin_history), Vec::<String>::new());
     worker.stop().await;
 }
 
@@ -218,6 +235,10 @@ async fn admin_keys_reach_every_tenant_and_tenant_keys_cannot_administer() {
             json!({ "error": { "code": "forbidden", "message": "this route needs an admin key" } })
         )
     );
+    for (method, path) in [("POST", "/admin/intake/resume"), ("GET", "/admin/queue")] {
+        let request = app.client.request(method.parse().unwrap(), url(path));
+        assert_eq!(request.send().await.unwrap().status(), 403, "{path}");
+    }
     let response = admin.post(url("/admin/intake/pause")).send().await.unwrap();
     assert_eq!(
         status_and_body(response).await,

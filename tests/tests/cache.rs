@@ -53,6 +53,36 @@ async fn an_identical_seeded_request_is_answered_from_the_cache() {
 }
 
 #[tokio::test]
+async fn the_cache_never_answers_with_another_tenants_result() {
+    let app = TestApp::spawn().await;
+    let worker = app.start_worker(4).await;
+    let other = genq_tests::client_with_key(Some(&app.tenant_key("other").await));
+    let body = json!({ "prompts": ["Only mine"], "max_tokens": 10, "seed": 5 });
+    let ours = run(&app, body.clone()).await;
+
+    let response = other
+        .post(format!("{}/batch", app.address))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let theirs = app.wait_final(id).await;
+    // Generated afresh, and the same text: seeded inference needs no cache to agree.
+    assert_eq!(cached(&theirs), [false]);
+    assert_eq!(texts(&theirs), texts(&ours));
+    // Our own repeat still is a hit.
+    assert_eq!(cached(&run(&app, body).await), [true]);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn requests_that_differ_or_are_not_deterministic_run_inference() {
     let app = TestApp::spawn().await;
     let worker = app.start_worker(4).await;

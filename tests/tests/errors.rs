@@ -137,7 +137,7 @@ async fn a_method_a_route_does_not_serve_is_405_in_json() {
         (status, error),
         (
             405,
-            json!({ "error": { "code": "method_not_allowed", "message": "GET is not served on /batch" } })
+            json!({ "code": "method_not_allowed", "message": "GET is not served on /batch" })
         )
     );
     let response = app

@@ -1,13 +1,36 @@
 //! What genq must never let out: keys, passwords, prompts and generated text stay out of logs and
 //! error bodies, even at the most verbose log level.
 
-use genq_tests::{TestApp, client_with_key};
+use genq_tests::{PATIENCE, TestApp, binary, client_with_key};
 use serde_json::{Value, json};
+
+/// The `genq-worker` binary at `RUST_LOG=trace`, its stderr in a file of its own.
+fn spawn_worker(app: &TestApp) -> (tokio::process::Child, tempfile::NamedTempFile) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = tokio::process::Command::new(binary("genq-worker"))
+        .args(&app.worker_args(2)[1..])
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting genq-worker");
+    (child, log)
+}
+
+/// SIGTERM, then what the worker logged.
+async fn stop_worker(mut child: tokio::process::Child, log: tempfile::NamedTempFile) -> String {
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let stopped = tokio::time::timeout(PATIENCE, child.wait()).await;
+    assert!(matches!(stopped, Ok(Ok(s)) if s.success()), "{stopped:?}");
+    std::fs::read_to_string(log.path()).unwrap()
+}
 
 #[tokio::test]
 async fn logs_and_errors_never_carry_keys_passwords_or_prompts() {
     let app = TestApp::spawn().await;
-    let worker = app.start_worker(2).await;
+    let (worker, worker_log) = spawn_worker(&app);
     // PostgreSQL trusts local connections here, so a password in the URL is accepted and unused.
     let password = "pw-must-not-leak-5521";
     let with_password = app.database_url.replacen(
@@ -30,7 +53,7 @@ async fn logs_and_errors_never_carry_keys_passwords_or_prompts() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["task_id"]
+    let id: uuid::Uuid = response.json::<Value>().await.unwrap()["task_id"]
         .as_str()
         .unwrap()
         .parse()
@@ -54,9 +77,11 @@ async fn logs_and_errors_never_carry_keys_passwords_or_prompts() {
     let refusal = refused.text().await.unwrap();
     assert!(!refusal.contains(&wrong_key[5..]), "{refusal}");
 
-    let log = api.stop().await;
-    // The log is there and verbose: it did record the request.
-    assert!(log.contains("/batch"), "{log}");
+    let api_log = api.stop().await;
+    let worker_log = stop_worker(worker, worker_log).await;
+    // The logs are there and verbose: they did record the request and the job.
+    assert!(api_log.contains("/batch"), "{api_log}");
+    assert!(worker_log.contains(&id.to_string()), "{worker_log}");
     for (what, secret) in [
         ("a key", &app.key[5..]),
         ("a wrong key", &wrong_key[5..]),
@@ -64,9 +89,12 @@ async fn logs_and_errors_never_carry_keys_passwords_or_prompts() {
         ("a prompt", prompt),
         ("generated text", generated.trim()),
     ] {
-        assert!(!log.contains(secret), "the API's log carries {what}");
+        assert!(!api_log.contains(secret), "the API's log carries {what}");
+        assert!(
+            !worker_log.contains(secret),
+            "the worker's log carries {what}"
+        );
     }
-    worker.stop().await;
 }
 
 #[tokio::test]

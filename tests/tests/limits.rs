@@ -126,11 +126,7 @@ async fn concurrent_submissions_cannot_pass_the_queued_quota_together() {
     // Hold the key's quota lock, so that all five submissions reach their quota check at once:
     // counted together, each would see only its own job and pass.
     let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from api_keys where id = $1 for no key update")
-        .bind(key_id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    db::keys::lock_for_quota(&mut holder, key_id).await.unwrap();
     let client = client_with_key(Some(&key));
     let address = app.address.clone();
     let submissions = tokio::spawn(async move {
@@ -239,7 +235,7 @@ async fn a_job_over_the_token_limit_is_422_naming_it() {
 async fn slow_client_app() -> TestApp {
     TestApp::spawn_with(AppOptions {
         extra_args: vec![
-            "--header-read-timeout-secs=1".into(),
+            "--client-timeout-secs=1".into(),
             "--request-body-timeout-secs=1".into(),
         ],
         ..AppOptions::default()
@@ -247,7 +243,8 @@ async fn slow_client_app() -> TestApp {
     .await
 }
 
-/// Reads until the server closes the connection; what it sent. Fails the test if it never does.
+/// Reads until the server closes the connection; what it sent. Fails the test if it does not
+/// within 5 s (its timeouts are 1 s; the defaults, 30 s).
 async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
     let read =
@@ -301,5 +298,32 @@ async fn a_body_sent_too_slowly_is_408() {
     assert!(
         answer.ends_with(r#"{"error":{"code":"request_timeout","message":"the request body did not arrive within 1 s"}}"#),
         "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let app = slow_client_app().await;
+    let bundle = app
+        .get("/docs/swagger-ui-bundle.js")
+        .await
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let mut stream = TcpStream::connect(connect_to(&app)).await.unwrap();
+    // 40 pipelined requests for 1.7 MB each: far more than socket buffers hold.
+    let requests = "GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(40);
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    // The client in question: it reads nothing for a while (longer than the 1 s timeout).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    assert!(
+        received.len() < 40 * bundle,
+        "all {} bytes were sent: the server waited for the reader",
+        received.len()
     );
 }

@@ -54,17 +54,18 @@ impl ResultCache {
         Some(hasher.finalize().to_vec())
     }
 
-    /// Cached results for whichever of `keys` (prompt index, key) have one.
+    /// Cached results of `tenant` for whichever of `keys` (prompt index, key) have one.
     pub async fn lookup(
         &self,
         db: &PgPool,
+        tenant: &str,
         keys: &[(usize, Vec<u8>)],
     ) -> sqlx::Result<Vec<NewGeneration>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let wanted: Vec<Vec<u8>> = keys.iter().map(|(_, k)| k.clone()).collect();
-        let found = generations::cached(db, &wanted, self.ttl).await?;
+        let found = generations::cached(db, &wanted, self.ttl, tenant).await?;
         Ok(keys
             .iter()
             .filter_map(|(index, key)| {

@@ -150,7 +150,7 @@ impl JobRunner {
                     .filter_map(|(i, k)| Some((i, k.clone()?)))
                     .collect();
                 // The cache only saves work: if PostgreSQL cannot answer now, generate.
-                cache.lookup(&self.db, &wanted).await.unwrap_or_else(|e| {
+                cache.lookup(&self.db, &claim.tenant, &wanted).await.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "result cache lookup failed; generating instead");
                     Vec::new()
                 })

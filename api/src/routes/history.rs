@@ -7,7 +7,10 @@ use axum::{
     extract::{Query, State, rejection::QueryRejection},
     routing::get,
 };
-use genq_shared::{db, types::HistoryPage};
+use genq_shared::{
+    db::{self, Scope},
+    types::HistoryPage,
+};
 
 use crate::openapi::{ErrorBody, Internal, TooManyRequests, Unauthorized, Unavailable};
 use crate::{
@@ -83,6 +86,8 @@ async fn history(
         })?),
     };
     Ok(Json(
-        db::generations::history(&state.db, limit, before, caller.scope()).await?,
+        // One's own tenant's, admins included: an admin reads other tenants' jobs by id, not
+        // everyone's generations mixed into one feed.
+        db::generations::history(&state.db, limit, before, Scope::Tenant(&caller.tenant)).await?,
     ))
 }

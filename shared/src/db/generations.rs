@@ -84,21 +84,25 @@ pub struct CachedResult {
     pub redacted: bool,
 }
 
-/// The newest inferred result for each key, among those younger than `ttl`.
+/// The newest inferred result of `tenant` for each key, among those younger than `ttl`. Never
+/// another tenant's: a cache hit would tell that someone else sent the same prompt.
 pub async fn cached(
     pool: &PgPool,
     keys: &[Vec<u8>],
     ttl: Duration,
+    tenant: &str,
 ) -> sqlx::Result<Vec<CachedResult>> {
     sqlx::query_as(
         r#"select distinct on (cache_key) cache_key, generated_text, completion_tokens, finish_reason,
                   redacted
            from generations
            where cache_key = any($1) and created_at > now() - make_interval(secs => $2)
+             and tenant = $3
            order by cache_key, created_at desc"#,
     )
     .bind(keys)
     .bind(ttl.as_secs_f64())
+    .bind(tenant)
     .fetch_all(pool)
     .await
 }

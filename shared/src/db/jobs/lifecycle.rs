@@ -28,20 +28,21 @@ pub async fn claim(
         Json<Vec<String>>,
         Json<JobParams>,
         Option<DateTime<Utc>>,
+        String,
     );
     let mut tx = pool.begin().await?;
     let row: Option<Row> = sqlx::query_as(
         r#"update jobs set status = 'running', worker = $2, model = $3, attempt = attempt + 1,
                   started_at = now(), lease_renewed_at = now()
            where id = $1 and status = 'queued'
-           returning attempt, prompts, params, deadline"#,
+           returning attempt, prompts, params, deadline, tenant"#,
     )
     .bind(id)
     .bind(worker)
     .bind(model)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((attempt, prompts, params, deadline)) = row else {
+    let Some((attempt, prompts, params, deadline, tenant)) = row else {
         tx.rollback().await?;
         return Ok(None);
     };
@@ -53,6 +54,7 @@ pub async fn claim(
         prompts: prompts.0,
         params: params.0,
         deadline,
+        tenant,
     }))
 }
 
@@ -170,8 +172,8 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// Cancels a queued or running job. A running job's worker sees the status and stops.
-/// Cancels the job if `scope` may see it; another tenant's job is `NotFound`, as an unknown one.
+/// Cancels a queued or running job if `scope` may see it (another tenant's job is `NotFound`, as
+/// an unknown one). A running job's worker sees the status and stops.
 pub async fn cancel(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<CancelOutcome> {
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(

@@ -50,6 +50,8 @@ pub struct Claim {
     pub prompts: Vec<String>,
     pub params: JobParams,
     pub deadline: Option<DateTime<Utc>>,
+    /// Whose job it is: the result cache answers only with this tenant's results.
+    pub tenant: String,
 }
 
 /// How a job is run, beyond its sampling parameters.
@@ -116,8 +118,6 @@ pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobStatus>> 
         .await
 }
 
-/// The job with its results, if `scope` may see it: another tenant's job is `None`, exactly as an
-/// unknown one.
 /// The job's status if `scope` may see it.
 pub async fn status_in(
     pool: &PgPool,
@@ -133,6 +133,8 @@ pub async fn status_in(
     .await
 }
 
+/// The job with its results, if `scope` may see it: another tenant's job is `None`, exactly as an
+/// unknown one.
 pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Option<JobView>> {
     let Some(job) = sqlx::query_as::<_, JobRow>(
         r#"select id, status, prompt_count, params, model, error_code, error_message, created_at,
