@@ -14,7 +14,7 @@ installed() {
 }
 
 if ! installed; then
-    command -v python3 >/dev/null || { warn "python3 not found"; exit 1; }
+    command -v python3 >/dev/null || apt_install python3 python3-venv
     if [ ! -x "$venv/bin/python" ]; then
         say "creating $venv"
         # Debian's python3 leaves out venv (and ensurepip) unless python3-venv is installed.

@@ -364,6 +364,24 @@ async fn genqctl_keys_create_prints_only_the_key_and_stores_only_its_hash() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+
+    // By id: the name of a revoked key may be taken again, so an id names one key for good.
+    let bob = app.tenant_key("bob").await;
+    let id: uuid::Uuid = sqlx::query_scalar("select id from api_keys where name = 'bob'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let output = app.genqctl(&["keys", "revoke", &id.to_string()]).await;
+    assert_eq!(
+        (output.status.code(), stdout(&output)),
+        (Some(0), format!("key \"bob\" ({id}) revoked\n"))
+    );
+    let response = client_with_key(Some(&bob))
+        .get(format!("{}/history", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
 }
 
 #[tokio::test]
