@@ -31,7 +31,9 @@ checks=not_a_server_error,status_code_conformance,content_type_conformance
 checks+=,response_headers_conformance,response_schema_conformance
 
 ensure_services
-build_release -p genq-api -p genqctl
+# The whole workspace, as scripts/test.sh builds it: `-p` would resolve features differently and
+# rebuild crates that are already built.
+build_release
 PATH="$("$GENQ_ROOT/scripts/fuzz-setup.sh"):$PATH"
 
 bin="$GENQ_ROOT/target/release"
