@@ -41,9 +41,7 @@ pub fn router() -> Router<AppState> {
     )
 )]
 async fn pause(State(state): State<AppState>) -> Result<Json<Value>> {
-    db::control::set_intake_paused(&state.db, true).await?;
-    tracing::info!("intake paused over HTTP");
-    Ok(Json(json!({ "intake_paused": true })))
+    set_intake_paused(&state, true).await
 }
 
 /// Resume intake
@@ -62,9 +60,13 @@ async fn pause(State(state): State<AppState>) -> Result<Json<Value>> {
     )
 )]
 async fn resume(State(state): State<AppState>) -> Result<Json<Value>> {
-    db::control::set_intake_paused(&state.db, false).await?;
-    tracing::info!("intake resumed over HTTP");
-    Ok(Json(json!({ "intake_paused": false })))
+    set_intake_paused(&state, false).await
+}
+
+async fn set_intake_paused(state: &AppState, paused: bool) -> Result<Json<Value>> {
+    db::control::set_intake_paused(&state.db, paused).await?;
+    tracing::info!(paused, "intake switched over HTTP");
+    Ok(Json(json!({ "intake_paused": paused })))
 }
 
 /// Queue figures
