@@ -28,12 +28,13 @@ use axum::{Router, extract::DefaultBodyLimit};
 use genq_engine::Model;
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
-    db, queue,
+    db, events, queue,
     reconcile::{ReconcileConfig, Reconciler},
-    wait::FinalJobs,
+    wait::JobWatch,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::{cors::CorsLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer};
 
 pub use moderation::ForbiddenWords;
@@ -130,7 +131,7 @@ pub struct AppState {
     queue: queue::Storage,
     queue_name: String,
     redis: redis::aio::ConnectionManager,
-    finals: FinalJobs,
+    watch: JobWatch,
     limits: Arc<validate::Limits>,
     max_attempts: i32,
     generate_wait: Duration,
@@ -138,9 +139,13 @@ pub struct AppState {
     auth_enabled: bool,
     rate_limiter: rate_limit::RateLimiter,
     body_timeout: Duration,
+    /// Cancelled when shutdown begins: long waits answer at once and event streams end, so
+    /// clients reconnect to another replica instead of holding this one up.
+    stopping: CancellationToken,
 }
 
 pub struct Application {
+    stopping: CancellationToken,
     listener: TcpListener,
     router: Router,
     client_timeout: Duration,
@@ -154,9 +159,14 @@ impl Application {
         let pool = db::connect(&config.database.database_url, config.db_max_connections).await?;
         db::migrate(&pool).await?;
         let (storage, redis) = queue::connect(&config.queue).await?;
-        let finals = FinalJobs::listen(pool.clone())
+        let redis_client = redis::Client::open(config.queue.redis_url.expose())
+            .with_context(|| format!("invalid Redis URL {}", config.queue.redis_url))?;
+        let watch = JobWatch::listen(pool.clone())
             .await
-            .context("listening for finished jobs")?;
+            .context("listening for job status changes")?
+            .with_events(redis_client, events::channel(&config.queue.queue))
+            .await
+            .context("subscribing to job events")?;
         let context = match &config.model {
             Some(path) => {
                 let path = path.clone();
@@ -202,12 +212,14 @@ impl Application {
             auth_enabled: config.auth == AuthMode::On,
             body_timeout: Duration::from_secs(config.request_body_timeout_secs),
             redis,
-            finals,
+            watch,
             model_name: limits.context.as_ref().map(|(m, _)| m.name().to_owned()),
             limits: Arc::new(limits),
             max_attempts: config.max_attempts.max(1),
             generate_wait: Duration::from_secs(config.generate_timeout_secs),
+            stopping: CancellationToken::new(),
         };
+        let stopping = state.stopping.clone();
         let mut router = routes::router(state)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             // Answers are JSON for programs: never sniffed as another type, never framed, and no
@@ -228,6 +240,7 @@ impl Application {
             .await
             .with_context(|| format!("binding the API to {}", config.addr))?;
         Ok(Application {
+            stopping,
             listener,
             router,
             client_timeout: Duration::from_secs(config.client_timeout_secs),
@@ -252,6 +265,11 @@ impl Application {
                 let _ = reconciler_stopped.await;
             }))
         });
+        let stopping = self.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
         serve::serve(self.listener, self.router, self.client_timeout, shutdown).await;
         drop(stop_reconciler);
         if let Some(task) = reconciling {

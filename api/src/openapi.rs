@@ -24,7 +24,7 @@ use utoipa::{
 };
 
 use crate::{
-    routes::{admin, batch, generate, health, history},
+    routes::{admin, batch, events, generate, health, history},
     validate::{BatchRequest, Stop},
 };
 
@@ -32,8 +32,8 @@ use crate::{
 #[openapi(
     info(
         title = "genq",
-        description = "Batch text generation: submit prompts, poll for results, or wait for \
-            them.\n\n\
+        description = "Batch text generation: submit prompts, then wait for the results (a long \
+            poll, `?wait=`), follow them as Server-Sent Events, or poll.\n\n\
             Every route but `/health`, `/ready`, `/docs` and `/openapi.json` needs an API key \
             (`genqctl keys create`), sent as `Authorization: Bearer <key>` or \
             `X-API-Key: <key>`. A key with a rate limit gets \
@@ -44,6 +44,7 @@ use crate::{
     paths(
         batch::submit_batch,
         batch::batch_result,
+        events::job_events,
         batch::cancel_batch,
         generate::generate,
         history::history,

@@ -1,4 +1,4 @@
-//! Row 1, the ceiling: llama.cpp alone through llama-cpp-2, with no queue, HTTP or database. The
+//! The ceiling row: llama.cpp alone through llama-cpp-2, with no queue, HTTP or database. The
 //! same model, context shape, sampler and requests as genq; sequences are kept decoding together
 //! up to `slots` at a time, a finished one's place taken by the next arrived prompt.
 

@@ -1,43 +1,56 @@
-//! Row 2: genq end to end. The real `genq-api` and one `genq-worker` run as processes (started by
-//! `genq-harness`) against PostgreSQL and Redis; requests go in over HTTP and a request is done
-//! when PostgreSQL announces its job final, which happens in the transaction that stores its
-//! results.
+//! The genq rows. The real `genq-api` and one `genq-worker` run as processes (started by
+//! `genq-harness`) on a fresh database and queue; requests go in over HTTP as users send them, and
+//! each client waits for its job over HTTP in one of the ways `clients` knows. A request is done
+//! when its client has seen the job final: polling's interval is part of what users see.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use genq_harness::{Cluster, Config, Database, fresh_queue};
-use genq_shared::{db, types::JobStatus, wait::FinalJobs};
+use genq_shared::types::{JobStatus, JobView};
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{measure::Run, measure::peak_rss_bytes, workload::Request};
+use crate::{
+    clients::{self, Waiting},
+    measure::{Run, peak_rss_bytes},
+    workload::Request,
+};
+
+/// Worker settings that change what is measured: removed from the environment the processes
+/// inherit, so only the benchmark's own (`Options::worker_env`) apply, whatever the shell exports.
+const DEFAULTED: [&str; 9] = [
+    "GENQ_SLOTS",
+    "GENQ_THREADS",
+    "GENQ_MAX_JOBS",
+    "GENQ_CONTEXT_PER_SLOT",
+    "GENQ_N_GPU_LAYERS",
+    "GENQ_POLL_INTERVAL_MS",
+    "GENQ_RESULT_CACHE_TTL_SECS",
+    "GENQ_DECODE_LOCK",
+    "GENQ_PREFIX_SHARING",
+];
 
 pub struct Options {
     pub bin_dir: PathBuf,
     pub model: PathBuf,
     pub postgres: String,
     pub redis: String,
-    pub slots: Option<u32>,
+    /// Set for the worker (`--slots`, `--worker-env`), after the benchmark's own settings.
+    pub worker_env: Vec<(String, String)>,
     pub logs: PathBuf,
 }
 
 pub struct Genq {
     cluster: Cluster,
     base_url: String,
-    pool: PgPool,
-    finals: FinalJobs,
-    client: reqwest::Client,
+    http: reqwest::Client,
 }
 
 impl Genq {
-    /// Starts the API and a worker on a fresh database and queue, and waits until a job runs.
-    pub async fn start(options: &Options) -> anyhow::Result<Genq> {
+    /// Starts the API and a worker on a fresh database and queue, with `extra_env` for the worker
+    /// after the options' own, and waits until a job has run.
+    pub async fn start(options: &Options, extra_env: &[(String, String)]) -> anyhow::Result<Genq> {
         let database = Database::recreate(&options.postgres, "genq_bench").await?;
         let mut config = Config::new(
             options.bin_dir.clone(),
@@ -49,21 +62,16 @@ impl Genq {
         );
         config.api_name = "genq-api".into();
         config.worker_names = vec!["genq-worker".into()];
-        // Repetitions repeat seeded requests: measure inference, not the result cache.
+        config.unset = DEFAULTED.iter().map(|name| name.to_string()).collect();
+        // Seeds are fresh every repetition anyway; with the cache off a repeated seed could not
+        // be answered from PostgreSQL either: this measures inference.
         config.worker_env = vec![("GENQ_RESULT_CACHE_TTL_SECS".into(), "0".into())];
-        if let Some(slots) = options.slots {
-            config
-                .worker_env
-                .push(("GENQ_SLOTS".into(), slots.to_string()));
-        }
+        config.worker_env.extend(options.worker_env.iter().cloned());
+        config.worker_env.extend(extra_env.iter().cloned());
         let cluster = Cluster::start(config).await?;
-        let finals = FinalJobs::listen(database.pool.clone()).await?;
         let genq = Genq {
             base_url: cluster.base_url(),
-            pool: database.pool,
-            finals,
-            // Every API route but readiness asks for the cluster's key.
-            client: cluster.client(),
+            http: clients::http(cluster.client_builder())?,
             cluster,
         };
         // A first job loads every lazy path (model pages, connections) before anything is timed.
@@ -73,11 +81,15 @@ impl Genq {
             arrival_s: 0.0,
             seed: 1,
         };
-        genq.submit_and_wait(&warm_up).await?;
+        genq.submit_and_wait(&warm_up, Waiting::Poll).await?;
         Ok(genq)
     }
 
-    async fn submit_and_wait(&self, request: &Request) -> anyhow::Result<Uuid> {
+    async fn submit_and_wait(
+        &self,
+        request: &Request,
+        waiting: Waiting,
+    ) -> anyhow::Result<JobView> {
         let body = json!({
             "prompts": request.prompts,
             "max_tokens": request.max_tokens,
@@ -86,16 +98,19 @@ impl Genq {
             "top_p": 0.95,
             "seed": request.seed,
         });
-        let id = genq_harness::client::submit(&self.client, &self.base_url, &body).await?;
-        let status = self.finals.wait(id, Duration::from_secs(900)).await?;
-        ensure!(
-            status == Some(JobStatus::Completed),
-            "job {id} ended {status:?}"
-        );
-        Ok(id)
+        let id = genq_harness::client::submit(&self.http, &self.base_url, &body).await?;
+        let view = clients::wait(&self.http, &self.base_url, id, waiting).await?;
+        check(id, &view)?;
+        Ok(view)
     }
 
-    pub async fn run(self: &Arc<Self>, requests: &[Request]) -> anyhow::Result<Run> {
+    /// One run of `requests`, each client waiting as `waiting` says; the worker's peak RSS is
+    /// read at the end (its process is this run's alone).
+    pub async fn run(
+        self: &Arc<Self>,
+        requests: &[Request],
+        waiting: Waiting,
+    ) -> anyhow::Result<Run> {
         let start = Instant::now();
         let tasks: Vec<_> = requests
             .iter()
@@ -104,27 +119,64 @@ impl Genq {
                 let genq = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep_until((start + request.arrival()).into()).await;
-                    let id = genq.submit_and_wait(&request).await?;
-                    anyhow::Ok((id, start.elapsed()))
+                    let view = genq.submit_and_wait(&request, waiting).await?;
+                    anyhow::Ok((view, start.elapsed()))
                 })
             })
             .collect();
-        let mut ids = Vec::with_capacity(tasks.len());
+        let mut tokens = 0u64;
         let mut finishes = Vec::with_capacity(tasks.len());
+        let mut first_error = None;
+        // Every task is awaited, so none outlives a failed run and talks to the next one's API.
         for task in tasks {
-            let (id, finished) = task.await??;
-            ids.push(id);
-            finishes.push(finished);
+            match task.await.context("a client task panicked").and_then(|r| r) {
+                Ok((view, finished)) => {
+                    tokens += view
+                        .results
+                        .iter()
+                        .map(|r| r.completion_tokens as u64)
+                        .sum::<u64>();
+                    finishes.push(finished);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        let tokens = db::generations::completion_tokens_of(&self.pool, &ids).await?;
-        let mut run = Run::from_finishes(tokens as u64, requests, &finishes);
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let mut run = Run::from_finishes(tokens, requests, &finishes);
         run.peak_rss_bytes = peak_rss_bytes(self.cluster.worker_pid(0));
         Ok(run)
     }
 
     /// SIGTERM to both, as an orchestrator would, and wait for them. Dropping a `Genq` instead (a
-    /// run that failed half-way) kills both.
+    /// run that failed half-way) kills both at once, abandoning the jobs in hand.
     pub async fn stop(self) {
         self.cluster.stop().await;
     }
+}
+
+/// A job counts only if it completed with a result for every prompt, none from the result cache.
+fn check(id: Uuid, view: &JobView) -> anyhow::Result<()> {
+    ensure!(
+        view.status == JobStatus::Completed,
+        "job {id} ended {:?}{}",
+        view.status,
+        view.error
+            .as_ref()
+            .map_or(String::new(), |e| format!(": {e:?}"))
+    );
+    ensure!(
+        view.results.len() as i32 == view.counts.total,
+        "job {id} completed with {} of {} results",
+        view.results.len(),
+        view.counts.total
+    );
+    ensure!(
+        view.results.iter().all(|r| !r.cached),
+        "job {id} was answered from the result cache"
+    );
+    Ok(())
 }

@@ -1,36 +1,44 @@
-//! genq-bench: measures genq end to end against llama.cpp alone (the ceiling) and against the
-//! Python stack users run today, on the same model and requests, and prints one table. Run it
-//! through `bench/run.sh`, which prepares the services, the build, the model and the virtualenv.
-//! `genq-bench workers-per-host` (`bench/run.sh --workers-per-host`) measures instead how 1, 2
-//! and 3 workers on one host compare.
+//! genq-bench: measures genq, over HTTP as users reach it, beside what a user would compare it
+//! with on the same model and requests: llama.cpp alone (the ceiling), `llama-server` (the peer
+//! for CPU serving), `llama-batched-bench` (llama.cpp's own limit) and the Python stack users run
+//! today, and prints one table. Run it through `bench/run.sh`, which prepares the services, the
+//! build, the peer's binaries, the model and the virtualenv. `genq-bench workers-per-host`
+//! (`bench/run.sh --workers-per-host`) measures instead how 1, 2 and 3 workers on one host compare.
 //!
 //! # Layout
-//! - `workload`: the three workloads; `measure`: per-run figures and medians.
-//! - `ceiling`: llama.cpp alone; `e2e`: genq's API and worker processes; `python`: transformers.
+//! - `workload`: the four workloads; `measure`: per-run figures and medians.
+//! - `systems`: the rows, and one run of each; `table`: the printed table.
+//! - `ceiling`: llama.cpp alone; `peer`: llama-server and llama-batched-bench; `e2e`: genq's API
+//!   and worker processes; `clients`: the three ways a client waits for a job over HTTP;
+//!   `python`: transformers.
 //! - `reproducibility`: whether a seeded result depends on the batch around it.
 //! - `workers_per_host`: the several-workers-on-one-host benchmark.
-//! - The processes themselves are started and stopped by `genq-harness`.
+//! - The genq processes themselves are started and stopped by `genq-harness`.
 
 mod ceiling;
+mod clients;
 mod e2e;
 mod measure;
+mod peer;
 mod python;
 mod reproducibility;
+mod systems;
+mod table;
 mod workers_per_host;
 mod workload;
 
 use std::{path::PathBuf, sync::Arc};
 
-use anyhow::Context;
 use clap::Parser;
 use genq_engine::{Model, Placement, synth};
-use measure::{Run, Summary, summarize};
-use workload::{Request, Workload};
+use systems::{Bench, Plan, System};
+use workload::Workload;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "genq-bench",
-    about = "genq against llama.cpp alone and the Python stack",
+    about = "genq over HTTP beside llama.cpp alone, llama-server, llama-batched-bench and the \
+             Python stack",
     args_conflicts_with_subcommands = true
 )]
 struct Args {
@@ -63,15 +71,24 @@ struct Services {
     redis: String,
 }
 
-/// The default mode: llama.cpp alone, genq end to end and the Python stack, one table.
+/// The default mode: every row on every workload, repetitions interleaved, one table.
 #[derive(Debug, clap::Args)]
-struct Compare {
+pub struct Compare {
     /// GGUF model; synthesized (GPT-2 124M shape, Q8_0) if the file does not exist.
     #[arg(long, default_value = "models/gpt2-124m-synthetic-q8_0.gguf")]
     model: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
     workloads: Vec<Workload>,
-    /// Repetitions of each row; the table shows medians.
+    /// Rows to measure (each only on the workloads it applies to).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "llama-cpp,batched-bench,llama-server,genq-poll,genq-long-poll,genq-sse,\
+                         genq-no-prefix-sharing,python"
+    )]
+    systems: Vec<System>,
+    /// Repetitions of each row, interleaved across rows (A, B, A, B ...) with fresh seeds each;
+    /// the table shows medians.
     #[arg(long, default_value_t = 3)]
     reps: usize,
     /// Also run the Python row on workload (c): it serves requests one at a time, so this takes
@@ -81,20 +98,31 @@ struct Compare {
     /// Skip the Python row.
     #[arg(long)]
     no_python: bool,
-    /// Worker slots (and the ceiling's concurrency); default: the worker's own default.
+    /// Skip the llama-server and llama-batched-bench rows.
+    #[arg(long)]
+    no_peer: bool,
+    /// Where scripts/peer-build.sh put llama-server and llama-batched-bench.
+    #[arg(long, default_value = ".genq/peer/build/bin")]
+    peer_bin: PathBuf,
+    /// Worker slots (and the ceiling's and llama-server's); default: the worker's own default.
     #[arg(long)]
     slots: Option<u32>,
+    /// A setting for genq's worker, KEY=VALUE (repeatable): A/B-test engine settings. GENQ_SLOTS
+    /// and GENQ_CONTEXT_PER_SLOT also shape the other rows.
+    #[arg(long = "worker-env", value_name = "KEY=VALUE", value_parser = key_value)]
+    worker_env: Vec<(String, String)>,
     #[command(flatten)]
     services: Services,
-    /// Where the API's and worker's logs go.
+    /// Where the processes' logs go.
     #[arg(long, default_value = ".genq")]
     logs: PathBuf,
 }
 
-struct Row {
-    workload: Workload,
-    system: &'static str,
-    outcome: Result<Summary, String>,
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 #[tokio::main]
@@ -109,6 +137,9 @@ async fn main() -> anyhow::Result<()> {
 async fn compare(args: Compare) -> anyhow::Result<()> {
     if !args.model.exists() {
         eprintln!("synthesizing {} (random weights)", args.model.display());
+        if let Some(dir) = args.model.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         synth::write_model(&args.model, synth::Shape::Gpt2_124m, 0)?;
     }
     std::fs::create_dir_all(&args.logs)?;
@@ -116,83 +147,37 @@ async fn compare(args: Compare) -> anyhow::Result<()> {
     let model = Arc::new(
         tokio::task::spawn_blocking(move || Model::load(&path, Placement::default())).await??,
     );
-    let slots = args.slots.unwrap_or_else(genq_engine::default_slots);
-    let context_per_slot = genq_engine::context_per_slot(model.context_length(), None);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = if args.no_python {
-        Err("--no-python".to_owned())
-    } else {
-        python::Python::find(&bench_dir)
-    };
-    let options = e2e::Options {
-        bin_dir: genq_harness::default_bin_dir(),
-        model: std::path::absolute(&args.model)?,
-        postgres: args.services.postgres.clone(),
-        redis: args.services.redis.clone(),
-        slots: args.slots,
-        logs: args.logs.clone(),
-    };
+    let bench = Bench::new(&args, Arc::clone(&model))?;
 
     let mut rows = Vec::new();
     for &workload in &args.workloads {
-        let requests = workload::requests(workload);
         eprintln!("== {}", workload.describe());
-
-        let shape = ceiling::Shape {
-            slots,
-            context_per_slot,
-            threads: cores as i32,
-        };
-        let ceiling_model = Arc::clone(&model);
-        let ceiling_requests = requests.clone();
-        let runs = repeat(args.reps, "llama.cpp alone", || {
-            ceiling::run(&ceiling_model, &ceiling_requests, &shape)
-        });
-        rows.push(row(workload, "llama.cpp alone", runs, &requests));
-
-        let genq = Arc::new(e2e::Genq::start(&options).await.context("starting genq")?);
-        let mut runs = Vec::new();
-        for rep in 0..args.reps {
-            let run = genq.run(&requests).await?;
+        if workload.shares_prefix() {
             eprintln!(
-                "  genq end to end, run {}: {:.1} tok/s",
-                rep + 1,
-                run.tokens as f64 / run.wall_s
+                "{}",
+                bench.describe_prefix(&workload::requests(workload, 0))
             );
-            runs.push(run);
         }
-        if let Ok(genq) = Arc::try_unwrap(genq) {
-            genq.stop().await;
-        }
-        rows.push(row(workload, "genq end to end", Ok(runs), &requests));
-
-        let outcome = match &python {
-            Err(why) => Err(why.clone()),
-            Ok(_) if workload == Workload::C && !args.python_all => Err(
-                "skipped: one request at a time takes minutes here (--python-all runs it)".into(),
-            ),
-            Ok(python) => {
-                repeat(args.reps, "python", || python.run(&requests)).map_err(|e| e.to_string())
+        let mut plans: Vec<Plan> = args
+            .systems
+            .iter()
+            .filter_map(|&system| bench.plan(system, workload))
+            .collect();
+        for rep in 0..args.reps {
+            let requests = workload::requests(workload, rep);
+            for plan in plans.iter_mut().filter(|p| p.wants_run()) {
+                let outcome = bench.run(plan.system, workload, &requests).await;
+                plan.record(rep, outcome);
             }
-        };
-        rows.push(Row {
-            workload,
-            system: "python transformers",
-            outcome: outcome.map(|runs| summarize(&runs, &requests)),
-        });
+        }
+        let requests = workload::requests(workload, 0);
+        rows.extend(plans.into_iter().map(|plan| plan.into_row(&requests)));
     }
 
     println!();
-    println!(
-        "model {} ({} MiB), {cores} cores, {slots} slots x {context_per_slot} tokens of context, \
-         KV cache {} MiB; medians of {} runs",
-        args.model.display(),
-        model.file_size() >> 20,
-        (u64::from(slots) * u64::from(context_per_slot) * model.kv_bytes_per_token()) >> 20,
-        args.reps
-    );
-    print_table(&rows);
+    println!("{}", bench.header(&args));
+    table::print(&rows);
+    let slots = bench.shape.slots;
     let repro_model = Arc::clone(&model);
     let repro =
         tokio::task::spawn_blocking(move || reproducibility::measure(repro_model, slots)).await??;
@@ -200,78 +185,11 @@ async fn compare(args: Compare) -> anyhow::Result<()> {
         "seeded results identical alone and inside a batch of {}: {}/{}",
         repro.batch, repro.identical, repro.total
     );
-    let kv = u64::from(slots) * u64::from(context_per_slot) * model.kv_bytes_per_token();
+    let kv =
+        u64::from(slots) * u64::from(bench.shape.context_per_slot) * model.kv_bytes_per_token();
     println!(
         "RSS target for the worker: model file + KV cache + 150 MiB = {} MiB",
         (model.file_size() + kv + (150 << 20)) >> 20
     );
     Ok(())
-}
-
-fn repeat(
-    reps: usize,
-    system: &str,
-    mut once: impl FnMut() -> anyhow::Result<Run>,
-) -> anyhow::Result<Vec<Run>> {
-    (0..reps)
-        .map(|rep| {
-            let run = once()?;
-            eprintln!(
-                "  {system}, run {}: {:.1} tok/s",
-                rep + 1,
-                run.tokens as f64 / run.wall_s
-            );
-            Ok(run)
-        })
-        .collect()
-}
-
-fn row(
-    workload: Workload,
-    system: &'static str,
-    runs: anyhow::Result<Vec<Run>>,
-    requests: &[Request],
-) -> Row {
-    Row {
-        workload,
-        system,
-        outcome: runs
-            .map(|r| summarize(&r, requests))
-            .map_err(|e| format!("{e:#}")),
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    println!(
-        "| workload | system | tokens/s | x llama.cpp | p50 s | p95 s | first result s | p95 short / long s | peak RSS MiB |"
-    );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for row in rows {
-        let ceiling = rows
-            .iter()
-            .find(|r| r.workload == row.workload && r.system == "llama.cpp alone")
-            .and_then(|r| r.outcome.as_ref().ok())
-            .map(|s| s.tokens_per_s);
-        let name = row.workload.describe();
-        match &row.outcome {
-            Err(why) => println!(
-                "| {name} | {} | - | - | - | - | - | - | {why} |",
-                row.system
-            ),
-            Ok(s) => {
-                let ratio = ceiling.map_or("-".into(), |c| format!("{:.2}", s.tokens_per_s / c));
-                let split = match (s.p95_short_s, s.p95_long_s) {
-                    (Some(short), Some(long)) => format!("{short:.2} / {long:.2}"),
-                    _ => "-".into(),
-                };
-                let rss = s
-                    .peak_rss_bytes
-                    .map_or("-".into(), |b| (b >> 20).to_string());
-                println!(
-                    "| {name} | {} | {:.1} | {ratio} | {:.2} | {:.2} | {:.2} | {split} | {rss} |",
-                    row.system, s.tokens_per_s, s.p50_s, s.p95_s, s.first_result_s
-                );
-            }
-        }
-    }
 }

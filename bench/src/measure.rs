@@ -42,12 +42,49 @@ impl Run {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub tokens_per_s: f64,
+    /// Each repetition's tokens/s, in order: the spread beside the median.
+    pub runs_tokens_per_s: Vec<f64>,
+    /// Absent for a limit that times one batch rather than requests (llama-batched-bench).
+    pub latency: Option<Latency>,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Latency {
     pub p50_s: f64,
     pub p95_s: f64,
     pub first_result_s: f64,
     pub p95_short_s: Option<f64>,
     pub p95_long_s: Option<f64>,
-    pub peak_rss_bytes: Option<u64>,
+}
+
+impl Summary {
+    /// A row with only a throughput per repetition.
+    pub fn throughput(runs_tokens_per_s: Vec<f64>) -> Summary {
+        Summary {
+            tokens_per_s: median(runs_tokens_per_s.clone()),
+            runs_tokens_per_s,
+            latency: None,
+            peak_rss_bytes: None,
+        }
+    }
+
+    /// Fastest minus slowest repetition, as a share of the median.
+    pub fn spread(&self) -> f64 {
+        let (low, high) = self
+            .runs_tokens_per_s
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &t| {
+                (lo.min(t), hi.max(t))
+            });
+        (high - low) / self.tokens_per_s
+    }
+}
+
+impl Run {
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.wall_s
+    }
 }
 
 pub fn summarize(runs: &[Run], requests: &[Request]) -> Summary {
@@ -66,12 +103,17 @@ pub fn summarize(runs: &[Run], requests: &[Request]) -> Summary {
         })
     };
     Summary {
-        tokens_per_s: per_run(&|r| r.tokens as f64 / r.wall_s),
-        p50_s: per_run(&|r| percentile(r.latencies_s.clone(), 0.50)),
-        p95_s: per_run(&|r| percentile(r.latencies_s.clone(), 0.95)),
-        first_result_s: per_run(&|r| r.finishes_s.iter().copied().fold(f64::INFINITY, f64::min)),
-        p95_short_s: split(true),
-        p95_long_s: split(false),
+        tokens_per_s: per_run(&Run::tokens_per_s),
+        runs_tokens_per_s: runs.iter().map(Run::tokens_per_s).collect(),
+        latency: Some(Latency {
+            p50_s: per_run(&|r| percentile(r.latencies_s.clone(), 0.50)),
+            p95_s: per_run(&|r| percentile(r.latencies_s.clone(), 0.95)),
+            first_result_s: per_run(&|r| {
+                r.finishes_s.iter().copied().fold(f64::INFINITY, f64::min)
+            }),
+            p95_short_s: split(true),
+            p95_long_s: split(false),
+        }),
         peak_rss_bytes: runs.iter().filter_map(|r| r.peak_rss_bytes).max(),
     }
 }
@@ -109,5 +151,12 @@ mod tests {
         assert_eq!(percentile(values.clone(), 0.95), 19.0);
         assert_eq!(percentile(vec![3.0], 0.95), 3.0);
         assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+    }
+
+    #[test]
+    fn spread_is_a_share_of_the_median() {
+        let summary = Summary::throughput(vec![90.0, 100.0, 110.0]);
+        assert_eq!(summary.tokens_per_s, 100.0);
+        assert!((summary.spread() - 0.2).abs() < 1e-9);
     }
 }

@@ -1,4 +1,4 @@
-//! Row 3: the Python stack (transformers + torch), run by `python_baseline.py` in the bench's own
+//! The Python row: the stack (transformers + torch), run by `python_baseline.py` in the bench's own
 //! virtualenv. Absent when the virtualenv is: the table then says why.
 
 use std::{
@@ -53,7 +53,9 @@ impl Python {
             .stdout(Stdio::piped())
             .spawn()
             .context("starting python")?;
-        let workload = json!({ "requests": requests, "seed": 1 });
+        // Each repetition's requests carry fresh seeds; torch takes one for the whole run.
+        let seed = requests.first().map_or(1, |r| r.seed);
+        let workload = json!({ "requests": requests, "seed": seed });
         child
             .stdin
             .take()

@@ -1,4 +1,5 @@
-//! The three workloads of the benchmark, identical for every system measured.
+//! The four workloads of the benchmark, identical for every system measured within a repetition;
+//! each repetition gets fresh seeds ([`requests`]).
 
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ pub enum Workload {
     B,
     /// 200 single-prompt requests, max_tokens 8..=128, arriving over about 15 s.
     C,
+    /// 64 prompts sharing one ~300-token few-shot prefix, each with its own ~20-token ending,
+    /// 32 new tokens each: one genq job, 64 requests at once to llama-server.
+    D,
 }
 
 impl Workload {
@@ -22,7 +26,13 @@ impl Workload {
             Workload::A => "(a) 1 request x 10 prompts x 64 tokens",
             Workload::B => "(b) 32 requests at once x 64 tokens",
             Workload::C => "(c) 200 requests over time, 8..128 tokens",
+            Workload::D => "(d) 64 prompts, one ~300-token prefix, x 32 tokens",
         }
+    }
+
+    /// Whether the prompts share a long prefix, so that reusing its KV cache is the point.
+    pub fn shares_prefix(self) -> bool {
+        self == Workload::D
     }
 }
 
@@ -62,7 +72,23 @@ pub fn prompt(i: usize) -> String {
     PROMPTS[i % PROMPTS.len()].to_owned()
 }
 
-pub fn requests(workload: Workload) -> Vec<Request> {
+/// Seeds of repetition `rep` (from 0) start here: every repetition samples afresh, so genq's result
+/// cache could not answer a repeated one even if it were on, while every system measured in one
+/// repetition gets the same seeds.
+fn seed_base(rep: usize) -> u32 {
+    rep as u32 * 100_000
+}
+
+/// The requests of `workload` in repetition `rep`.
+pub fn requests(workload: Workload, rep: usize) -> Vec<Request> {
+    let mut requests = base_requests(workload);
+    for request in &mut requests {
+        request.seed += seed_base(rep);
+    }
+    requests
+}
+
+fn base_requests(workload: Workload) -> Vec<Request> {
     match workload {
         Workload::A => vec![Request {
             prompts: (0..10).map(prompt).collect(),
@@ -97,5 +123,65 @@ pub fn requests(workload: Workload) -> Vec<Request> {
                 })
                 .collect()
         }
+        Workload::D => vec![Request {
+            prompts: (0..64).map(few_shot_prompt).collect(),
+            max_tokens: 32,
+            arrival_s: 0.0,
+            seed: 1,
+        }],
     }
+}
+
+/// Workload (d)'s shared prefix: a few-shot template of 302 GPT-2 tokens.
+const FEW_SHOT: &str = "The following is a conversation with a helpful assistant that answers every \
+question in one or two plain sentences, without jargon.\n\n\
+Q: What is the capital of France?\nA: The capital of France is Paris, a city on the river Seine.\n\n\
+Q: How many legs does a spider have?\nA: A spider has eight legs, which sets it apart from insects \
+with six.\n\n\
+Q: Why is the sky blue on a clear day?\nA: Air scatters blue sunlight more than red light, so blue \
+reaches our eyes from every direction.\n\n\
+Q: What does a thermometer measure?\nA: A thermometer measures temperature, usually in degrees \
+Celsius or Fahrenheit.\n\n\
+Q: How long does it take the Earth to go around the Sun?\nA: It takes about 365 days, which is why \
+a year has that many days.\n\n\
+Q: What do plants need to grow?\nA: Plants need light, water, air and nutrients from the soil.\n\n\
+Q: Why do we have seasons?\nA: The Earth's axis is tilted, so each half gets more direct sunlight \
+for part of the year.\n\n\
+Q: What is the largest ocean on Earth?\nA: The Pacific Ocean is the largest, covering about a third \
+of the planet's surface.\n\n\
+Q: How does a bicycle stay upright?\nA: Its moving wheels and the rider's small steering \
+corrections keep it balanced.\n\n";
+
+/// Eight questions about eight topics: 64 different endings of 19 to 22 tokens.
+const QUESTIONS: [&str; 8] = [
+    "Why does {} matter to people who live in small towns far from the sea?",
+    "What is the simplest way to explain {} to a curious child of about ten?",
+    "How has {} changed over the last hundred years, in a few words?",
+    "What is one common mistake that people make when they think about {}?",
+    "Where would a student find a good first book about {} at the library?",
+    "Who should I ask if I want to learn more about {} this summer?",
+    "When did people first start to write down what they knew about {}?",
+    "Which single fact about {} surprises most people when they hear it?",
+];
+const TOPICS: [&str; 8] = [
+    "the weather",
+    "honey bees",
+    "old bridges",
+    "the moon",
+    "bread making",
+    "volcanoes",
+    "city parks",
+    "migrating birds",
+];
+
+/// The `i`th (0..64) of workload (d)'s prompts: the shared prefix, then its own question.
+pub fn few_shot_prompt(i: usize) -> String {
+    let question =
+        QUESTIONS[i / TOPICS.len() % QUESTIONS.len()].replace("{}", TOPICS[i % TOPICS.len()]);
+    format!("{FEW_SHOT}Q: {question}\nA:")
+}
+
+/// Workload (d)'s shared prefix.
+pub fn few_shot_prefix() -> &'static str {
+    FEW_SHOT
 }

@@ -4,6 +4,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
 use genq_shared::types::{Accepted, JobStatus, JobView};
 use serde_json::json;
 
@@ -24,7 +27,7 @@ pub struct SubmitArgs {
     seed: Option<u32>,
     #[arg(long)]
     stop: Vec<String>,
-    /// Wait for the job and print its results.
+    /// Wait for the job, showing its progress, and print its results.
     #[arg(long)]
     wait: bool,
     /// How long --wait waits, in seconds.
@@ -45,9 +48,6 @@ fn client(api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
         .default_headers(headers)
         .build()?)
 }
-
-/// How often --wait polls the job's status.
-const POLL: Duration = Duration::from_millis(200);
 
 pub async fn run(args: SubmitArgs) -> anyhow::Result<Done> {
     // From the environment only: a flag would show the key to every user of `ps`.
@@ -85,26 +85,13 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Done> {
     if !args.wait {
         return Ok(Done::Ok);
     }
-    let started = Instant::now();
-    let view = loop {
-        let view: JobView = client
-            .get(format!("{base}/batch_result/{}", accepted.task_id))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        if view.status.is_final() {
-            break view;
-        }
-        if started.elapsed() > Duration::from_secs(args.timeout) {
-            eprintln!(
-                "task {} is still {} after {} s",
-                view.task_id, view.status, args.timeout
-            );
-            return Ok(Done::Failed);
-        }
-        tokio::time::sleep(POLL).await;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let Some(view) = follow(&client, base, &accepted, args.prompts.len(), deadline).await? else {
+        eprintln!(
+            "task {} is not finished after {} s",
+            accepted.task_id, args.timeout
+        );
+        return Ok(Done::Failed);
     };
     let seconds = view
         .finished_at
@@ -143,4 +130,77 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<Done> {
     } else {
         Done::Failed
     })
+}
+
+/// Follows the job's events until it is final, with a progress bar of finished prompts on
+/// stderr (drawn only on a terminal). A stream cut short (an API restart) is resumed where it
+/// ended. `None` if the deadline passes first.
+async fn follow(
+    client: &reqwest::Client,
+    base: &str,
+    accepted: &Accepted,
+    prompts: usize,
+    deadline: Instant,
+) -> anyhow::Result<Option<JobView>> {
+    let bar = ProgressBar::new(prompts as u64).with_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} prompts {elapsed}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("queued");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let url = format!("{base}/batch_result/{}/events", accepted.task_id);
+    let mut last_event_id: Option<String> = None;
+    let followed = tokio::time::timeout_at(deadline.into(), async {
+        loop {
+            let mut request = client.get(&url);
+            if let Some(id) = &last_event_id {
+                request = request.header("Last-Event-ID", id);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                // The API restarting, most likely: it answered the submission moments ago.
+                Err(e) => {
+                    bar.suspend(|| eprintln!("cannot reach the API at {base} ({e}); retrying"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if !response.status().is_success() {
+                bail!(
+                    "the API answered {}: {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            let mut events = response.bytes_stream().eventsource();
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { break };
+                if !event.id.is_empty() {
+                    last_event_id = Some(event.id.clone());
+                }
+                match event.event.as_str() {
+                    "status" => {
+                        let status: serde_json::Value = serde_json::from_str(&event.data)?;
+                        bar.set_message(status["status"].as_str().unwrap_or("?").to_owned());
+                    }
+                    "prompt" => bar.inc(1),
+                    "done" => {
+                        let view: JobView = serde_json::from_str(&event.data)
+                            .context("reading the finished job")?;
+                        return Ok(view);
+                    }
+                    _ => {}
+                }
+            }
+            // Cut short: resume after the last event seen, after a breath.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    match followed {
+        Ok(view) => view.map(Some),
+        Err(_) => Ok(None),
+    }
 }

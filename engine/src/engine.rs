@@ -147,10 +147,16 @@ impl Default for EngineConfig {
     }
 }
 
+/// Receives a sequence's output bytes as they are decoded, on the engine thread: it must not
+/// block. Bytes that may turn out to begin a stop string are held back until they cannot, so what
+/// it receives is always a prefix of the final text's bytes.
+pub type TextSink = Box<dyn FnMut(&[u8]) + Send>;
+
 struct Request {
     prompt: Vec<LlamaToken>,
     params: GenerationParams,
     reply: oneshot::Sender<Result<Generation, GenerationError>>,
+    on_text: Option<TextSink>,
 }
 
 /// A handle to the engine thread. Dropping it lets the thread finish the requests it holds and exit.
@@ -267,6 +273,16 @@ impl Engine {
         prompt: Vec<LlamaToken>,
         params: GenerationParams,
     ) -> impl Future<Output = Result<Generation, GenerationError>> + Send + 'static + use<> {
+        self.generate_streaming(prompt, params, None)
+    }
+
+    /// [`Engine::generate`], handing the output to `on_text` as it is decoded.
+    pub fn generate_streaming(
+        &self,
+        prompt: Vec<LlamaToken>,
+        params: GenerationParams,
+        on_text: Option<TextSink>,
+    ) -> impl Future<Output = Result<Generation, GenerationError>> + Send + 'static + use<> {
         let (reply, answer) = oneshot::channel();
         let sent = self.admissible(prompt, &params).and_then(|prompt| {
             self.requests
@@ -274,6 +290,7 @@ impl Engine {
                     prompt,
                     params,
                     reply,
+                    on_text,
                 })
                 .map_err(|_| GenerationError::EngineStopped)
         });
@@ -409,6 +426,8 @@ struct Sequence {
     position: i32,
     sampler: LlamaSampler,
     output: Vec<u8>,
+    /// Output bytes handed to the request's text sink so far.
+    streamed: usize,
     generated: u32,
     /// Where this sequence's logits are in the batch just decoded.
     logits_at: Option<i32>,
@@ -499,6 +518,7 @@ impl<'m> DecodeLoop<'m> {
                 position: 0,
                 sampler,
                 output: Vec::new(),
+                streamed: 0,
                 generated: 0,
                 logits_at: None,
             });
@@ -603,6 +623,7 @@ impl<'m> DecodeLoop<'m> {
         if sequence.generated >= params.max_tokens {
             return Some(Ok(sequence.finish(FinishReason::Length, None)));
         }
+        sequence.stream_text();
         sequence.pending = Some(token);
         None
     }
@@ -669,6 +690,18 @@ impl<'m> DecodeLoop<'m> {
 }
 
 impl Sequence {
+    /// Hands the sink the output that can no longer be cut by a stop string.
+    fn stream_text(&mut self) {
+        let Some(sink) = self.request.on_text.as_mut() else {
+            return;
+        };
+        let safe = self.output.len() - stop_prefix_len(&self.output, &self.request.params.stop);
+        if safe > self.streamed {
+            sink(&self.output[self.streamed..safe]);
+            self.streamed = safe;
+        }
+    }
+
     /// `cut_at` is a byte offset into the output, where a stop string begins.
     fn finish(&mut self, reason: FinishReason, cut_at: Option<usize>) -> Generation {
         let end = cut_at.unwrap_or(self.output.len());
@@ -720,6 +753,21 @@ fn open_decode_lock(path: &Path) -> Option<File> {
     }
 }
 
+/// The length of the longest end of `output` that a stop string begins with (and could still
+/// complete): those bytes may yet be cut.
+fn stop_prefix_len(output: &[u8], stops: &[String]) -> usize {
+    stops
+        .iter()
+        .map(String::as_bytes)
+        .filter_map(|stop| {
+            (1..stop.len().min(output.len() + 1))
+                .rev()
+                .find(|&n| output.ends_with(&stop[..n]))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The byte offset where the earliest stop string begins in `output`, of those that end in the
 /// bytes appended since `old_len`. A match ending before `old_len` would have stopped generation
 /// at an earlier token, so only the new bytes and the `longest - 1` before them are searched.
@@ -741,7 +789,7 @@ fn find_stop(output: &[u8], old_len: usize, stops: &[String]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::find_stop;
+    use super::{find_stop, stop_prefix_len};
 
     fn stops(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
@@ -800,6 +848,16 @@ mod tests {
         assert_eq!(find_stop(b"abXYcdXY", 6, &stops(&["XY"])), Some(6));
         // One byte of overlap is searched, so a match straddling old and new bytes is found.
         assert_eq!(find_stop(b"abXYcd", 3, &stops(&["XY"])), Some(2));
+    }
+
+    #[test]
+    fn the_end_that_may_begin_a_stop_string_is_held_back() {
+        assert_eq!(stop_prefix_len(b"hello wor", &stops(&["world!"])), 3);
+        assert_eq!(stop_prefix_len(b"hello\n", &stops(&["\n\n", "lo\nX"])), 3);
+        assert_eq!(stop_prefix_len(b"hello", &stops(&["xyz"])), 0);
+        assert_eq!(stop_prefix_len(b"ab", &stops(&["abc"])), 2);
+        assert_eq!(stop_prefix_len(b"anything", &[]), 0);
+        assert_eq!(stop_prefix_len(b"anything", &stops(&[""])), 0);
     }
 
     #[test]

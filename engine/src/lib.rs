@@ -16,7 +16,7 @@ pub mod synth;
 
 pub use engine::{
     DEFAULT_CONTEXT_PER_SLOT, Engine, EngineConfig, FinishReason, Generation, GenerationError,
-    GenerationParams, context_per_slot, default_slots,
+    GenerationParams, TextSink, context_per_slot, default_slots,
 };
 pub use model::{Model, Placement};
 

@@ -8,11 +8,13 @@
 //! - [`queue`]: apalis/Redis dispatch and the removal of waiting tasks.
 //! - [`reconcile`]: re-dispatching what Redis lost, re-queueing jobs of lost workers, retention.
 //! - [`redact`]: the output filter (card numbers, SSNs, e-mail addresses).
-//! - [`wait`]: waiting for jobs to reach a final status via `LISTEN`/`NOTIFY`.
+//! - [`wait`]: waking waiters of a job when its status changes (`LISTEN`) or it has new events.
+//! - [`events`]: a running job's live events (decoded text, finished prompts) in Redis streams.
 //! - [`telemetry`]: tracing setup for the binaries.
 
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod queue;
 pub mod reconcile;
 pub mod redact;

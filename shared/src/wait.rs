@@ -1,78 +1,162 @@
-//! Waiting for jobs to finish without polling the database in a loop: workers `NOTIFY` a job's id
-//! when it reaches a final status; one listener per process fans the ids out to waiters.
+//! Waiting on jobs without polling: one PostgreSQL `LISTEN` connection per process (and, in the
+//! API, one Redis subscription for job events) wakes exactly the waiters of the job that changed.
+//! Long-polls, event streams, `POST /generate` and a running job's cancel watch all wait here.
+//!
+//! A notification can be missed while a connection is down, so after every (re)connection each
+//! waiter is woken to re-read what it waits on; a slow safety re-read covers a connection that
+//! died without the listener noticing.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use futures::StreamExt;
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{db, types::JobStatus};
 
-/// A notification can be missed while the listener reconnects, so waiters also re-read the status
-/// this often.
-const RECHECK: Duration = Duration::from_secs(1);
+/// How often a waiter re-reads the job even without a notification.
+pub const SAFETY_RECHECK: Duration = Duration::from_secs(30);
 
-#[derive(Clone)]
-pub struct FinalJobs {
-    pool: PgPool,
-    finished: broadcast::Sender<Uuid>,
+/// Pause before reconnecting a lost listener.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Counters a waiter compares to see what changed since it last looked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The job's status in PostgreSQL may have changed.
+    pub status: u64,
+    /// The job's event stream in Redis has new entries.
+    pub events: u64,
 }
 
-impl std::fmt::Debug for FinalJobs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FinalJobs").finish_non_exhaustive()
+#[derive(Clone)]
+pub struct JobWatch {
+    pool: PgPool,
+    watched: Arc<Watched>,
+}
+
+/// Jobs someone waits on, each with the number of its waiters.
+#[derive(Default)]
+struct Watched {
+    jobs: Mutex<HashMap<Uuid, (watch::Sender<Changes>, usize)>>,
+}
+
+impl Watched {
+    fn bump(&self, id: Option<Uuid>, change: impl Fn(&mut Changes)) {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let wake = |sender: &watch::Sender<Changes>| sender.send_modify(&change);
+        match id {
+            Some(id) => {
+                if let Some((sender, _)) = jobs.get(&id) {
+                    wake(sender);
+                }
+            }
+            None => jobs.values().for_each(|(sender, _)| wake(sender)),
+        }
     }
 }
 
-impl FinalJobs {
-    /// Starts the process's listener task.
-    pub async fn listen(pool: PgPool) -> sqlx::Result<FinalJobs> {
-        let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(db::FINAL_CHANNEL).await?;
-        let (finished, _) = broadcast::channel(4096);
-        let sender = finished.clone();
-        tokio::spawn(async move {
-            loop {
-                match listener.recv().await {
-                    Ok(note) => {
-                        if let Ok(id) = note.payload().parse::<Uuid>() {
-                            // No receivers is fine: nobody is waiting.
-                            let _ = sender.send(id);
-                        }
-                    }
-                    // sqlx reconnects on the next recv; waiters re-check meanwhile.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "job notification listener lost its connection");
-                        tokio::time::sleep(RECHECK).await;
-                    }
-                }
+impl std::fmt::Debug for JobWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobWatch").finish_non_exhaustive()
+    }
+}
+
+/// One waiter's view of one job; dropping it stops watching.
+pub struct Subscription {
+    id: Uuid,
+    changes: watch::Receiver<Changes>,
+    watched: Arc<Watched>,
+}
+
+impl Subscription {
+    /// Waits until something changed since the last call (or since subscribing), and says what.
+    /// Never resolves if nothing changes: callers bound it with a timeout.
+    pub async fn changed(&mut self) -> Changes {
+        let before = *self.changes.borrow_and_update();
+        // The sender lives as long as this subscription holds its count, so this cannot fail.
+        let _ = self.changes.changed().await;
+        let now = *self.changes.borrow_and_update();
+        Changes {
+            status: now.status - before.status,
+            events: now.events - before.events,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut jobs = self.watched.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, waiters)) = jobs.get_mut(&self.id) {
+            *waiters -= 1;
+            if *waiters == 0 {
+                jobs.remove(&self.id);
             }
-        });
-        Ok(FinalJobs { pool, finished })
+        }
+    }
+}
+
+impl JobWatch {
+    /// Starts the process's PostgreSQL listener, and connects it before returning so that a
+    /// waiter subscribing afterwards misses nothing.
+    pub async fn listen(pool: PgPool) -> sqlx::Result<JobWatch> {
+        let listener = connect_listener(&pool).await?;
+        let watched = Arc::new(Watched::default());
+        tokio::spawn(listen_to_postgres(
+            pool.clone(),
+            listener,
+            Arc::clone(&watched),
+        ));
+        Ok(JobWatch { pool, watched })
+    }
+
+    /// Also wakes waiters when a worker announces new entries in a job's event stream (see
+    /// [`crate::events`]) on this Redis channel.
+    pub async fn with_events(self, redis: redis::Client, channel: String) -> anyhow::Result<Self> {
+        let subscription = subscribe(&redis, &channel).await?;
+        tokio::spawn(listen_to_redis(
+            redis,
+            channel,
+            subscription,
+            Arc::clone(&self.watched),
+        ));
+        Ok(self)
+    }
+
+    /// Starts watching a job. Subscribe before reading what you wait on, so that a change in
+    /// between is not lost.
+    pub fn subscribe(&self, id: Uuid) -> Subscription {
+        let mut jobs = self.watched.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let (sender, waiters) = jobs
+            .entry(id)
+            .or_insert_with(|| (watch::channel(Changes::default()).0, 0));
+        *waiters += 1;
+        Subscription {
+            id,
+            changes: sender.subscribe(),
+            watched: Arc::clone(&self.watched),
+        }
     }
 
     /// Waits until the job is final or `timeout` passes. Returns the status then (not final on
     /// timeout), or `None` for an unknown job.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> sqlx::Result<Option<JobStatus>> {
-        // Subscribe before reading the status so a notification sent in between is not lost.
-        let mut finished = self.finished.subscribe();
+        let mut subscription = self.subscribe(id);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let status = db::jobs::status(&self.pool, id).await?;
-            match status {
+            match db::jobs::status(&self.pool, id).await? {
                 Some(s) if !s.is_final() => {}
                 other => return Ok(other),
             }
-            let recheck_at = deadline.min(tokio::time::Instant::now() + RECHECK);
+            let recheck_at = deadline.min(tokio::time::Instant::now() + SAFETY_RECHECK);
             loop {
                 tokio::select! {
-                    note = finished.recv() => match note {
-                        Ok(done) if done == id => break,
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
+                    changes = subscription.changed() => if changes.status > 0 { break },
                     _ = tokio::time::sleep_until(recheck_at) => break,
                 }
             }
@@ -80,5 +164,81 @@ impl FinalJobs {
                 return db::jobs::status(&self.pool, id).await;
             }
         }
+    }
+
+    /// Waiters currently subscribed, over every job (for tests and diagnostics).
+    pub fn watched_jobs(&self) -> usize {
+        self.watched
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+async fn connect_listener(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(db::STATUS_CHANNEL).await?;
+    Ok(listener)
+}
+
+async fn listen_to_postgres(pool: PgPool, mut listener: PgListener, watched: Arc<Watched>) {
+    loop {
+        // `try_recv` says when the connection is lost (`Ok(None)`), which `recv` hides.
+        match listener.try_recv().await {
+            Ok(Some(note)) => {
+                if let Ok(id) = note.payload().parse::<Uuid>() {
+                    watched.bump(Some(id), |c| c.status += 1);
+                }
+                continue;
+            }
+            Ok(None) => tracing::warn!("the job status listener lost its connection"),
+            Err(e) => tracing::warn!(error = %e, "the job status listener failed"),
+        }
+        listener = loop {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            match connect_listener(&pool).await {
+                Ok(listener) => break listener,
+                Err(e) => tracing::warn!(error = %e, "cannot reconnect the job status listener"),
+            }
+        };
+        tracing::info!("the job status listener is back");
+        // Whatever changed meanwhile was not announced: every waiter looks again.
+        watched.bump(None, |c| c.status += 1);
+    }
+}
+
+async fn subscribe(redis: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = redis.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+async fn listen_to_redis(
+    redis: redis::Client,
+    channel: String,
+    mut pubsub: redis::aio::PubSub,
+    watched: Arc<Watched>,
+) {
+    loop {
+        {
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let id = message.get_payload::<String>().ok();
+                if let Some(id) = id.and_then(|id| id.parse::<Uuid>().ok()) {
+                    watched.bump(Some(id), |c| c.events += 1);
+                }
+            }
+        }
+        tracing::warn!("the job event subscription lost its connection");
+        pubsub = loop {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            match subscribe(&redis, &channel).await {
+                Ok(pubsub) => break pubsub,
+                Err(e) => tracing::warn!(error = %e, "cannot resubscribe to job events"),
+            }
+        };
+        tracing::info!("the job event subscription is back");
+        watched.bump(None, |c| c.events += 1);
     }
 }

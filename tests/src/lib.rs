@@ -13,6 +13,7 @@
 
 mod api_process;
 pub mod proxy;
+pub mod sse;
 
 pub use api_process::{ApiProcess, client_with_key};
 
@@ -28,7 +29,7 @@ use genq_engine::{Model, Placement, synth};
 use genq_shared::{
     db::{self, keys::NewKey},
     types::{JobStatus, JobView},
-    wait::FinalJobs,
+    wait::JobWatch,
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -116,7 +117,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// A key of the tenant `tests`, without limits.
     pub key: String,
-    finals: FinalJobs,
+    finals: JobWatch,
     stop_api: Option<oneshot::Sender<()>>,
     api: Option<JoinHandle<anyhow::Result<()>>>,
     _cleanup: Throwaway,
@@ -171,7 +172,7 @@ impl TestApp {
         let pool = db::connect(&database_url.parse().unwrap(), 5)
             .await
             .expect("test pool");
-        let finals = FinalJobs::listen(pool.clone())
+        let finals = JobWatch::listen(pool.clone())
             .await
             .expect("listening for final jobs");
         let key = new_key(&pool, "tests", false).await;

@@ -12,6 +12,7 @@
 
 mod cache;
 mod consumer;
+mod live;
 mod registry;
 mod runner;
 
@@ -22,7 +23,7 @@ use genq_engine::{Engine, EngineConfig, Model, Placement};
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, queue,
-    wait::FinalJobs,
+    wait::JobWatch,
 };
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -120,8 +121,8 @@ pub async fn run_with_model(
     let held = Arc::new(HeldJobs::default());
     let registration =
         registry::register(&pool, &name, &model_name, engine.slots(), held.clone()).await?;
-    let (storage, _) = queue::connect(&config.queue).await?;
-    let finals = FinalJobs::listen(pool.clone()).await?;
+    let (storage, redis) = queue::connect(&config.queue).await?;
+    let watch = JobWatch::listen(pool.clone()).await?;
     tracing::info!(
         worker = %name,
         model = %model_name,
@@ -142,8 +143,10 @@ pub async fn run_with_model(
         worker_name: name.clone(),
         held,
         cache,
-        finals,
+        watch,
         storage: storage.clone(),
+        redis,
+        queue: config.queue.queue.clone(),
     });
     let max_jobs = config
         .max_jobs

@@ -12,9 +12,9 @@ use genq_shared::{
         self,
         jobs::{Claim, NewGeneration, Released},
     },
-    queue, redact,
+    queue,
     types::{ErrorCode, ErrorDetail, FinishReason},
-    wait::FinalJobs,
+    wait::JobWatch,
 };
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     cache::ResultCache,
+    live::{LiveEvents, stored_text},
     registry::{Held, HeldJobs},
 };
 
@@ -33,9 +34,12 @@ pub struct JobRunner {
     pub(crate) held: Arc<HeldJobs>,
     pub(crate) cache: Option<ResultCache>,
     /// Tells a running job it was cancelled (its status went final under it).
-    pub(crate) finals: FinalJobs,
+    pub(crate) watch: JobWatch,
     /// For putting a job back on the queue after a transient failure.
     pub(crate) storage: queue::Storage,
+    /// For the jobs' live events.
+    pub(crate) redis: redis::aio::ConnectionManager,
+    pub(crate) queue: String,
 }
 
 enum Outcome {
@@ -75,7 +79,15 @@ impl JobRunner {
             attempt = claim.attempt,
             "job started"
         );
-        let stored = match self.generate(&claim, &held).await? {
+        let live = LiveEvents::start(
+            self.redis.clone(),
+            self.queue.clone(),
+            claim.id,
+            claim.attempt,
+        );
+        let outcome = self.generate(&claim, &held, &live).await;
+        live.close().await;
+        let stored = match outcome? {
             Outcome::Cancelled(finished) => {
                 let write = || db::jobs::keep_cancelled_results(&self.db, &claim, model, &finished);
                 let kept = write.retry(write_backoff()).notify(log_retry).await?;
@@ -128,7 +140,12 @@ impl JobRunner {
         Ok(())
     }
 
-    async fn generate(&self, claim: &Claim, held: &Held<'_>) -> anyhow::Result<Outcome> {
+    async fn generate(
+        &self,
+        claim: &Claim,
+        held: &Held<'_>,
+        live: &LiveEvents,
+    ) -> anyhow::Result<Outcome> {
         let params = GenerationParams {
             max_tokens: claim.params.max_tokens,
             temperature: claim.params.temperature,
@@ -160,6 +177,7 @@ impl JobRunner {
         if !finished.is_empty() {
             tracing::info!(hits = finished.len(), "answered from the result cache");
         }
+        finished.iter().for_each(|g| live.finished(g));
         let answered: Vec<bool> = (0..claim.prompts.len())
             .map(|i| finished.iter().any(|g| g.index as usize == i))
             .collect();
@@ -184,15 +202,17 @@ impl JobRunner {
         let mut pending: FuturesUnordered<_> = tokenized
             .into_iter()
             .map(|(index, tokens)| {
-                let generation = self.engine.generate(tokens, params.clone());
+                let generation =
+                    self.engine
+                        .generate_streaming(tokens, params.clone(), Some(live.sink(index)));
                 async move { (index, generation.await) }
             })
             .collect();
         // The job's status turning final under us means it was cancelled: PostgreSQL notifies at
-        // once, and the wait re-reads the status every second in case a notification is missed.
+        // once (see `JobWatch`).
         let cancelled = async {
             loop {
-                match self.finals.wait(claim.id, Duration::from_secs(3600)).await {
+                match self.watch.wait(claim.id, Duration::from_secs(3600)).await {
                     Ok(Some(status)) if status.is_final() => return,
                     // Deleted under us: nobody wants the results.
                     Ok(None) => return,
@@ -214,7 +234,9 @@ impl JobRunner {
                     None => break,
                     Some((index, Ok(generation))) => {
                         held.generated_one();
-                        finished.push(inferred(index, generation, keys[index].clone()));
+                        let result = inferred(index, generation, keys[index].clone());
+                        live.finished(&result);
+                        finished.push(result);
                     }
                     Some((index, Err(error))) => {
                         finished.sort_by_key(|g| g.index);
@@ -256,13 +278,11 @@ fn inferred(
     generation: genq_engine::Generation,
     cache_key: Option<Vec<u8>>,
 ) -> NewGeneration {
-    // GPT-2 can emit a NUL byte, which PostgreSQL text cannot store.
-    let text = generation.text.replace('\0', "\u{FFFD}");
-    let filtered = redact::redact(&text);
+    let (text, redacted) = stored_text(&generation.text);
     NewGeneration {
         index: index as i32,
-        redacted: filtered.is_some(),
-        text: filtered.unwrap_or(text),
+        text,
+        redacted,
         completion_tokens: generation.completion_tokens as i32,
         finish_reason: match generation.finish_reason {
             genq_engine::FinishReason::Length => FinishReason::Length,

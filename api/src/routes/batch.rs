@@ -1,8 +1,13 @@
 //! Submitting batches, reading their status and results, cancelling them.
 
+use std::{collections::HashMap, time::Duration};
+
 use axum::{
     Extension, Json, Router,
-    extract::{Path, State, rejection::PathRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -19,7 +24,7 @@ use genq_shared::{
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::parse_task_id;
+use super::{parse_task_id, query_map};
 use crate::openapi::{
     AcceptedJob, ErrorBody, Internal, PayloadTooLarge, RequestTimeout, TooManyRequests,
     Unauthorized, Unavailable,
@@ -36,6 +41,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/batch", post(submit_batch))
         .route("/batch_result/{task_id}", get(batch_result))
+        .route("/batch_result/{task_id}/events", get(super::events::job_events))
         .route("/batch/{task_id}/cancel", post(cancel_batch))
 }
 
@@ -229,18 +235,26 @@ fn request_hash(job: &ValidJob) -> Vec<u8> {
 /// Read a job
 ///
 /// Its status, parameters, timestamps, counts, the results so far in prompt order, and why it
-/// failed if it did. A tenant key sees its tenant's jobs only; an admin key sees every job.
+/// failed if it did. A tenant key sees its tenant's jobs only; an admin key sees every job. With
+/// `wait`, answers as soon as the job is final, or after that many seconds with its state then
+/// (a long poll: no need to poll often).
 #[utoipa::path(
     get,
     path = "/batch_result/{task_id}",
     tag = "jobs",
-    params(("task_id" = uuid::Uuid, Path, description = "The task id `POST /batch` answered")),
+    params(
+        ("task_id" = uuid::Uuid, Path, description = "The task id `POST /batch` answered"),
+        ("wait" = Option<u64>, Query, nullable = false, minimum = 0, maximum = 60,
+            description = "Seconds to wait for the job to be final (0 to 60, default 0)"),
+    ),
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 400, body = ErrorBody, description = "`malformed_id`: the task id is not a UUID"),
         (status = 401, response = Unauthorized),
         (status = 404, body = ErrorBody,
             description = "`not_found`: no such task (for this tenant)"),
+        (status = 422, body = ErrorBody,
+            description = "`invalid_field`: `wait` is not 0 to 60, named in `field`"),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
@@ -250,13 +264,42 @@ async fn batch_result(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     task_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<JobView>> {
     let id = task_id_of(task_id)?;
+    let wait = match query_map(query)?.get("wait") {
+        None => Duration::ZERO,
+        Some(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= MAX_WAIT_SECS)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "wait",
+                    format!("wait must be a whole number of seconds from 0 to {MAX_WAIT_SECS}"),
+                )
+            })?,
+    };
+    let view = db::jobs::view(&state.db, id, caller.scope())
+        .await?
+        .ok_or_else(|| unknown(id))?;
+    if wait.is_zero() || view.status.is_final() {
+        return Ok(Json(view));
+    }
+    tokio::select! {
+        waited = state.watch.wait(id, wait) => { waited?; }
+        // Shutting down: answer now rather than hold the replica up.
+        () = state.stopping.cancelled() => {}
+    }
     let view = db::jobs::view(&state.db, id, caller.scope())
         .await?
         .ok_or_else(|| unknown(id))?;
     Ok(Json(view))
 }
+
+/// The longest long poll; clients wanting longer ask again.
+const MAX_WAIT_SECS: u64 = 60;
 
 /// Cancel a job
 ///
@@ -306,7 +349,7 @@ async fn cancel_batch(
 
 /// The task id of the path; one that axum cannot even decode (bad percent-encoding, not UTF-8) is
 /// as malformed as one that is not a UUID.
-fn task_id_of(path: Result<Path<String>, PathRejection>) -> Result<Uuid> {
+pub(crate) fn task_id_of(path: Result<Path<String>, PathRejection>) -> Result<Uuid> {
     let Path(raw) = path.map_err(|e| {
         ApiError::MalformedId(format!("the task id is not a UUID: {}", e.body_text()))
     })?;

@@ -69,7 +69,7 @@ async fn generate(
 ) -> Result<Response> {
     let id = submit(&state, &caller, request, None).await?;
     let status = state
-        .finals
+        .watch
         .wait(id, state.generate_wait)
         .await?
         .ok_or_else(|| unknown(id))?;

@@ -57,12 +57,7 @@ async fn history(
     Extension(caller): Extension<Caller>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<HistoryPage>> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::invalid(
-            "query",
-            format!("the query string is not valid: {}", e.body_text()),
-        )
-    })?;
+    let query = super::query_map(query)?;
     let limit = match query.get("limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => raw

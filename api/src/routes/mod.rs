@@ -3,12 +3,16 @@
 pub mod admin;
 pub mod batch;
 pub mod docs;
+pub mod events;
 pub mod generate;
 pub mod health;
 pub mod history;
 
+use std::collections::HashMap;
+
 use axum::{
     Router,
+    extract::{Query, rejection::QueryRejection},
     http::{Method, Uri},
     middleware,
 };
@@ -45,4 +49,17 @@ pub fn router(state: AppState) -> Router {
 fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::MalformedId(format!("'{raw}' is not a task id (a UUID)")))
+}
+
+/// A route's query parameters, or a 422 naming the query string when it cannot be decoded.
+fn query_map(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::invalid(
+            "query",
+            format!("the query string is not valid: {}", e.body_text()),
+        )
+    })?;
+    Ok(query)
 }

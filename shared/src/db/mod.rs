@@ -42,8 +42,9 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// Notification channel a job's id is sent on when it reaches a final status.
-pub const FINAL_CHANNEL: &str = "genq_job_final";
+/// Notification channel a job's id is sent on whenever its status changes (a trigger does it; see
+/// the migration `job_status_notify`).
+pub const STATUS_CHANNEL: &str = "genq_job_status";
 
 /// Connects, creating the database first if it does not exist. Does not migrate.
 pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<PgPool> {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
-use super::{Claim, NewGeneration, notify_final, notify_final_all};
+use super::{Claim, NewGeneration};
 use crate::db::Scope;
 use crate::{
     db::{
@@ -155,7 +155,6 @@ async fn finish(
         Some(generated(results)),
     )
     .await?;
-    notify_final(&mut tx, claim.id).await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -189,7 +188,6 @@ pub async fn cancel(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<C
     .await?
     .rows_affected();
     if updated == 1 {
-        notify_final(&mut tx, id).await?;
         tx.commit().await?;
         return Ok(CancelOutcome::Cancelled);
     }
@@ -212,7 +210,6 @@ pub async fn cancel_all_queued(pool: &PgPool, reason: &str) -> sqlx::Result<Vec<
     .bind(ErrorCode::Cancelled)
     .fetch_all(&mut *tx)
     .await?;
-    notify_final_all(&mut tx, &ids).await?;
     tx.commit().await?;
     Ok(ids)
 }

@@ -15,14 +15,14 @@ mod recovery;
 pub mod report;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction, types::Json};
+use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
 pub use dispatch::*;
 pub use lifecycle::*;
 pub use recovery::*;
 
-use super::{FINAL_CHANNEL, Scope};
+use super::Scope;
 use crate::types::{
     Counts, ErrorCode, ErrorDetail, FinishReason, JobParams, JobStatus, JobView, QueueStats,
     ResultItem,
@@ -40,6 +40,7 @@ struct JobRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    results: Json<Vec<ResultItem>>,
 }
 
 /// A job a worker has claimed; only this attempt may finish it.
@@ -134,11 +135,19 @@ pub async fn status_in(
 }
 
 /// The job with its results, if `scope` may see it: another tenant's job is `None`, exactly as an
-/// unknown one.
+/// unknown one. One query (the job by primary key, its results by the (job_id, prompt_index)
+/// key): clients that poll call this a lot.
 pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Option<JobView>> {
     let Some(job) = sqlx::query_as::<_, JobRow>(
         r#"select id, status, prompt_count, params, model, error_code, error_message, created_at,
-                  started_at, finished_at
+                  started_at, finished_at,
+                  (select coalesce(json_agg(json_build_object(
+                              'index', g.prompt_index, 'prompt', g.prompt,
+                              'generated_text', g.generated_text,
+                              'completion_tokens', g.completion_tokens,
+                              'finish_reason', g.finish_reason, 'cached', g.cached,
+                              'redacted', g.redacted) order by g.prompt_index), '[]')
+                   from generations g where g.job_id = jobs.id) as results
            from jobs where id = $1 and ($2::text is null or tenant = $2)"#,
     )
     .bind(id)
@@ -148,32 +157,7 @@ pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Opt
     else {
         return Ok(None);
     };
-    let results: Vec<ResultItem> = sqlx::query_as::<
-        _,
-        (i32, String, String, i32, FinishReason, bool, bool),
-    >(
-        r#"select prompt_index, prompt, generated_text, completion_tokens, finish_reason, cached,
-                  redacted
-           from generations where job_id = $1 order by prompt_index"#,
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(
-        |(index, prompt, generated_text, completion_tokens, finish_reason, cached, redacted)| {
-            ResultItem {
-                index,
-                prompt,
-                generated_text,
-                completion_tokens,
-                finish_reason,
-                cached,
-                redacted,
-            }
-        },
-    )
-    .collect();
+    let results = job.results.0;
     let completed = results.len() as i32;
     let failed = if job.status == JobStatus::Failed {
         job.prompt_count - completed
@@ -223,26 +207,4 @@ pub async fn stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
         live_workers,
         intake_paused: super::control::intake_paused(pool).await?,
     })
-}
-
-/// Announces many jobs final in one round trip.
-pub(super) async fn notify_final_all(
-    tx: &mut Transaction<'_, Postgres>,
-    ids: &[Uuid],
-) -> sqlx::Result<()> {
-    sqlx::query(r#"select pg_notify($1, id::text) from unnest($2::uuid[]) as id"#)
-        .bind(FINAL_CHANNEL)
-        .bind(ids)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-pub(super) async fn notify_final(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query(r#"select pg_notify($1, $2)"#)
-        .bind(FINAL_CHANNEL)
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

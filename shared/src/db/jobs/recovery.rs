@@ -7,7 +7,6 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{notify_final, notify_final_all};
 use crate::{
     db::{
         attempts::{self, AttemptOutcome},
@@ -79,7 +78,6 @@ pub async fn release(
             Released::Requeued
         }
         Some(_) => {
-            notify_final(&mut tx, id).await?;
             Released::Failed
         }
     };
@@ -98,7 +96,6 @@ pub async fn expire_queued(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     .bind(ErrorCode::Timeout)
     .fetch_all(&mut *tx)
     .await?;
-    notify_final_all(&mut tx, &ids).await?;
     tx.commit().await?;
     Ok(ids)
 }
