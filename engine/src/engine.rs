@@ -131,7 +131,38 @@ pub struct EngineConfig {
     /// Fault injection, for tests and the fault-injection suite only: the decode loop panics
     /// once the engine has sampled this many tokens in total.
     pub panic_after_tokens: Option<u64>,
+    /// A prompt that begins as a running sequence's prompt does (a few-shot template, a shared
+    /// system prompt) copies that sequence's KV cache for the common part instead of decoding it
+    /// again, when the common part is at least [`MIN_SHARED_PREFIX`] tokens.
+    pub share_prefixes: bool,
+    /// llama.cpp settings, chosen by measurement (README, "Engine settings").
+    pub tuning: Tuning,
 }
+
+/// llama.cpp context settings that change speed, not results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// One KV cache shared by every sequence, instead of one per sequence: each sequence then
+    /// attends over every sequence's cells (masked), which costs more as the batch grows.
+    pub kv_unified: bool,
+    /// `None` lets llama.cpp decide.
+    pub flash_attention: Option<bool>,
+    /// Most tokens computed at once inside a decode step.
+    pub ubatch_tokens: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            kv_unified: false,
+            flash_attention: None,
+            ubatch_tokens: 512,
+        }
+    }
+}
+
+/// The shortest common prompt prefix worth copying rather than decoding.
+pub const MIN_SHARED_PREFIX: usize = 16;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -143,6 +174,8 @@ impl Default for EngineConfig {
             batch_tokens: 512,
             decode_lock: None,
             panic_after_tokens: None,
+            share_prefixes: true,
+            tuning: Tuning::default(),
         }
     }
 }
@@ -167,6 +200,7 @@ pub struct Engine {
     context_per_slot: u32,
     slots: u32,
     generated: Arc<AtomicU64>,
+    prompt_decoded: Arc<AtomicU64>,
     /// Becomes `Some(reason)` when the engine thread ends abnormally.
     stopped: watch::Receiver<Option<String>>,
 }
@@ -190,15 +224,23 @@ impl Engine {
             .with_n_ctx(NonZeroU32::new(slots * context_per_slot))
             .with_n_seq_max(slots)
             .with_n_batch(batch_tokens)
-            .with_n_ubatch(batch_tokens.min(512))
+            .with_n_ubatch(batch_tokens.min(config.tuning.ubatch_tokens.max(1)))
             .with_n_threads(config.threads)
-            .with_n_threads_batch(config.threads);
+            .with_n_threads_batch(config.threads)
+            .with_kv_unified(config.tuning.kv_unified)
+            .with_flash_attention_policy(match config.tuning.flash_attention {
+                None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+                Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            });
         let (requests, inbox) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stopped_tx, stopped) = watch::channel(None);
         let generated = Arc::new(AtomicU64::new(0));
+        let prompt_decoded = Arc::new(AtomicU64::new(0));
         let thread_model = Arc::clone(&model);
         let thread_generated = Arc::clone(&generated);
+        let thread_prompt_decoded = Arc::clone(&prompt_decoded);
         let thread = thread::Builder::new()
             .name("genq-engine".into())
             .spawn(move || {
@@ -230,8 +272,10 @@ impl Engine {
                             context_per_slot,
                             batch_tokens,
                             generated: thread_generated,
+                            prompt_decoded: thread_prompt_decoded,
                             panic_after_tokens: config.panic_after_tokens,
                             decode_lock: config.decode_lock.as_deref(),
+                            share_prefixes: config.share_prefixes,
                         },
                     )
                     .run(inbox);
@@ -261,6 +305,7 @@ impl Engine {
             context_per_slot,
             slots,
             generated,
+            prompt_decoded,
             stopped,
         })
     }
@@ -361,6 +406,12 @@ impl Engine {
         self.generated.load(Ordering::Relaxed)
     }
 
+    /// Prompt tokens this engine has decoded in total: a shared prefix copied from another
+    /// sequence is not decoded again.
+    pub fn prompt_tokens_decoded(&self) -> u64 {
+        self.prompt_decoded.load(Ordering::Relaxed)
+    }
+
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
@@ -418,9 +469,14 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 struct Sequence {
+    /// Tells this sequence from a later one in the same slot.
+    serial: u64,
     request: Request,
     prompt: Vec<LlamaToken>,
     prompt_fed: usize,
+    /// The prompt prefix this sequence will copy from another one's KV cache once that one has
+    /// decoded it; it feeds nothing until then.
+    borrow: Option<Borrow>,
     /// The token sampled last step, to be fed this step.
     pending: Option<LlamaToken>,
     position: i32,
@@ -439,13 +495,22 @@ impl Sequence {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Borrow {
+    slot: usize,
+    serial: u64,
+    tokens: usize,
+}
+
 struct LoopConfig<'a> {
     slots: u32,
     context_per_slot: u32,
     batch_tokens: u32,
     generated: Arc<AtomicU64>,
+    prompt_decoded: Arc<AtomicU64>,
     panic_after_tokens: Option<u64>,
     decode_lock: Option<&'a Path>,
+    share_prefixes: bool,
 }
 
 struct DecodeLoop<'m> {
@@ -457,8 +522,11 @@ struct DecodeLoop<'m> {
     batch_tokens: usize,
     context_per_slot: u32,
     generated: Arc<AtomicU64>,
+    prompt_decoded: Arc<AtomicU64>,
     panic_after_tokens: Option<u64>,
     decode_lock: Option<File>,
+    share_prefixes: bool,
+    next_serial: u64,
 }
 
 impl<'m> DecodeLoop<'m> {
@@ -472,8 +540,11 @@ impl<'m> DecodeLoop<'m> {
             batch_tokens: config.batch_tokens as usize,
             context_per_slot: config.context_per_slot,
             generated: config.generated,
+            prompt_decoded: config.prompt_decoded,
             panic_after_tokens: config.panic_after_tokens,
             decode_lock: config.decode_lock.and_then(open_decode_lock),
+            share_prefixes: config.share_prefixes,
+            next_serial: 0,
         }
     }
 
@@ -510,10 +581,18 @@ impl<'m> DecodeLoop<'m> {
             );
             let prompt = std::mem::take(&mut request.prompt);
             let sampler = sampler_for(&request.params);
+            let borrow = if self.share_prefixes {
+                self.prefix_source(&prompt)
+            } else {
+                None
+            };
+            self.next_serial += 1;
             self.slots[slot] = Some(Sequence {
+                serial: self.next_serial,
                 request,
                 prompt,
                 prompt_fed: 0,
+                borrow,
                 pending: None,
                 position: 0,
                 sampler,
@@ -522,6 +601,74 @@ impl<'m> DecodeLoop<'m> {
                 generated: 0,
                 logits_at: None,
             });
+        }
+    }
+
+    /// The running sequence whose prompt shares the longest prefix with `prompt`, if that is
+    /// worth copying. At least the prompt's last token is always decoded: it gives the logits.
+    fn prefix_source(&self, prompt: &[LlamaToken]) -> Option<Borrow> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, sequence)| {
+                let source = sequence.as_ref().filter(|s| s.borrow.is_none())?;
+                let common = source
+                    .prompt
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(prompt.len() - 1);
+                Some(Borrow {
+                    slot,
+                    serial: source.serial,
+                    tokens: common,
+                })
+            })
+            .filter(|borrow| borrow.tokens >= MIN_SHARED_PREFIX)
+            .max_by_key(|borrow| borrow.tokens)
+    }
+
+    /// Copies the KV cells of each borrowed prefix whose source has decoded it. A borrower whose
+    /// source has gone (finished or cancelled before it got there) decodes its prompt itself.
+    fn settle_borrows(&mut self) {
+        for slot in 0..self.slots.len() {
+            let Some(borrow) = self.slots[slot].as_ref().and_then(|s| s.borrow) else {
+                continue;
+            };
+            let source_fed = self.slots[borrow.slot]
+                .as_ref()
+                .filter(|source| source.serial == borrow.serial)
+                .map(|source| source.prompt_fed);
+            match source_fed {
+                Some(fed) if fed < borrow.tokens => continue,
+                Some(_) => {
+                    // Cross-stream copies (a KV cache per sequence) must copy the whole
+                    // sequence, so copy it all and drop what lies past the prefix.
+                    let copied = self
+                        .context
+                        .copy_kv_cache_seq(borrow.slot as i32, slot as i32, None, None)
+                        .is_ok()
+                        && self
+                            .context
+                            .clear_kv_cache_seq(
+                                Some(slot as u32),
+                                Some(borrow.tokens as u32),
+                                None,
+                            )
+                            .unwrap_or(false);
+                    let sequence = self.slots[slot].as_mut().expect("checked above");
+                    if copied {
+                        sequence.prompt_fed = borrow.tokens;
+                        sequence.position = borrow.tokens as i32;
+                    } else {
+                        // Decode it all instead, on a clean slate.
+                        let _ = self.context.clear_kv_cache_seq(Some(slot as u32), None, None);
+                    }
+                }
+                None => {}
+            }
+            self.slots[slot].as_mut().expect("checked above").borrow = None;
         }
     }
 
@@ -535,6 +682,7 @@ impl<'m> DecodeLoop<'m> {
                 self.free(slot);
             }
         }
+        self.settle_borrows();
         // Running sequences first, one token each, so newcomers' prompts never stall them.
         for (slot, sequence) in self.slots.iter_mut().enumerate() {
             let Some(sequence) = sequence else { continue };
@@ -549,11 +697,16 @@ impl<'m> DecodeLoop<'m> {
             }
         }
         for (slot, sequence) in self.slots.iter_mut().enumerate() {
-            let Some(sequence) = sequence.as_mut().filter(|s| s.in_prompt()) else {
+            let Some(sequence) = sequence
+                .as_mut()
+                .filter(|s| s.in_prompt() && s.borrow.is_none())
+            else {
                 continue;
             };
             let room = self.batch_tokens - self.batch.n_tokens() as usize;
             let chunk = (sequence.prompt.len() - sequence.prompt_fed).min(room);
+            self.prompt_decoded
+                .fetch_add(chunk as u64, Ordering::Relaxed);
             for _ in 0..chunk {
                 let token = sequence.prompt[sequence.prompt_fed];
                 sequence.prompt_fed += 1;

@@ -16,7 +16,7 @@ pub mod synth;
 
 pub use engine::{
     DEFAULT_CONTEXT_PER_SLOT, Engine, EngineConfig, FinishReason, Generation, GenerationError,
-    GenerationParams, TextSink, context_per_slot, default_slots,
+    GenerationParams, MIN_SHARED_PREFIX, TextSink, Tuning, context_per_slot, default_slots,
 };
 pub use model::{Model, Placement};
 

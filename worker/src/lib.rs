@@ -19,7 +19,7 @@ mod runner;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use futures::FutureExt;
-use genq_engine::{Engine, EngineConfig, Model, Placement};
+use genq_engine::{Engine, EngineConfig, Model, Placement, Tuning};
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, queue,
@@ -63,6 +63,19 @@ pub struct Config {
     /// The KV cache holds slots x this many tokens.
     #[arg(long, env = "GENQ_CONTEXT_PER_SLOT")]
     pub context_per_slot: Option<u32>,
+    /// Whether a prompt that begins as a running one does copies the KV cache of the common part
+    /// (at least 16 tokens) instead of decoding it again: `on` or `off`.
+    #[arg(long, env = "GENQ_PREFIX_SHARING", value_enum, default_value = "on")]
+    pub prefix_sharing: Switch,
+    /// One KV cache for every sequence instead of one each (llama.cpp's kv_unified).
+    #[arg(long, env = "GENQ_KV_UNIFIED", value_enum, default_value = "off")]
+    pub kv_unified: Switch,
+    /// Flash attention: `on`, `off`, or `auto` (llama.cpp decides).
+    #[arg(long, env = "GENQ_FLASH_ATTN", value_enum, default_value = "auto")]
+    pub flash_attn: FlashAttn,
+    /// Most tokens llama.cpp computes at once within a decode step (its ubatch).
+    #[arg(long, env = "GENQ_UBATCH_TOKENS", default_value_t = 512)]
+    pub ubatch_tokens: u32,
     /// Jobs taken at a time; defaults to the number of slots.
     #[arg(long, env = "GENQ_MAX_JOBS")]
     pub max_jobs: Option<usize>,
@@ -79,6 +92,19 @@ pub struct Config {
     /// On shutdown, how long jobs in hand may take to finish; the reconciler re-queues the rest.
     #[arg(long, env = "GENQ_SHUTDOWN_TIMEOUT_SECS", default_value_t = 600)]
     pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlashAttn {
+    Auto,
+    On,
+    Off,
 }
 
 /// Loads the model from `config.model`, then serves as [`run_with_model`] does.
@@ -111,6 +137,16 @@ pub async fn run_with_model(
         context_per_slot: config.context_per_slot,
         decode_lock: decode_lock(&config),
         panic_after_tokens: config.fault_engine_panic_after_tokens,
+        share_prefixes: config.prefix_sharing == Switch::On,
+        tuning: Tuning {
+            kv_unified: config.kv_unified == Switch::On,
+            flash_attention: match config.flash_attn {
+                FlashAttn::Auto => None,
+                FlashAttn::On => Some(true),
+                FlashAttn::Off => Some(false),
+            },
+            ubatch_tokens: config.ubatch_tokens,
+        },
         ..EngineConfig::default()
     };
     let engine_config_lock = engine_config.decode_lock.clone();
@@ -130,6 +166,7 @@ pub async fn run_with_model(
         context_per_slot = engine.context_per_slot(),
         kv_cache_mib = engine.kv_cache_bytes() >> 20,
         decode_lock = ?engine_config_lock,
+        prefix_sharing = ?config.prefix_sharing,
         "worker ready"
     );
 
