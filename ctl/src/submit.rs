@@ -6,8 +6,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use genq_shared::types::{Accepted, JobStatus, JobView};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::Done;

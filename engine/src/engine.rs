@@ -513,8 +513,33 @@ struct LoopConfig<'a> {
     share_prefixes: bool,
 }
 
+/// Decode steps between two timing logs.
+const STEPS_PER_TIMING_LOG: u32 = 100;
+
+/// Where the decode loop's time went since `since`.
+struct StepTiming {
+    since: Instant,
+    steps: u32,
+    tokens: u64,
+    decode: Duration,
+    sample: Duration,
+}
+
+impl Default for StepTiming {
+    fn default() -> Self {
+        StepTiming {
+            since: Instant::now(),
+            steps: 0,
+            tokens: 0,
+            decode: Duration::ZERO,
+            sample: Duration::ZERO,
+        }
+    }
+}
+
 struct DecodeLoop<'m> {
     model: &'m Model,
+    timing: StepTiming,
     context: LlamaContext<'m>,
     slots: Vec<Option<Sequence>>,
     waiting: VecDeque<Request>,
@@ -533,6 +558,7 @@ impl<'m> DecodeLoop<'m> {
     fn new(model: &'m Model, context: LlamaContext<'m>, config: LoopConfig<'_>) -> Self {
         DecodeLoop {
             model,
+            timing: StepTiming::default(),
             context,
             slots: (0..config.slots).map(|_| None).collect(),
             waiting: VecDeque::new(),
@@ -552,8 +578,12 @@ impl<'m> DecodeLoop<'m> {
         loop {
             let idle = self.waiting.is_empty() && self.slots.iter().all(Option::is_none);
             if idle {
+                self.log_timing();
                 match inbox.recv() {
-                    Ok(request) => self.waiting.push_back(request),
+                    Ok(request) => {
+                        self.timing = StepTiming::default();
+                        self.waiting.push_back(request);
+                    }
                     Err(mpsc::RecvError) => return,
                 }
             }
@@ -651,11 +681,7 @@ impl<'m> DecodeLoop<'m> {
                         .is_ok()
                         && self
                             .context
-                            .clear_kv_cache_seq(
-                                Some(slot as u32),
-                                Some(borrow.tokens as u32),
-                                None,
-                            )
+                            .clear_kv_cache_seq(Some(slot as u32), Some(borrow.tokens as u32), None)
                             .unwrap_or(false);
                     let sequence = self.slots[slot].as_mut().expect("checked above");
                     if copied {
@@ -663,7 +689,9 @@ impl<'m> DecodeLoop<'m> {
                         sequence.position = borrow.tokens as i32;
                     } else {
                         // Decode it all instead, on a clean slate.
-                        let _ = self.context.clear_kv_cache_seq(Some(slot as u32), None, None);
+                        let _ = self
+                            .context
+                            .clear_kv_cache_seq(Some(slot as u32), None, None);
                     }
                 }
                 None => {}
@@ -731,7 +759,10 @@ impl<'m> DecodeLoop<'m> {
     }
 
     fn decode_and_sample(&mut self) {
-        if let Err(e) = self.context.decode(&mut self.batch) {
+        let started = Instant::now();
+        let decoded = self.context.decode(&mut self.batch);
+        self.timing.decode += started.elapsed();
+        if let Err(e) = decoded {
             // The batch's sequences are in an unknown state: end them all, keep the engine going.
             let error = GenerationError::Decode(e.to_string());
             for slot in 0..self.slots.len() {
@@ -741,11 +772,38 @@ impl<'m> DecodeLoop<'m> {
             }
             return;
         }
+        let sampling = Instant::now();
         for slot in 0..self.slots.len() {
             if let Some(outcome) = self.sample(slot) {
                 self.finish(slot, outcome);
             }
         }
+        self.timing.sample += sampling.elapsed();
+        self.timing.steps += 1;
+        self.timing.tokens += self.batch.n_tokens() as u64;
+        if self.timing.steps == STEPS_PER_TIMING_LOG {
+            self.log_timing();
+        }
+    }
+
+    /// For profiling (RUST_LOG=genq_engine=debug): where the loop's time went since the last
+    /// log, at most every [`STEPS_PER_TIMING_LOG`] steps and whenever the engine turns idle.
+    fn log_timing(&mut self) {
+        let timing = std::mem::take(&mut self.timing);
+        if timing.steps == 0 {
+            return;
+        }
+        let total = timing.since.elapsed();
+        tracing::debug!(
+            steps = timing.steps,
+            tokens = timing.tokens,
+            decode_ms = timing.decode.as_millis() as u64,
+            sample_ms = timing.sample.as_millis() as u64,
+            other_ms = total
+                .saturating_sub(timing.decode + timing.sample)
+                .as_millis() as u64,
+            "engine step timing"
+        );
     }
 
     /// Samples the next token of the sequence in `slot`, if it has logits this step, and says

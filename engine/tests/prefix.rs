@@ -64,7 +64,10 @@ async fn a_shared_prefix_is_decoded_once_and_results_match_decoding_alone() {
         let got = together(&shared, &requests).await;
 
         for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
-            assert_eq!(got, expected, "request {i} differs (kv_unified {kv_unified})");
+            assert_eq!(
+                got, expected,
+                "request {i} differs (kv_unified {kv_unified})"
+            );
         }
         // 12 prompts in 4 slots: the template is decoded about once per wave of 4, not 12 times.
         let decoded = shared.prompt_tokens_decoded();

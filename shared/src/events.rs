@@ -56,35 +56,36 @@ impl JobEvent {
     }
 }
 
-/// Appends events to a job's stream and announces them, in one round trip.
+/// Appends each job's events to its stream and announces the jobs, all in one round trip.
 pub async fn publish(
     conn: &mut impl ConnectionLike,
     queue: &str,
-    id: Uuid,
-    events: &[JobEvent],
+    jobs: &[(Uuid, Vec<JobEvent>)],
 ) -> redis::RedisResult<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let key = stream_key(queue, id);
     let mut pipe = redis::pipe();
-    for event in events {
-        let json = serde_json::to_string(event).expect("events serialize");
-        pipe.cmd("XADD")
-            .arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(MAX_ENTRIES)
-            .arg("*")
-            .arg(FIELD)
-            .arg(json)
+    for (id, events) in jobs.iter().filter(|(_, events)| !events.is_empty()) {
+        let key = stream_key(queue, *id);
+        for event in events {
+            let json = serde_json::to_string(event).expect("events serialize");
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_ENTRIES)
+                .arg("*")
+                .arg(FIELD)
+                .arg(json)
+                .ignore();
+        }
+        pipe.cmd("EXPIRE").arg(&key).arg(RETENTION_SECS).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(channel(queue))
+            .arg(id.to_string())
             .ignore();
     }
-    pipe.cmd("EXPIRE").arg(&key).arg(RETENTION_SECS).ignore();
-    pipe.cmd("PUBLISH")
-        .arg(channel(queue))
-        .arg(id.to_string())
-        .ignore();
+    if pipe.is_empty() {
+        return Ok(());
+    }
     pipe.query_async(conn).await
 }
 
@@ -101,7 +102,10 @@ impl std::str::FromStr for EventId {
 
     fn from_str(s: &str) -> Result<Self, ()> {
         let (ms, seq) = s.split_once('-').ok_or(())?;
-        Ok(EventId(ms.parse().map_err(|_| ())?, seq.parse().map_err(|_| ())?))
+        Ok(EventId(
+            ms.parse().map_err(|_| ())?,
+            seq.parse().map_err(|_| ())?,
+        ))
     }
 }
 

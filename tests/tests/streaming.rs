@@ -89,7 +89,8 @@ async fn a_wait_outside_0_to_60_seconds_is_refused_naming_wait() {
 /// Follows a job with tokens from before a worker exists to its end.
 async fn follow_a_job_to_its_end(app: &TestApp, body: Value) -> (Uuid, Vec<SseEvent>) {
     let id = app.submit(&body).await;
-    let mut stream = EventStream::open(&app.client, &events_url(app, id, "?tokens=true"), None).await;
+    let mut stream =
+        EventStream::open(&app.client, &events_url(app, id, "?tokens=true"), None).await;
     let first = stream.next().await.expect("a first event");
     assert_eq!(
         (first.event.as_str(), &first.data),
@@ -124,8 +125,16 @@ async fn events_carry_status_changes_prompts_decoded_text_and_the_final_job() {
     );
     assert_eq!(names.last(), Some(&"done"));
     let done = &events.last().unwrap().data;
-    let stored: Value = app.get(&format!("/batch_result/{id}")).await.json().await.unwrap();
-    assert_eq!(done, &stored, "done carries the job as GET /batch_result answers it");
+    let stored: Value = app
+        .get(&format!("/batch_result/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        done, &stored,
+        "done carries the job as GET /batch_result answers it"
+    );
     assert_eq!(stored["status"], "completed");
 
     // Each prompt's result arrives once, as stored, and its token texts add up to it.
@@ -198,7 +207,10 @@ async fn last_event_id_resumes_after_that_event() {
         .await;
     app.wait_final(id).await;
     let url = events_url(&app, id, "?tokens=true");
-    let all = EventStream::open(&app.client, &url, None).await.rest().await;
+    let all = EventStream::open(&app.client, &url, None)
+        .await
+        .rest()
+        .await;
     let with_ids: Vec<&SseEvent> = all
         .iter()
         .filter(|e| e.event == "token" || e.event == "prompt")
@@ -223,7 +235,10 @@ async fn events_of_unknown_or_another_tenants_jobs_are_404_and_bad_resume_ids_42
     let stranger = genq_tests::client_with_key(Some(&app.tenant_key("stranger").await));
 
     for (client, path) in [
-        (&app.client, format!("/batch_result/{}/events", Uuid::now_v7())),
+        (
+            &app.client,
+            format!("/batch_result/{}/events", Uuid::now_v7()),
+        ),
         (&stranger, format!("/batch_result/{id}/events")),
     ] {
         let response = client
@@ -245,7 +260,9 @@ async fn events_of_unknown_or_another_tenants_jobs_are_404_and_bad_resume_ids_42
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["field"], "Last-Event-ID");
-    let response = app.get(&format!("/batch_result/{id}/events?tokens=yes")).await;
+    let response = app
+        .get(&format!("/batch_result/{id}/events?tokens=yes"))
+        .await;
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["field"], "tokens");

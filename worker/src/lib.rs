@@ -28,7 +28,9 @@ use genq_shared::{
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{cache::ResultCache, consumer::Consumer, registry::HeldJobs, runner::JobRunner};
+use crate::{
+    cache::ResultCache, consumer::Consumer, live::LiveEvents, registry::HeldJobs, runner::JobRunner,
+};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "genq-worker", about = "genq's inference worker")]
@@ -182,8 +184,7 @@ pub async fn run_with_model(
         cache,
         watch,
         storage: storage.clone(),
-        redis,
-        queue: config.queue.queue.clone(),
+        live: LiveEvents::start(redis, config.queue.queue.clone()),
     });
     let max_jobs = config
         .max_jobs

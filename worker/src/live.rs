@@ -1,57 +1,87 @@
-//! A running job's live events (see `genq_shared::events`): the engine hands each prompt's bytes
-//! over as they are decoded, and a task per job turns them into text and appends it to the job's
-//! Redis stream every [`FLUSH_EVERY`], with each prompt's result as it finishes. Redis trouble
-//! costs only the preview: it is logged once per job, and the job runs and is stored as ever.
+//! Running jobs' live events (see `genq_shared::events`): the engine hands each prompt's bytes
+//! over as they are decoded, and one task per worker turns them into text and appends it, with
+//! each prompt's result as it finishes, to the jobs' Redis streams: every job's events in one
+//! pipelined round trip every [`FLUSH_EVERY`]. Redis trouble costs only the preview: it is logged,
+//! and jobs run and are stored as ever.
 
 use std::{collections::HashMap, time::Duration};
 
 use genq_engine::TextSink;
 use genq_shared::{db::jobs::NewGeneration, events, events::JobEvent, redact};
 use redis::aio::ConnectionManager;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-/// How often decoded text is published: often enough to read as live, seldom enough that
-/// a job's events cost Redis a round trip per tick rather than one per token.
+/// How often decoded text is published: often enough to read as live, seldom enough that a
+/// worker's events cost Redis one round trip per tick, whatever the number of jobs and tokens.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// How long the last events may take to publish before the job's outcome is stored anyway.
+/// How long a job's last events may take to publish before its outcome is stored anyway.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(2);
 
-enum Update {
-    Bytes { prompt: usize, bytes: Vec<u8> },
-    Finished(NewGeneration),
+enum Message {
+    Start {
+        job: Uuid,
+        attempt: i32,
+    },
+    Bytes {
+        job: Uuid,
+        prompt: usize,
+        bytes: Vec<u8>,
+    },
+    Finished {
+        job: Uuid,
+        generation: NewGeneration,
+    },
+    Close {
+        job: Uuid,
+        flushed: oneshot::Sender<()>,
+    },
 }
 
+/// The worker's publisher of live events.
+#[derive(Clone)]
 pub(crate) struct LiveEvents {
-    updates: mpsc::UnboundedSender<Update>,
-    task: JoinHandle<()>,
+    messages: mpsc::UnboundedSender<Message>,
+}
+
+/// One running job's live events.
+pub(crate) struct LiveJob {
+    job: Uuid,
+    messages: mpsc::UnboundedSender<Message>,
 }
 
 impl LiveEvents {
-    pub fn start(redis: ConnectionManager, queue: String, job: Uuid, attempt: i32) -> LiveEvents {
-        let (updates, inbox) = mpsc::unbounded_channel();
-        let pump = Pump {
+    /// Starts the publishing task; it ends when every handle is gone.
+    pub fn start(redis: ConnectionManager, queue: String) -> LiveEvents {
+        let (messages, inbox) = mpsc::unbounded_channel();
+        let publisher = Publisher {
             redis,
             queue,
-            job,
-            attempt,
-            prompts: HashMap::new(),
-            pending: Vec::new(),
-            failed: false,
+            jobs: HashMap::new(),
+            failing: false,
         };
-        LiveEvents {
-            updates,
-            task: tokio::spawn(pump.run(inbox)),
-        }
+        tokio::spawn(publisher.run(inbox));
+        LiveEvents { messages }
     }
 
+    pub fn job(&self, job: Uuid, attempt: i32) -> LiveJob {
+        let _ = self.messages.send(Message::Start { job, attempt });
+        LiveJob {
+            job,
+            messages: self.messages.clone(),
+        }
+    }
+}
+
+impl LiveJob {
     /// Where the engine hands prompt `prompt`'s bytes.
     pub fn sink(&self, prompt: usize) -> TextSink {
-        let updates = self.updates.clone();
+        let (job, messages) = (self.job, self.messages.clone());
         Box::new(move |bytes: &[u8]| {
-            // Closed only once the job is over: nothing left to tell.
-            let _ = updates.send(Update::Bytes {
+            // Closed only when the worker stops: nothing left to tell.
+            let _ = messages.send(Message::Bytes {
+                job,
                 prompt,
                 bytes: bytes.to_vec(),
             });
@@ -60,16 +90,22 @@ impl LiveEvents {
 
     /// A prompt's result as it will be stored.
     pub fn finished(&self, generation: &NewGeneration) {
-        let _ = self.updates.send(Update::Finished(generation.clone()));
+        let _ = self.messages.send(Message::Finished {
+            job: self.job,
+            generation: generation.clone(),
+        });
     }
 
-    /// Publishes what is left, briefly: call before storing the outcome so the stream is whole
-    /// by the time the job turns final.
+    /// Publishes what is left of the job's events, briefly: call before storing the outcome so
+    /// the stream is whole by the time the job turns final.
     pub async fn close(self) {
-        drop(self.updates);
-        let mut task = self.task;
-        if tokio::time::timeout(CLOSE_PATIENCE, &mut task).await.is_err() {
-            task.abort();
+        let (flushed, done) = oneshot::channel();
+        let close = Message::Close {
+            job: self.job,
+            flushed,
+        };
+        if self.messages.send(close).is_ok() {
+            let _ = tokio::time::timeout(CLOSE_PATIENCE, done).await;
         }
     }
 }
@@ -83,66 +119,97 @@ struct PromptText {
     published: String,
 }
 
-struct Pump {
-    redis: ConnectionManager,
-    queue: String,
-    job: Uuid,
+struct Job {
     attempt: i32,
     prompts: HashMap<usize, PromptText>,
     pending: Vec<JobEvent>,
-    failed: bool,
 }
 
-impl Pump {
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Update>) {
+struct Publisher {
+    redis: ConnectionManager,
+    queue: String,
+    jobs: HashMap<Uuid, Job>,
+    /// The last publish failed (logged once per streak).
+    failing: bool,
+}
+
+impl Publisher {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Message>) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                update = inbox.recv() => match update {
-                    Some(update) => self.apply(update),
-                    None => break,
+                message = inbox.recv() => match message {
+                    Some(message) => self.apply(message).await,
+                    None => return,
                 },
-                _ = tick.tick() => self.flush().await,
-            }
-        }
-        self.flush().await;
-    }
-
-    fn apply(&mut self, update: Update) {
-        match update {
-            Update::Bytes { prompt, bytes } => self
-                .prompts
-                .entry(prompt)
-                .or_default()
-                .raw
-                .extend_from_slice(&bytes),
-            Update::Finished(generation) => {
-                let prompt = self.prompts.remove(&(generation.index as usize));
-                let published = prompt.map(|p| p.published).unwrap_or_default();
-                // The rest of the text, so a prompt's token events always add up to its result.
-                if let Some(rest) = generation.text.strip_prefix(&published)
-                    && !rest.is_empty()
-                {
-                    self.pending.push(JobEvent::Token {
-                        attempt: self.attempt,
-                        prompt: generation.index,
-                        text: rest.to_owned(),
-                    });
+                _ = tick.tick() => {
+                    let all: Vec<Uuid> = self.jobs.keys().copied().collect();
+                    self.publish(&all).await;
                 }
-                self.pending.push(JobEvent::Prompt {
-                    attempt: self.attempt,
-                    index: generation.index,
-                    generated_text: generation.text,
-                    completion_tokens: generation.completion_tokens,
-                    finish_reason: generation.finish_reason,
-                    redacted: generation.redacted,
-                });
             }
         }
     }
 
-    async fn flush(&mut self) {
+    async fn apply(&mut self, message: Message) {
+        match message {
+            Message::Start { job, attempt } => {
+                let job_state = Job {
+                    attempt,
+                    prompts: HashMap::new(),
+                    pending: Vec::new(),
+                };
+                self.jobs.insert(job, job_state);
+            }
+            Message::Bytes { job, prompt, bytes } => {
+                if let Some(job) = self.jobs.get_mut(&job) {
+                    let text = job.prompts.entry(prompt).or_default();
+                    text.raw.extend_from_slice(&bytes);
+                }
+            }
+            Message::Finished { job, generation } => {
+                if let Some(job) = self.jobs.get_mut(&job) {
+                    job.finish_prompt(generation);
+                }
+            }
+            Message::Close { job, flushed } => {
+                self.publish(&[job]).await;
+                self.jobs.remove(&job);
+                let _ = flushed.send(());
+            }
+        }
+    }
+
+    /// Publishes the given jobs' pending events, and their text decoded so far, in one round trip.
+    async fn publish(&mut self, ids: &[Uuid]) {
+        let batch: Vec<(Uuid, Vec<JobEvent>)> = ids
+            .iter()
+            .filter_map(|id| {
+                let job = self.jobs.get_mut(id)?;
+                job.release_text();
+                Some((*id, std::mem::take(&mut job.pending)))
+            })
+            .filter(|(_, events)| !events.is_empty())
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        match events::publish(&mut self.redis, &self.queue, &batch).await {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                // Those events are lost; the jobs' outcomes are not (PostgreSQL).
+                if !self.failing {
+                    tracing::warn!(error = %e, "cannot publish live job events; they are lost until Redis answers");
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
+
+impl Job {
+    /// Queues each prompt's text that the output filter can no longer change.
+    fn release_text(&mut self) {
         let mut indexes: Vec<usize> = self.prompts.keys().copied().collect();
         indexes.sort_unstable();
         for index in indexes {
@@ -159,16 +226,29 @@ impl Pump {
                 text,
             });
         }
-        if self.pending.is_empty() || self.failed {
-            self.pending.clear();
-            return;
+    }
+
+    fn finish_prompt(&mut self, generation: NewGeneration) {
+        let prompt = self.prompts.remove(&(generation.index as usize));
+        let published = prompt.map(|p| p.published).unwrap_or_default();
+        // The rest of the text, so a prompt's token events always add up to its result.
+        if let Some(rest) = generation.text.strip_prefix(&published)
+            && !rest.is_empty()
+        {
+            self.pending.push(JobEvent::Token {
+                attempt: self.attempt,
+                prompt: generation.index,
+                text: rest.to_owned(),
+            });
         }
-        let events = std::mem::take(&mut self.pending);
-        if let Err(e) = events::publish(&mut self.redis, &self.queue, self.job, &events).await {
-            // Later events would leave gaps in the stream: stop publishing for this job.
-            tracing::warn!(error = %e, "cannot publish the job's live events; stopping them");
-            self.failed = true;
-        }
+        self.pending.push(JobEvent::Prompt {
+            attempt: self.attempt,
+            index: generation.index,
+            generated_text: generation.text,
+            completion_tokens: generation.completion_tokens,
+            finish_reason: generation.finish_reason,
+            redacted: generation.redacted,
+        });
     }
 }
 
@@ -236,9 +316,6 @@ mod tests {
             published_in_pieces(b"mail bob@example.org now "),
             "mail [redacted email] now "
         );
-        assert_eq!(
-            published_in_pieces(b"card 4111 1111 1111 1111 x"),
-            "card "
-        );
+        assert_eq!(published_in_pieces(b"card 4111 1111 1111 1111 x"), "card ");
     }
 }

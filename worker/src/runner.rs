@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     cache::ResultCache,
-    live::{LiveEvents, stored_text},
+    live::{LiveEvents, LiveJob, stored_text},
     registry::{Held, HeldJobs},
 };
 
@@ -37,9 +37,8 @@ pub struct JobRunner {
     pub(crate) watch: JobWatch,
     /// For putting a job back on the queue after a transient failure.
     pub(crate) storage: queue::Storage,
-    /// For the jobs' live events.
-    pub(crate) redis: redis::aio::ConnectionManager,
-    pub(crate) queue: String,
+    /// Publishes the jobs' live events.
+    pub(crate) live: LiveEvents,
 }
 
 enum Outcome {
@@ -79,12 +78,7 @@ impl JobRunner {
             attempt = claim.attempt,
             "job started"
         );
-        let live = LiveEvents::start(
-            self.redis.clone(),
-            self.queue.clone(),
-            claim.id,
-            claim.attempt,
-        );
+        let live = self.live.job(claim.id, claim.attempt);
         let outcome = self.generate(&claim, &held, &live).await;
         live.close().await;
         let stored = match outcome? {
@@ -144,7 +138,7 @@ impl JobRunner {
         &self,
         claim: &Claim,
         held: &Held<'_>,
-        live: &LiveEvents,
+        live: &LiveJob,
     ) -> anyhow::Result<Outcome> {
         let params = GenerationParams {
             max_tokens: claim.params.max_tokens,

@@ -41,7 +41,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/batch", post(submit_batch))
         .route("/batch_result/{task_id}", get(batch_result))
-        .route("/batch_result/{task_id}/events", get(super::events::job_events))
+        .route(
+            "/batch_result/{task_id}/events",
+            get(super::events::job_events),
+        )
         .route("/batch/{task_id}/cancel", post(cancel_batch))
 }
 

@@ -160,7 +160,9 @@ impl Follower {
                 code: ErrorCode::Unavailable,
                 message: "the event stream failed; reconnect with Last-Event-ID".into(),
             };
-            let _ = self.send(Event::default().event("error").json_data(detail)).await;
+            let _ = self
+                .send(Event::default().event("error").json_data(detail))
+                .await;
         }
     }
 
@@ -195,7 +197,8 @@ impl Follower {
                 self.send(status_event(status)).await?;
                 let view = db::jobs::view(&self.state.db, self.id, self.scope()).await?;
                 if let Some(view) = view {
-                    self.send(Event::default().event("done").json_data(view)).await?;
+                    self.send(Event::default().event("done").json_data(view))
+                        .await?;
                 }
                 return Ok(());
             }
@@ -218,15 +221,17 @@ impl Follower {
         let queue = &self.state.queue_name;
         loop {
             let mut redis = self.state.redis.clone();
-            let entries =
-                match events::read_after(&mut redis, queue, self.id, self.after, READ_BATCH).await
-                {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        tracing::warn!(task_id = %self.id, error = %e, "cannot read a job's events");
-                        return Ok(());
-                    }
-                };
+            let entries = match events::read_after(
+                &mut redis, queue, self.id, self.after, READ_BATCH,
+            )
+            .await
+            {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(task_id = %self.id, error = %e, "cannot read a job's events");
+                    return Ok(());
+                }
+            };
             let complete = entries.len() < READ_BATCH;
             for (entry_id, event) in entries {
                 self.after = entry_id;

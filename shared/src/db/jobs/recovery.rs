@@ -77,9 +77,7 @@ pub async fn release(
             generations::delete_of_jobs(&mut *tx, &[id]).await?;
             Released::Requeued
         }
-        Some(_) => {
-            Released::Failed
-        }
+        Some(_) => Released::Failed,
     };
     tx.commit().await?;
     Ok(released)
