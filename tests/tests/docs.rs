@@ -63,6 +63,7 @@ async fn the_openapi_document_is_open_and_describes_every_route() {
     let expected: BTreeSet<(String, String)> = [
         ("post", "/batch"),
         ("get", "/batch_result/{task_id}"),
+        ("get", "/batch_result/{task_id}/events"),
         ("post", "/batch/{task_id}/cancel"),
         ("post", "/generate"),
         ("get", "/history"),
