@@ -16,7 +16,9 @@
 # CMakeCache.txt under target/release/build/): AVX2, FMA, F16C and BMI2, no -march=native, no
 # OpenMP. So the rows compare serving, not instruction sets or thread pools. llama.cpp's default
 # (-march=native) is also unusable on this machine kind: the CPU reports AMX, the native build uses
-# it, and both binaries die with SIGILL at the first matrix multiplication.
+# it, and both binaries die with SIGILL at the first matrix multiplication (`tilezero`: the sandbox
+# does not grant AMX). The server's web UI is not fetched (LLAMA_USE_PREBUILT_UI=OFF: no download
+# at build time; the benchmark runs it with --no-webui anyway).
 #
 # The last line of stdout is the bin directory; the binaries need it in LD_LIBRARY_PATH.
 
@@ -29,7 +31,7 @@ bin="$build/bin"
 
 options=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_CURL=OFF
     -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-    -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_OPENMP=OFF)
+    -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_OPENMP=OFF -DLLAMA_USE_PREBUILT_UI=OFF)
 # shellcheck disable=SC2206 # split on purpose: several options in one variable
 options+=(${GENQ_PEER_CMAKE_ARGS:-})
 

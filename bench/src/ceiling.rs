@@ -1,6 +1,8 @@
 //! The ceiling row: llama.cpp alone through llama-cpp-2, with no queue, HTTP or database. The
 //! same model, context shape, sampler and requests as genq; sequences are kept decoding together
-//! up to `slots` at a time, a finished one's place taken by the next arrived prompt.
+//! up to `slots` at a time, a finished one's place taken by the next arrived prompt. As in genq,
+//! a step holds at most 512 tokens: running sequences' next tokens first, then newcomers' prompts
+//! in chunks. There is no prefix reuse: every prompt is decoded whole.
 
 use std::{
     collections::VecDeque,
@@ -27,12 +29,15 @@ pub struct Shape {
 struct Sequence {
     request: usize,
     prompt: Vec<LlamaToken>,
+    /// Prompt tokens already in the batch or the KV cache.
+    fed: usize,
     next: Option<LlamaToken>,
     position: i32,
     generated: u32,
     max_tokens: u32,
     sampler: LlamaSampler,
-    logits_at: i32,
+    /// Where in this step's batch its logits are, if it gets any this step.
+    logits_at: Option<i32>,
 }
 
 pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result<Run> {
@@ -80,6 +85,7 @@ pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result
             *slot = Some(Sequence {
                 request,
                 prompt: model.prompt_tokens(prompt),
+                fed: 0,
                 next: None,
                 position: 0,
                 generated: 0,
@@ -90,7 +96,7 @@ pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result
                     LlamaSampler::temp(0.8),
                     LlamaSampler::dist(r.seed),
                 ]),
-                logits_at: -1,
+                logits_at: None,
             });
         }
         if slots.iter().all(Option::is_none) {
@@ -102,18 +108,38 @@ pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result
         }
 
         batch.clear();
+        // Running sequences first, one token each: they are never held back by newcomers.
         for (seq_id, sequence) in slots.iter_mut().enumerate() {
             let Some(sequence) = sequence else { continue };
-            let feed: Vec<LlamaToken> = match sequence.next.take() {
-                Some(token) => vec![token],
-                None => std::mem::take(&mut sequence.prompt),
-            };
-            for (i, &token) in feed.iter().enumerate() {
-                let last = i + 1 == feed.len();
-                batch.add(token, sequence.position, &[seq_id as i32], last)?;
+            sequence.logits_at = None;
+            if let Some(token) = sequence.next.take() {
+                batch.add(token, sequence.position, &[seq_id as i32], true)?;
                 sequence.position += 1;
+                sequence.logits_at = Some(batch.n_tokens() - 1);
             }
-            sequence.logits_at = batch.n_tokens() - 1;
+        }
+        // Then prompts, in chunks, as far as the step has room; logits at a prompt's end only.
+        for (seq_id, sequence) in slots.iter_mut().enumerate() {
+            let Some(sequence) = sequence else { continue };
+            let room = BATCH_TOKENS as usize - batch.n_tokens() as usize;
+            let chunk = (sequence.prompt.len() - sequence.fed).min(room);
+            if chunk == 0 {
+                continue;
+            }
+            for i in sequence.fed..sequence.fed + chunk {
+                let last = i + 1 == sequence.prompt.len();
+                batch.add(
+                    sequence.prompt[i],
+                    sequence.position,
+                    &[seq_id as i32],
+                    last,
+                )?;
+                sequence.position += 1;
+                if last {
+                    sequence.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+            sequence.fed += chunk;
         }
         context
             .decode(&mut batch)
@@ -121,7 +147,10 @@ pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result
 
         for slot in slots.iter_mut() {
             let Some(sequence) = slot else { continue };
-            let token = sequence.sampler.sample(&context, sequence.logits_at);
+            let Some(logits_at) = sequence.logits_at else {
+                continue;
+            };
+            let token = sequence.sampler.sample(&context, logits_at);
             let done = vocab.is_eog(token) || {
                 sequence.generated += 1;
                 tokens += 1;

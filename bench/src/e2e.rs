@@ -3,7 +3,11 @@
 //! each client waits for its job over HTTP in one of the ways `clients` knows. A request is done
 //! when its client has seen the job final: polling's interval is part of what users see.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, ensure};
 use genq_harness::{Cluster, Config, Database, fresh_queue};
@@ -126,6 +130,7 @@ impl Genq {
             .collect();
         let mut tokens = 0u64;
         let mut finishes = Vec::with_capacity(tasks.len());
+        let mut views = Vec::with_capacity(tasks.len());
         let mut first_error = None;
         // Every task is awaited, so none outlives a failed run and talks to the next one's API.
         for task in tasks {
@@ -137,6 +142,7 @@ impl Genq {
                         .map(|r| r.completion_tokens as u64)
                         .sum::<u64>();
                     finishes.push(finished);
+                    views.push(view);
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -148,6 +154,7 @@ impl Genq {
         }
         let mut run = Run::from_finishes(tokens, requests, &finishes);
         run.peak_rss_bytes = peak_rss_bytes(self.cluster.worker_pid(0));
+        run.detail = waiting_detail(&views, &finishes, tokens);
         Ok(run)
     }
 
@@ -156,6 +163,30 @@ impl Genq {
     pub async fn stop(self) {
         self.cluster.stop().await;
     }
+}
+
+/// What the waiting added: tokens/s as PostgreSQL recorded the jobs (first created to last
+/// finished), and the longest a client saw its job final after it finished. PostgreSQL's clock
+/// and this process's are lined up at the first job's creation, which follows the first request
+/// by the API's insert alone.
+fn waiting_detail(views: &[JobView], finishes: &[Duration], tokens: u64) -> Option<String> {
+    let first = views.iter().map(|v| v.created_at).min()?;
+    let finished: Vec<f64> = views
+        .iter()
+        .map(|v| Some((v.finished_at? - first).to_std().ok()?.as_secs_f64()))
+        .collect::<Option<_>>()?;
+    let last = finished.iter().copied().fold(0.0, f64::max);
+    let (lag, job) = finished
+        .iter()
+        .zip(finishes)
+        .zip(views)
+        .map(|((done, seen), view)| (seen.as_secs_f64() - done, view.task_id))
+        .max_by(|a, b| a.0.total_cmp(&b.0))?;
+    Some(format!(
+        "PostgreSQL: {:.1} tok/s in {last:.2} s; slowest client saw its job final {lag:.2} s after \
+         it finished (job {job})",
+        tokens as f64 / last
+    ))
 }
 
 /// A job counts only if it completed with a result for every prompt, none from the result cache.

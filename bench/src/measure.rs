@@ -17,6 +17,9 @@ pub struct Run {
     /// The serving process's peak resident memory, where known.
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
+    /// A line about this run for the log (genq: what the waiting added).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 impl Run {
@@ -34,6 +37,7 @@ impl Run {
                 .collect(),
             finishes_s: finishes.iter().map(Duration::as_secs_f64).collect(),
             peak_rss_bytes: None,
+            detail: None,
         }
     }
 }

@@ -294,9 +294,18 @@ impl Bench {
             header += &format!("; genq worker env: {}", env.join(" "));
         }
         if args.workloads.iter().any(|w| w.shares_prefix()) {
+            let sharing = match self
+                .genq
+                .worker_env
+                .iter()
+                .rfind(|(k, _)| k == "GENQ_PREFIX_SHARING")
+            {
+                Some((_, value)) => format!("GENQ_PREFIX_SHARING={value}, from --worker-env"),
+                None => "the worker's default, prefix sharing on".to_owned(),
+            };
             header += &format!(
                 ". (d) keeps {} slots: its 64 prompts run in waves of {}; genq rows but the \
-                 GENQ_PREFIX_SHARING=off one use the worker's default (prefix sharing on)",
+                 GENQ_PREFIX_SHARING=off one run with {sharing}",
                 self.shape.slots, self.shape.slots
             );
         }
@@ -342,8 +351,19 @@ impl Plan {
     pub fn record(&mut self, rep: usize, outcome: anyhow::Result<Measured>) {
         match outcome {
             Ok(measured) => {
+                let detail = match &measured {
+                    Measured::Run(run) => {
+                        let slowest = run.latencies_s.iter().copied().fold(0.0, f64::max);
+                        let more = run
+                            .detail
+                            .as_ref()
+                            .map_or(String::new(), |d| format!("; {d}"));
+                        format!(" (slowest request {slowest:.2} s{more})")
+                    }
+                    Measured::TokensPerS(_) => String::new(),
+                };
                 eprintln!(
-                    "  {}, run {}: {:.1} tok/s",
+                    "  {}, run {}: {:.1} tok/s{detail}",
                     self.label,
                     rep + 1,
                     measured.tokens_per_s()

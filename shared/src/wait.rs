@@ -47,6 +47,22 @@ struct Watched {
 }
 
 impl Watched {
+    fn subscribe(watched: &Arc<Watched>, id: Uuid) -> Subscription {
+        let mut jobs = watched.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let (sender, waiters) = jobs
+            .entry(id)
+            .or_insert_with(|| (watch::channel(Changes::default()).0, 0));
+        *waiters += 1;
+        let changes = sender.subscribe();
+        let reported = *changes.borrow();
+        Subscription {
+            id,
+            changes,
+            reported,
+            watched: Arc::clone(watched),
+        }
+    }
+
     fn bump(&self, id: Option<Uuid>, change: impl Fn(&mut Changes)) {
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let wake = |sender: &watch::Sender<Changes>| sender.send_modify(&change);
@@ -71,20 +87,29 @@ impl std::fmt::Debug for JobWatch {
 pub struct Subscription {
     id: Uuid,
     changes: watch::Receiver<Changes>,
+    /// The counters as this waiter last reported them: a change made while the waiter was busy
+    /// elsewhere (reading the job, answering its client) is reported by the next call.
+    reported: Changes,
     watched: Arc<Watched>,
 }
 
 impl Subscription {
     /// Waits until something changed since the last call (or since subscribing), and says what.
-    /// Never resolves if nothing changes: callers bound it with a timeout.
+    /// Never resolves if nothing changes: callers bound it with a timeout. Cancel-safe: dropping
+    /// the future loses no change.
     pub async fn changed(&mut self) -> Changes {
-        let before = *self.changes.borrow_and_update();
-        // The sender lives as long as this subscription holds its count, so this cannot fail.
-        let _ = self.changes.changed().await;
-        let now = *self.changes.borrow_and_update();
-        Changes {
-            status: now.status - before.status,
-            events: now.events - before.events,
+        loop {
+            let now = *self.changes.borrow_and_update();
+            if now != self.reported {
+                let changed = Changes {
+                    status: now.status - self.reported.status,
+                    events: now.events - self.reported.events,
+                };
+                self.reported = now;
+                return changed;
+            }
+            // The sender lives as long as this subscription holds its count, so this cannot fail.
+            let _ = self.changes.changed().await;
         }
     }
 }
@@ -131,16 +156,7 @@ impl JobWatch {
     /// Starts watching a job. Subscribe before reading what you wait on, so that a change in
     /// between is not lost.
     pub fn subscribe(&self, id: Uuid) -> Subscription {
-        let mut jobs = self.watched.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let (sender, waiters) = jobs
-            .entry(id)
-            .or_insert_with(|| (watch::channel(Changes::default()).0, 0));
-        *waiters += 1;
-        Subscription {
-            id,
-            changes: sender.subscribe(),
-            watched: Arc::clone(&self.watched),
-        }
+        Watched::subscribe(&self.watched, id)
     }
 
     /// Waits until the job is final or `timeout` passes. Returns the status then (not final on
@@ -240,5 +256,80 @@ async fn listen_to_redis(
         };
         tracing::info!("the job event subscription is back");
         watched.bump(None, |c| c.events += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOON: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_change_made_between_two_waits_is_reported_by_the_second() {
+        let watched = Arc::new(Watched::default());
+        let id = Uuid::now_v7();
+        let mut subscription = Watched::subscribe(&watched, id);
+
+        watched.bump(Some(id), |c| c.status += 1);
+        let first = tokio::time::timeout(SOON, subscription.changed()).await;
+        // While the waiter is busy (not inside `changed`), two changes come in.
+        watched.bump(Some(id), |c| c.events += 1);
+        watched.bump(Some(id), |c| c.status += 1);
+        let second = tokio::time::timeout(SOON, subscription.changed()).await;
+
+        assert_eq!(
+            first,
+            Ok(Changes {
+                status: 1,
+                events: 0
+            })
+        );
+        assert_eq!(
+            second,
+            Ok(Changes {
+                status: 1,
+                events: 1
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_half_way_loses_no_change() {
+        let watched = Arc::new(Watched::default());
+        let id = Uuid::now_v7();
+        let mut subscription = Watched::subscribe(&watched, id);
+
+        // A select! whose other branch wins drops the `changed` future.
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), subscription.changed()).await;
+        watched.bump(Some(id), |c| c.status += 1);
+        let after = tokio::time::timeout(SOON, subscription.changed()).await;
+
+        assert!(gave_up.is_err());
+        assert_eq!(
+            after,
+            Ok(Changes {
+                status: 1,
+                events: 0
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_changed_jobs_waiters_are_woken_and_the_last_one_out_removes_it() {
+        let watched = Arc::new(Watched::default());
+        let (mine, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut subscription = Watched::subscribe(&watched, mine);
+        let second = Watched::subscribe(&watched, mine);
+
+        watched.bump(Some(other), |c| c.status += 1);
+        let woken = tokio::time::timeout(Duration::from_millis(50), subscription.changed()).await;
+
+        assert!(woken.is_err(), "woken by another job's change");
+        assert_eq!(watched.jobs.lock().unwrap().len(), 1);
+        drop(subscription);
+        assert_eq!(watched.jobs.lock().unwrap().len(), 1);
+        drop(second);
+        assert!(watched.jobs.lock().unwrap().is_empty());
     }
 }
