@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`Config`]: flags and environment variables.
 //! - [`Application`]: build -> port -> run_until_stopped; `main` and the tests drive the same code.
-//! - `routes`: one module per resource (batch, generate, history, admin, health).
+//! - `routes`: one module per resource (batch, generate, history, admin, health); `events` follows
+//!   a job as Server-Sent Events.
 //! - `auth`: API keys, tenants, admin rights; `rate_limit`: the per-key token bucket in Redis.
 //! - `validate`: request checks; `extract`: the JSON body extractor; [`error`]: the error type.
 //! - `serve`: the HTTP server loop with its slow-client limits.
@@ -146,6 +147,7 @@ pub struct AppState {
 
 pub struct Application {
     stopping: CancellationToken,
+    watch: JobWatch,
     listener: TcpListener,
     router: Router,
     client_timeout: Duration,
@@ -220,6 +222,7 @@ impl Application {
             stopping: CancellationToken::new(),
         };
         let stopping = state.stopping.clone();
+        let watch = state.watch.clone();
         let mut router = routes::router(state)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             // Answers are JSON for programs: never sniffed as another type, never framed, and no
@@ -241,12 +244,18 @@ impl Application {
             .with_context(|| format!("binding the API to {}", config.addr))?;
         Ok(Application {
             stopping,
+            watch,
             listener,
             router,
             client_timeout: Duration::from_secs(config.client_timeout_secs),
             reconciler: reconciler
                 .map(|r| (r, Duration::from_secs(config.reconcile_interval_secs))),
         })
+    }
+
+    /// The waiters this API wakes (for tests: whether a long poll or stream is waiting yet).
+    pub fn job_watch(&self) -> JobWatch {
+        self.watch.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,6 +1,9 @@
 //! `genqctl submit`: a client of the HTTP API, for trying genq from a shell.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -46,6 +49,8 @@ fn client(api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
     }
     Ok(reqwest::Client::builder()
         .default_headers(headers)
+        // The event stream sends a keep-alive every 15 s: silence this long is a dead connection.
+        .read_timeout(Duration::from_secs(45))
         .build()?)
 }
 
@@ -151,6 +156,8 @@ async fn follow(
     bar.enable_steady_tick(Duration::from_millis(200));
     let url = format!("{base}/batch_result/{}/events", accepted.task_id);
     let mut last_event_id: Option<String> = None;
+    // The latest attempt and the prompts it has finished.
+    let mut finished: (i64, HashSet<i64>) = (0, HashSet::new());
     let followed = tokio::time::timeout_at(deadline.into(), async {
         loop {
             let mut request = client.get(&url);
@@ -166,7 +173,13 @@ async fn follow(
                     continue;
                 }
             };
-            if !response.status().is_success() {
+            let status = response.status();
+            if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                // Passing trouble (a restart, the rate limit): try again shortly.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            if !status.is_success() {
                 bail!(
                     "the API answered {}: {}",
                     response.status(),
@@ -184,7 +197,18 @@ async fn follow(
                         let status: serde_json::Value = serde_json::from_str(&event.data)?;
                         bar.set_message(status["status"].as_str().unwrap_or("?").to_owned());
                     }
-                    "prompt" => bar.inc(1),
+                    "prompt" => {
+                        let prompt: serde_json::Value = serde_json::from_str(&event.data)?;
+                        let attempt = prompt["attempt"].as_i64().unwrap_or(0);
+                        // A new attempt (the job re-run) starts its prompts over.
+                        if attempt > finished.0 {
+                            finished = (attempt, HashSet::new());
+                        }
+                        if let Some(index) = prompt["index"].as_i64() {
+                            finished.1.insert(index);
+                        }
+                        bar.set_position(finished.1.len() as u64);
+                    }
                     "done" => {
                         let view: JobView = serde_json::from_str(&event.data)
                             .context("reading the finished job")?;

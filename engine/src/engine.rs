@@ -139,11 +139,14 @@ pub struct EngineConfig {
     pub tuning: Tuning,
 }
 
-/// llama.cpp context settings that change speed, not results.
+/// llama.cpp context settings, chosen by measurement (README, "Engine settings"). Any of them
+/// may change the floating-point results, so a seeded result is reproducible only under the same
+/// settings; with `kv_unified` it is not reproducible at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tuning {
     /// One KV cache shared by every sequence, instead of one per sequence: each sequence then
-    /// attends over every sequence's cells (masked), which costs more as the batch grows.
+    /// attends over cells laid out by the whole batch, so its seeded results depend on the batch
+    /// around it (`engine/tests/prefix.rs`). Off by default.
     pub kv_unified: bool,
     /// `None` lets llama.cpp decide.
     pub flash_attention: Option<bool>,

@@ -94,15 +94,53 @@ async fn without_sharing_every_prompt_is_decoded_whole() {
 async fn borrowers_of_a_cancelled_source_decode_their_prompts_themselves() {
     let requests = requests();
     let (expected, _) = alone(&requests[1..4]).await;
-    let shared = engine(4, true, false);
+    // Eight tokens a step: the source needs several steps to decode the shared prefix. The test
+    // holds the engine's decode lock, so the engine stops before its first decode until let go.
+    let dir = tempfile::tempdir().unwrap();
+    let lock_path = dir.path().join("decode.lock");
+    let held = std::fs::File::create(&lock_path).unwrap();
+    held.lock().unwrap();
+    let shared = engine_with(EngineConfig {
+        slots: 4,
+        batch_tokens: 8,
+        share_prefixes: true,
+        decode_lock: Some(lock_path),
+        ..test_config()
+    });
 
-    // The first prompt is the others' source; it is dropped before it can be decoded.
+    // Queued now, in this order: the others borrow from the first, which goes away once it has
+    // put its first tokens in a step (and long before it has decoded the prefix).
     let source = generate(&shared, &requests[0].0, requests[0].1.clone());
-    let rest = together(&shared, &requests[1..4]);
+    let borrowers: Vec<_> = requests[1..4]
+        .iter()
+        .map(|(prompt, params)| generate(&shared, prompt, params.clone()))
+        .collect();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while shared.prompt_tokens_decoded() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the source's first tokens go into a step");
     drop(source);
-    let got = rest.await;
+    held.unlock().unwrap();
+    let got: Vec<Generation> = join_all(borrowers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
 
     assert_eq!(got, expected);
+    // Each borrower decoded its whole prompt itself (sharing would have decoded ~10 tokens each).
+    let own_prompts: usize = requests[1..4]
+        .iter()
+        .map(|(prompt, _)| shared.model().prompt_tokens(prompt).len())
+        .sum();
+    assert!(
+        shared.prompt_tokens_decoded() >= own_prompts as u64,
+        "decoded {} prompt tokens, the borrowers' prompts alone are {own_prompts}",
+        shared.prompt_tokens_decoded()
+    );
 }
 
 /// Why the engine keeps a KV cache per sequence: with one unified cache, seeded results depend on

@@ -115,15 +115,26 @@ impl std::fmt::Display for EventId {
     }
 }
 
-/// Up to `count` events after `after`, oldest first. Entries that do not parse (written by a
-/// newer version) are skipped.
+/// Some of a job's events, as [`read_after`] reads them.
+#[derive(Debug)]
+pub struct Page {
+    /// Oldest first.
+    pub events: Vec<(EventId, JobEvent)>,
+    /// The id of the last entry read, parsed or not: where to read on from.
+    pub cursor: Option<EventId>,
+    /// Whether the stream has nothing after this page (for now).
+    pub complete: bool,
+}
+
+/// Up to `count` stream entries after `after`. Entries that do not parse (written by a newer
+/// version) are skipped but still move the cursor.
 pub async fn read_after(
     conn: &mut impl ConnectionLike,
     queue: &str,
     id: Uuid,
     after: EventId,
     count: usize,
-) -> redis::RedisResult<Vec<(EventId, JobEvent)>> {
+) -> redis::RedisResult<Page> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(stream_key(queue, id))
         .arg(format!("({after}"))
@@ -132,12 +143,21 @@ pub async fn read_after(
         .arg(count)
         .query_async(conn)
         .await?;
-    Ok(entries
+    let complete = entries.len() < count;
+    let cursor = entries
+        .last()
+        .and_then(|(entry_id, _)| entry_id.parse().ok());
+    let events = entries
         .into_iter()
         .filter_map(|(entry_id, fields)| {
             let entry_id = entry_id.parse().ok()?;
             let (_, json) = fields.into_iter().find(|(name, _)| name == FIELD)?;
             Some((entry_id, serde_json::from_str(&json).ok()?))
         })
-        .collect())
+        .collect();
+    Ok(Page {
+        events,
+        cursor,
+        complete,
+    })
 }

@@ -182,7 +182,7 @@ impl JobWatch {
         }
     }
 
-    /// Waiters currently subscribed, over every job (for tests and diagnostics).
+    /// Jobs with at least one waiter (for tests and diagnostics).
     pub fn watched_jobs(&self) -> usize {
         self.watched
             .jobs

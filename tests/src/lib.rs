@@ -118,6 +118,8 @@ pub struct TestApp {
     /// A key of the tenant `tests`, without limits.
     pub key: String,
     finals: JobWatch,
+    /// The API's own waiters.
+    pub api_watch: JobWatch,
     stop_api: Option<oneshot::Sender<()>>,
     api: Option<JoinHandle<anyhow::Result<()>>>,
     _cleanup: Throwaway,
@@ -165,6 +167,7 @@ impl TestApp {
             .await
             .expect("building the API");
         let address = format!("http://{}", app.local_addr());
+        let api_watch = app.job_watch();
         let (stop_api, stopped) = oneshot::channel();
         let api = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
@@ -184,6 +187,7 @@ impl TestApp {
             client: client_with_key(Some(&key)),
             key,
             finals,
+            api_watch,
             stop_api: Some(stop_api),
             api: Some(api),
             _cleanup: cleanup,

@@ -28,12 +28,20 @@ async fn a_long_poll_answers_as_soon_as_the_job_turns_final() {
     // No worker: the job stays queued until it is cancelled.
     let id = app.submit(&json!({ "prompts": ["wait for me"] })).await;
 
-    let started = Instant::now();
     let poll = tokio::spawn({
         let client = app.client.clone();
         let url = format!("{}/batch_result/{id}?wait=60", app.address);
         async move { client.get(url).send().await.unwrap().json::<Value>().await }
     });
+    // Cancel only once the poll is waiting, so that the answer must come from the notification.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while app.api_watch.watched_jobs() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the long poll is waiting");
+    let started = Instant::now();
     let cancel = app.post(&format!("/batch/{id}/cancel"), &json!({})).await;
     assert_eq!(cancel.status(), 200);
     let view = poll.await.unwrap().unwrap();
@@ -98,7 +106,9 @@ async fn follow_a_job_to_its_end(app: &TestApp, body: Value) -> (Uuid, Vec<SseEv
     );
     let worker = app.start_worker(4).await;
     let mut events = vec![first];
-    events.extend(stream.rest().await);
+    // Well under the 30 s safety re-read: every change must arrive by its notification.
+    let rest = tokio::time::timeout(Duration::from_secs(15), stream.rest()).await;
+    events.extend(rest.expect("the job's events within 15 s"));
     worker.stop().await;
     (id, events)
 }

@@ -9,6 +9,7 @@
 //! - `runner`: one job's life (claim, generate, store).
 //! - `registry`: the worker's registration, heartbeat and job leases in PostgreSQL.
 //! - `cache`: the result cache for deterministic requests.
+//! - `live`: running jobs' live events (decoded text, finished prompts) published to Redis.
 
 mod cache;
 mod consumer;
@@ -69,7 +70,8 @@ pub struct Config {
     /// (at least 16 tokens) instead of decoding it again: `on` or `off`.
     #[arg(long, env = "GENQ_PREFIX_SHARING", value_enum, default_value = "on")]
     pub prefix_sharing: Switch,
-    /// One KV cache for every sequence instead of one each (llama.cpp's kv_unified).
+    /// One KV cache for every sequence instead of one each (llama.cpp's kv_unified). Seeded
+    /// results then depend on the batch around them: not recommended.
     #[arg(long, env = "GENQ_KV_UNIFIED", value_enum, default_value = "off")]
     pub kv_unified: Switch,
     /// Flash attention: `on`, `off`, or `auto` (llama.cpp decides).
@@ -151,6 +153,11 @@ pub async fn run_with_model(
         },
         ..EngineConfig::default()
     };
+    if engine_config.tuning.kv_unified {
+        tracing::warn!(
+            "GENQ_KV_UNIFIED=on: seeded results now depend on the batch around them (not reproducible, and the result cache may answer with results another batch would not give)"
+        );
+    }
     let engine_config_lock = engine_config.decode_lock.clone();
     let engine = tokio::task::spawn_blocking(move || Engine::start(model, engine_config)).await??;
     let engine_failed = engine.stopped();

@@ -37,6 +37,10 @@ enum Message {
         job: Uuid,
         flushed: oneshot::Sender<()>,
     },
+    /// The job's handle is gone (after `Close`, or a job abandoned by a panic).
+    Forget {
+        job: Uuid,
+    },
 }
 
 /// The worker's publisher of live events.
@@ -98,7 +102,7 @@ impl LiveJob {
 
     /// Publishes what is left of the job's events, briefly: call before storing the outcome so
     /// the stream is whole by the time the job turns final.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let (flushed, done) = oneshot::channel();
         let close = Message::Close {
             job: self.job,
@@ -107,6 +111,12 @@ impl LiveJob {
         if self.messages.send(close).is_ok() {
             let _ = tokio::time::timeout(CLOSE_PATIENCE, done).await;
         }
+    }
+}
+
+impl Drop for LiveJob {
+    fn drop(&mut self) {
+        let _ = self.messages.send(Message::Forget { job: self.job });
     }
 }
 
@@ -176,6 +186,9 @@ impl Publisher {
                 self.publish(&[job]).await;
                 self.jobs.remove(&job);
                 let _ = flushed.send(());
+            }
+            Message::Forget { job } => {
+                self.jobs.remove(&job);
             }
         }
     }
@@ -253,14 +266,24 @@ impl Job {
 }
 
 /// The end of the longest prefix of `raw` that the output filter treats the same alone as
-/// followed by anything: it ends in ASCII whitespace not preceded by a digit. The filter's
-/// patterns (e-mail addresses, SSNs, card numbers) never span such a point (only a card number
-/// spans whitespace, between digits), and an ASCII byte ends any UTF-8 sequence, so the text
-/// up to there is final. `None` when there is no such point past `after`.
+/// followed by anything: it ends in ASCII whitespace not preceded by a digit (of any script: the
+/// filter's `\d` is Unicode's). The filter's patterns (e-mail addresses, SSNs, card numbers)
+/// never span such a point (only a card number spans whitespace, between digits), and an ASCII
+/// byte ends any UTF-8 sequence, so the text up to there is final. `None` when there is no such
+/// point past `after`: text without spaces is published when its prompt finishes.
 fn filter_safe_end(raw: &[u8], after: usize) -> Option<usize> {
-    (after + 1..=raw.len()).rev().find(|&end| {
-        raw[end - 1].is_ascii_whitespace() && (end < 2 || !raw[end - 2].is_ascii_digit())
-    })
+    (after + 1..=raw.len())
+        .rev()
+        .find(|&end| raw[end - 1].is_ascii_whitespace() && !ends_in_digit(&raw[..end - 1]))
+}
+
+/// Whether the last character of `bytes` is numeric in any script (undecodable bytes are not).
+fn ends_in_digit(bytes: &[u8]) -> bool {
+    let start = bytes.len().saturating_sub(4);
+    (start..bytes.len())
+        .filter_map(|from| std::str::from_utf8(&bytes[from..]).ok())
+        .find_map(|tail| tail.chars().next_back())
+        .is_some_and(char::is_numeric)
 }
 
 /// Bytes as a result's text is stored: decoded (invalid UTF-8 replaced), NUL replaced, filtered.
@@ -297,12 +320,14 @@ mod tests {
 
     #[test]
     fn text_published_piece_by_piece_is_a_prefix_of_the_stored_text() {
-        let outputs: [&[u8]; 5] = [
+        let outputs: [&[u8]; 6] = [
             b"mail bob@example.org or call 123-45-6789 today ",
             b"card 4111 1111 1111 1111 ends here ",
             b"split \xe2\x82 euro \xe2\x82\xac and \0 nul ",
             b"no spaces at all",
             b"12 34 56 78 90 12 34 5 ",
+            // Full-width digits: the card pattern's \d matches them too.
+            "card \u{ff14}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} \u{ff11}\u{ff11}\u{ff11}\u{ff11} ok ".as_bytes(),
         ];
         for raw in outputs {
             let whole = as_stored(raw);

@@ -26,6 +26,7 @@ use genq_shared::{
 };
 use serde_json::json;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -116,7 +117,7 @@ pub(crate) async fn job_events(
         after,
         out: sender,
     };
-    tokio::spawn(follower.run());
+    tokio::spawn(follower.run().instrument(tracing::Span::current()));
     Ok(Sse::new(events_of(receiver))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -176,12 +177,24 @@ impl Follower {
         let mut sent_status = None;
         let (mut read_status, mut read_events) = (true, true);
         let mut status = JobStatus::Queued;
+        // A fixed beat, not a timeout re-armed at every wake-up: events flowing every 100 ms
+        // must not put off the status re-read forever.
+        let mut safety = tokio::time::interval(SAFETY_RECHECK);
+        safety.reset();
         loop {
             if read_status {
                 status = match db::jobs::status_in(&self.state.db, self.id, self.scope()).await? {
                     Some(status) => status,
-                    // Deleted by retention while followed: nothing more will happen.
-                    None => return Ok(()),
+                    // Deleted (retention, an operator) while followed: nothing more will happen.
+                    None => {
+                        let gone = ErrorDetail {
+                            code: ErrorCode::NotFound,
+                            message: format!("task {} was deleted", self.id),
+                        };
+                        self.send(Event::default().event("error").json_data(gone))
+                            .await?;
+                        return Ok(());
+                    }
                 };
             }
             if sent_status != Some(status) && !status.is_final() {
@@ -207,7 +220,7 @@ impl Follower {
                     read_status = changes.status > 0;
                     read_events = changes.events > 0;
                 }
-                () = tokio::time::sleep(SAFETY_RECHECK) => (read_status, read_events) = (true, true),
+                _ = safety.tick() => (read_status, read_events) = (true, true),
                 () = self.out.closed() => return Err(Stop::ClientGone),
                 // The client reconnects, to this replica's successor, with Last-Event-ID.
                 () = self.state.stopping.cancelled() => return Ok(()),
@@ -221,20 +234,16 @@ impl Follower {
         let queue = &self.state.queue_name;
         loop {
             let mut redis = self.state.redis.clone();
-            let entries = match events::read_after(
-                &mut redis, queue, self.id, self.after, READ_BATCH,
-            )
-            .await
+            let page = match events::read_after(&mut redis, queue, self.id, self.after, READ_BATCH)
+                .await
             {
-                Ok(entries) => entries,
+                Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(task_id = %self.id, error = %e, "cannot read a job's events");
                     return Ok(());
                 }
             };
-            let complete = entries.len() < READ_BATCH;
-            for (entry_id, event) in entries {
-                self.after = entry_id;
+            for (entry_id, event) in page.events {
                 if event.is_token() && !self.tokens {
                     continue;
                 }
@@ -248,7 +257,10 @@ impl Follower {
                     .json_data(event);
                 self.send(event).await?;
             }
-            if complete {
+            if let Some(cursor) = page.cursor {
+                self.after = cursor;
+            }
+            if page.complete {
                 return Ok(());
             }
         }

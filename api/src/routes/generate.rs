@@ -68,11 +68,12 @@ async fn generate(
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
     let id = submit(&state, &caller, request, None).await?;
-    let status = state
-        .watch
-        .wait(id, state.generate_wait)
-        .await?
-        .ok_or_else(|| unknown(id))?;
+    // Shutting down: answer 202 with the task id now rather than hold the replica up.
+    let status = tokio::select! {
+        status = state.watch.wait(id, state.generate_wait) => status?,
+        () = state.stopping.cancelled() => Some(JobStatus::Queued),
+    }
+    .ok_or_else(|| unknown(id))?;
     match status {
         JobStatus::Completed => {
             Ok(Json(db::generations::of_job(&state.db, id).await?).into_response())
