@@ -3,13 +3,9 @@
 //! each client waits for its job over HTTP in one of the ways `clients` knows. A request is done
 //! when its client has seen the job final: polling's interval is part of what users see.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use genq_harness::{Cluster, Config, Database, fresh_queue};
 use genq_shared::types::{JobStatus, JobView};
 use serde_json::json;
@@ -18,7 +14,7 @@ use uuid::Uuid;
 use crate::{
     clients::{self, Waiting},
     measure::{Run, peak_rss_bytes},
-    workload::Request,
+    workload::{Request, at_arrivals},
 };
 
 /// Worker settings that change what is measured: removed from the environment the processes
@@ -115,43 +111,17 @@ impl Genq {
         requests: &[Request],
         waiting: Waiting,
     ) -> anyhow::Result<Run> {
-        let start = Instant::now();
-        let tasks: Vec<_> = requests
+        let done = at_arrivals(requests, |request| {
+            let genq = Arc::clone(self);
+            async move { genq.submit_and_wait(&request, waiting).await }
+        })
+        .await?;
+        let (views, finishes): (Vec<JobView>, Vec<Duration>) = done.into_iter().unzip();
+        let tokens: u64 = views
             .iter()
-            .cloned()
-            .map(|request| {
-                let genq = Arc::clone(self);
-                tokio::spawn(async move {
-                    tokio::time::sleep_until((start + request.arrival()).into()).await;
-                    let view = genq.submit_and_wait(&request, waiting).await?;
-                    anyhow::Ok((view, start.elapsed()))
-                })
-            })
-            .collect();
-        let mut tokens = 0u64;
-        let mut finishes = Vec::with_capacity(tasks.len());
-        let mut views = Vec::with_capacity(tasks.len());
-        let mut first_error = None;
-        // Every task is awaited, so none outlives a failed run and talks to the next one's API.
-        for task in tasks {
-            match task.await.context("a client task panicked").and_then(|r| r) {
-                Ok((view, finished)) => {
-                    tokens += view
-                        .results
-                        .iter()
-                        .map(|r| r.completion_tokens as u64)
-                        .sum::<u64>();
-                    finishes.push(finished);
-                    views.push(view);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+            .flat_map(|view| &view.results)
+            .map(|r| r.completion_tokens as u64)
+            .sum();
         let mut run = Run::from_finishes(tokens, requests, &finishes);
         run.peak_rss_bytes = peak_rss_bytes(self.cluster.worker_pid(0));
         run.detail = waiting_detail(&views, &finishes, tokens);
@@ -190,7 +160,7 @@ fn waiting_detail(views: &[JobView], finishes: &[Duration], tokens: u64) -> Opti
 }
 
 /// A job counts only if it completed with a result for every prompt, none from the result cache.
-fn check(id: Uuid, view: &JobView) -> anyhow::Result<()> {
+pub(crate) fn check(id: Uuid, view: &JobView) -> anyhow::Result<()> {
     ensure!(
         view.status == JobStatus::Completed,
         "job {id} ended {:?}{}",

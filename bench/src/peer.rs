@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::{
     measure::{Run, peak_rss_bytes},
-    workload::Request,
+    workload::{Request, at_arrivals},
 };
 
 /// Where the binaries are, once found.
@@ -198,39 +198,19 @@ impl LlamaServer {
         requests: &[Request],
         cache_prompt: bool,
     ) -> anyhow::Result<Run> {
-        let start = Instant::now();
-        let tasks: Vec<_> = requests
-            .iter()
-            .cloned()
-            .map(|request| {
-                let server = Arc::clone(self);
-                tokio::spawn(async move {
-                    tokio::time::sleep_until((start + request.arrival()).into()).await;
-                    let prompts = request.prompts.iter().map(|prompt| {
-                        server.complete(prompt, request.max_tokens, request.seed, cache_prompt)
-                    });
-                    let tokens: u64 = futures::future::try_join_all(prompts).await?.iter().sum();
-                    anyhow::Ok((tokens, start.elapsed()))
-                })
-            })
-            .collect();
-        let mut tokens = 0;
-        let mut finishes = Vec::with_capacity(tasks.len());
-        let mut first_error = None;
-        for task in tasks {
-            match task.await.context("a client task panicked").and_then(|r| r) {
-                Ok((n, finished)) => {
-                    tokens += n;
-                    finishes.push(finished);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+        let done = at_arrivals(requests, |request| {
+            let server = Arc::clone(self);
+            async move {
+                let prompts = request.prompts.iter().map(|prompt| {
+                    server.complete(prompt, request.max_tokens, request.seed, cache_prompt)
+                });
+                let tokens: u64 = futures::future::try_join_all(prompts).await?.iter().sum();
+                anyhow::Ok(tokens)
             }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        })
+        .await?;
+        let tokens = done.iter().map(|(n, _)| n).sum();
+        let finishes: Vec<Duration> = done.iter().map(|(_, at)| *at).collect();
         let mut run = Run::from_finishes(tokens, requests, &finishes);
         run.peak_rss_bytes = self.child.id().and_then(peak_rss_bytes);
         Ok(run)

@@ -185,3 +185,44 @@ pub fn few_shot_prompt(i: usize) -> String {
 pub fn few_shot_prefix() -> &'static str {
     FEW_SHOT
 }
+
+/// Runs `client` for each request from its arrival on (measured from now), and waits for every
+/// one, so none outlives a failed run and talks to the next one's server. Returns each client's
+/// answer with the time from start to its end, in request order, or the first error.
+pub async fn at_arrivals<T, F, Fut>(
+    requests: &[Request],
+    client: F,
+) -> anyhow::Result<Vec<(T, Duration)>>
+where
+    T: Send + 'static,
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let start = tokio::time::Instant::now();
+    let tasks: Vec<_> = requests
+        .iter()
+        .cloned()
+        .map(|request| {
+            let arrival = start + request.arrival();
+            let answer = client(request);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(arrival).await;
+                anyhow::Ok((answer.await?, start.elapsed()))
+            })
+        })
+        .collect();
+    let mut done = Vec::with_capacity(tasks.len());
+    let mut first_error = None;
+    for task in tasks {
+        match task.await.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(answer) => done.push(answer),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}

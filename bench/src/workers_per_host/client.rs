@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use genq_harness::Cluster;
-use genq_shared::types::{JobStatus, JobView};
+use genq_shared::types::JobView;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -69,22 +69,7 @@ pub async fn run(
 
     let mut tokens = 0i64;
     for view in &views {
-        let id = view.task_id;
-        ensure!(
-            view.status == JobStatus::Completed,
-            "job {id} ended {:?}",
-            view.status
-        );
-        ensure!(
-            view.results.len() as i32 == view.counts.total,
-            "job {id} completed with {} of {} results",
-            view.results.len(),
-            view.counts.total
-        );
-        ensure!(
-            view.results.iter().all(|r| !r.cached),
-            "job {id} was answered from the result cache: its seed was not fresh"
-        );
+        crate::e2e::check(view.task_id, view)?;
         tokens += view
             .results
             .iter()
