@@ -47,6 +47,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the job failed: {message}")]
     JobFailed { code: ErrorCode, message: String },
+    /// One job of a bulk request (`POST /batches`) was refused: its index and why.
+    #[error("jobs[{index}]: {error}")]
+    InJob { index: usize, error: Box<ApiError> },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -91,6 +94,7 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             // The worker, not the client, failed: a gateway error carrying the job's own reason.
             ApiError::JobFailed { code, .. } => (StatusCode::BAD_GATEWAY, *code),
+            ApiError::InJob { error, .. } => error.status_and_code(),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
@@ -118,8 +122,15 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut body = json!({ "error": { "code": code, "message": message } });
-        if let ApiError::InvalidField { field, .. } = &self {
-            body["error"]["field"] = json!(field);
+        match &self {
+            ApiError::InvalidField { field, .. } => body["error"]["field"] = json!(field),
+            ApiError::InJob { index, error } => {
+                body["error"]["job_index"] = json!(index);
+                if let ApiError::InvalidField { field, .. } = error.as_ref() {
+                    body["error"]["field"] = json!(format!("jobs[{index}].{field}"));
+                }
+            }
+            _ => {}
         }
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();

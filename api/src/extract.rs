@@ -15,10 +15,19 @@ use crate::{AppState, error::ApiError};
 
 pub struct JsonBody<T>(pub T);
 
+/// A route's own body limit, when it sets one beside `DefaultBodyLimit` (bulk intake): named in
+/// its 413 answers.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(crate::BODY_LIMIT, |l| l.0);
         // A deadline for the whole body, not per chunk: a client sending a byte at a time must
         // not hold the request open.
         let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(req, state))
@@ -28,9 +37,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             })?;
         let bytes = read.map_err(|e| match e {
             BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                ApiError::PayloadTooLarge {
-                    limit: crate::BODY_LIMIT,
-                }
+                ApiError::PayloadTooLarge { limit }
             }
             // Broken chunked encoding, or a client gone mid-body.
             other => ApiError::MalformedJson(format!(

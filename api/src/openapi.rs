@@ -24,7 +24,7 @@ use utoipa::{
 };
 
 use crate::{
-    routes::{admin, batch, events, generate, health, history},
+    routes::{admin, batch, bulk, events, generate, health, history},
     validate::{BatchRequest, Stop},
 };
 
@@ -43,6 +43,7 @@ use crate::{
     ),
     paths(
         batch::submit_batch,
+        bulk::submit_batches,
         batch::batch_result,
         events::job_events,
         batch::cancel_batch,

@@ -92,15 +92,37 @@ impl ValidJob {
 
 pub async fn validate(request: BatchRequest, limits: Arc<Limits>) -> Result<ValidJob> {
     // Normalizing and tokenizing megabytes of prompts is CPU work: keep it off the async runtime.
+    tokio::task::spawn_blocking(move || check(request, &limits))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// Checks many jobs in one blocking task (bulk intake); the first bad one is refused with its
+/// index (see [`ApiError::InJob`]).
+pub async fn validate_all(
+    requests: Vec<BatchRequest>,
+    limits: Arc<Limits>,
+) -> Result<Vec<ValidJob>> {
     tokio::task::spawn_blocking(move || {
-        let job = check_fields(request, &limits)?;
-        if limits.context.is_some() {
-            check_context(&job, &limits)?;
-        }
-        Ok(job)
+        requests
+            .into_iter()
+            .enumerate()
+            .map(|(index, request)| {
+                check(request, &limits).map_err(|error| ApiError::InJob {
+                    index,
+                    error: Box::new(error),
+                })
+            })
+            .collect()
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+fn check(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
+    let job = check_fields(request, limits)?;
+    check_context(&job, limits)?;
+    Ok(job)
 }
 
 fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {

@@ -136,13 +136,22 @@ async fn reconcile(
     let pass = reconciler.pass().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&pass)?);
+    } else if pass.skipped {
+        println!("another reconciler pass (an API replica's) is running; this one did nothing");
     } else {
         println!(
             "re-queued {} (lost workers), failed {} (out of attempts), timed out {}, \
-             re-dispatched {}, vacuumed {} Redis task(s), deleted {} old job(s)",
+             checked {} queued job(s) against Redis{}, re-dispatched {}, \
+             vacuumed {} Redis task(s), deleted {} old job(s)",
             pass.requeued,
             pass.failed_lost,
             pass.timed_out,
+            pass.checked,
+            if pass.full_check {
+                " (all: first pass, or Redis had lost its data)"
+            } else {
+                ""
+            },
             pass.redispatched,
             pass.vacuumed,
             pass.deleted

@@ -35,6 +35,36 @@ pub fn storage_config(queue: &str) -> apalis_redis::Config {
         // minutes. Inference runs off the runtime, so a live worker's heartbeats keep flowing.
         .heartbeat_interval(Duration::from_secs(2))
         .missed_heartbeats(5)
+        // A worker fetches only when one of its slots is free, but claims a whole batch (10 by
+        // default) of which one starts: the others would wait on a busy worker while another
+        // idles. One at a time, a worker holds only what it runs; freed slots still refill at
+        // once, one Redis round trip each.
+        .batch_size(1)
+}
+
+/// Redis's sign that it still holds every dispatch: set by the reconciler once it has checked
+/// every queued job, and gone when Redis lost its data (a restart without persistence, a flush),
+/// which makes the next pass check every queued job again.
+pub fn intact_marker(queue: &str) -> String {
+    format!("{queue}:genq:intact")
+}
+
+/// Whether Redis still has the marker; see [`intact_marker`].
+pub async fn is_intact(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<bool> {
+    redis::cmd("EXISTS")
+        .arg(intact_marker(queue))
+        .query_async(conn)
+        .await
+        .context("reading the intact marker from Redis")
+}
+
+pub async fn mark_intact(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<()> {
+    redis::cmd("SET")
+        .arg(intact_marker(queue))
+        .arg(1)
+        .query_async::<()>(conn)
+        .await
+        .context("setting the intact marker in Redis")
 }
 
 /// Connects to Redis lazily: the connection is made (and remade) on first use, so a caller whose
@@ -61,6 +91,13 @@ pub fn task_id(dispatch_id: Uuid) -> TaskId {
     TaskId::from_ulid(ulid::Ulid(dispatch_id.as_u128()))
 }
 
+/// The dispatch an apalis task id stands for; `None` for a task genq did not push.
+pub fn dispatch_of(task_id: &str) -> Option<Uuid> {
+    ulid::Ulid::from_string(task_id)
+        .ok()
+        .map(|ulid| Uuid::from_u128(ulid.0))
+}
+
 /// Pushes one delivery of a job. `dispatch_id` must be the one PostgreSQL records for the job.
 pub async fn dispatch(
     storage: &mut Storage,
@@ -68,6 +105,27 @@ pub async fn dispatch(
     dispatch_id: Uuid,
 ) -> anyhow::Result<()> {
     dispatch_after(storage, job_id, dispatch_id, Duration::ZERO).await
+}
+
+/// Pushes the first delivery of many recorded jobs (each under its own id, as
+/// `db::jobs::insert_many` records them), a thousand per Redis round trip.
+pub async fn dispatch_many(storage: &mut Storage, job_ids: &[Uuid]) -> anyhow::Result<()> {
+    for chunk in job_ids.chunks(1000) {
+        // Collected first: a lazy iterator over the borrowed chunk makes the future not Send.
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|&job_id| {
+                TaskBuilder::new(Dispatch { job_id })
+                    .task_id(task_id(job_id))
+                    .build()
+            })
+            .collect();
+        storage
+            .push_all(&mut futures::stream::iter(tasks))
+            .await
+            .with_context(|| format!("pushing {} jobs to Redis", chunk.len()))?;
+    }
+    Ok(())
 }
 
 async fn dispatch_after(
@@ -170,6 +228,10 @@ pub async fn missing(
     queue: &str,
     queued: &[(Uuid, Uuid)],
 ) -> anyhow::Result<Vec<Uuid>> {
+    if queued.is_empty() {
+        // Redis refuses an empty pipeline.
+        return Ok(Vec::new());
+    }
     let config = storage_config(queue);
     let mut pipe = redis::pipe();
     for (_, dispatch_id) in queued {
@@ -190,36 +252,50 @@ pub async fn missing(
         .collect())
 }
 
-/// Drops payloads and metadata of tasks apalis has finished with (its done and dead sets), which
-/// it would otherwise keep forever. Safe because a task id is never pushed twice: a re-dispatch
-/// takes a fresh one. Returns how many went.
-pub async fn vacuum(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<u64> {
+/// Up to `limit` tasks apalis has finished with (its done and dead sets), which it would keep
+/// forever; see [`forget_finished`].
+pub async fn finished_tasks(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<String>> {
     let config = storage_config(queue);
-    let mut vacuumed = 0;
+    let mut tasks: Vec<String> = Vec::new();
     for set in [config.done_jobs_set(), config.dead_jobs_set()] {
-        loop {
-            let tasks: Vec<String> = redis::cmd("SPOP")
-                .arg(&set)
-                .arg(500)
-                .query_async(conn)
-                .await
-                .context("reading finished tasks from Redis")?;
-            if tasks.is_empty() {
-                break;
-            }
-            let mut pipe = redis::pipe();
-            for task in &tasks {
-                pipe.hdel(config.job_data_hash(), task)
-                    .del(format!("{}:{task}", config.job_meta_hash()))
-                    .ignore();
-            }
-            pipe.query_async::<()>(conn)
-                .await
-                .context("vacuuming Redis")?;
-            vacuumed += tasks.len() as u64;
+        let room = limit - tasks.len();
+        if room == 0 {
+            break;
         }
+        let some: Vec<String> = redis::cmd("SRANDMEMBER")
+            .arg(&set)
+            .arg(room)
+            .query_async(conn)
+            .await
+            .context("reading finished tasks from Redis")?;
+        tasks.extend(some);
     }
-    Ok(vacuumed)
+    Ok(tasks)
+}
+
+/// Drops finished tasks with their payloads and metadata. Safe because a task id is never pushed
+/// twice: a re-dispatch takes a fresh one.
+pub async fn forget_finished(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    tasks: &[String],
+) -> anyhow::Result<()> {
+    let config = storage_config(queue);
+    let mut pipe = redis::pipe();
+    for task in tasks {
+        pipe.srem(config.done_jobs_set(), task)
+            .srem(config.dead_jobs_set(), task)
+            .hdel(config.job_data_hash(), task)
+            .del(format!("{}:{task}", config.job_meta_hash()))
+            .ignore();
+    }
+    pipe.query_async::<()>(conn)
+        .await
+        .context("vacuuming Redis")
 }
 
 /// Tasks waiting in Redis (ready or scheduled), for operators' figures.

@@ -1,13 +1,18 @@
 //! The reconciler: PostgreSQL is the record, and this brings Redis and stuck jobs back in line
-//! with it. The API runs it on a timer; `genqctl queue reconcile` runs one pass on demand. Every
-//! step is a conditional update or an idempotent Redis operation, so concurrent passes (several
-//! API replicas) are safe.
+//! with it. Every API replica runs it on a timer; `genqctl queue reconcile` runs one pass on
+//! demand. One pass runs at a time per queue (a PostgreSQL advisory lock), so two replicas never
+//! both find a job missing from Redis and dispatch it twice.
+//!
+//! Its periodic cost follows the work done, not the backlog: it checks against Redis only the
+//! jobs (re)dispatched since its last pass, every query is an index range scan, and it rereads
+//! the whole backlog only when Redis has lost its data (see [`queue::intact_marker`]).
 
 use std::time::Duration;
 
 use apalis_redis::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::{
     db::jobs::{self, Released},
@@ -39,7 +44,13 @@ pub struct Pass {
     pub failed_lost: usize,
     /// Queued jobs past their deadline.
     pub timed_out: usize,
-    /// Queued jobs Redis had lost (or never got), dispatched again.
+    /// Queued jobs checked against Redis this pass (those dispatched since the last one, or
+    /// every queued job after Redis lost its data).
+    pub checked: usize,
+    /// Whether Redis had lost its data (or this is the queue's first pass), so every queued job
+    /// was checked.
+    pub full_check: bool,
+    /// Queued jobs Redis had lost (or never got, or finished without running), dispatched again.
     pub redispatched: usize,
     /// Finished tasks' leftovers removed from Redis.
     pub vacuumed: u64,
@@ -47,7 +58,19 @@ pub struct Pass {
     pub deleted: usize,
     /// Steps that failed this pass; the others ran regardless.
     pub failed_steps: Vec<FailedStep>,
+    /// Another pass (another API replica's, say) held the queue's reconciler lock: this one did
+    /// nothing.
+    pub skipped: bool,
 }
+
+/// Queued jobs checked against Redis per round trip.
+const CHECK_PAGE: i64 = 5000;
+/// Finished tasks vacuumed per round trip.
+const VACUUM_PAGE: usize = 500;
+/// The window of dispatches to check starts this much before where the last pass stopped. The
+/// grace (GENQ_REDISPATCH_AFTER_SECS) already covers a dispatch whose transaction commits up to
+/// that late; this is a margin, kept small because every pass checks it again.
+const CHECK_OVERLAP: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FailedStep {
@@ -68,17 +91,36 @@ impl Reconciler {
     /// nor a PostgreSQL error the Redis vacuum. Failed steps are logged and listed in the pass.
     pub async fn pass(&mut self) -> Pass {
         let mut pass = Pass::default();
-        let outcome = self.take_back_lost_claims(&mut pass).await;
-        record(&mut pass, "take_back_lost_claims", outcome);
-        let outcome = self.expire_queued(&mut pass).await;
-        record(&mut pass, "expire_queued", outcome);
-        let outcome = self.redispatch_lost(&mut pass).await;
-        record(&mut pass, "redispatch_lost", outcome);
-        let outcome = self.vacuum_redis(&mut pass).await;
-        record(&mut pass, "vacuum_redis", outcome);
-        let outcome = self.apply_retention(&mut pass).await;
-        record(&mut pass, "apply_retention", outcome);
+        // Held until the pass ends: the transaction's end releases it, as does a connection
+        // that dies with its process.
+        let lock = match try_lock(&self.db, &self.queue).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                pass.skipped = true;
+                return pass;
+            }
+            Err(e) => {
+                record(&mut pass, "lock", Err(e));
+                return pass;
+            }
+        };
+        self.steps(&mut pass).await;
+        // Ending it can fail only with the connection, which releases the lock as well.
+        let _ = lock.commit().await;
         pass
+    }
+
+    async fn steps(&mut self, pass: &mut Pass) {
+        let outcome = self.take_back_lost_claims(pass).await;
+        record(pass, "take_back_lost_claims", outcome);
+        let outcome = self.expire_queued(pass).await;
+        record(pass, "expire_queued", outcome);
+        let outcome = self.redispatch_lost(pass).await;
+        record(pass, "redispatch_lost", outcome);
+        let outcome = self.vacuum_redis(pass).await;
+        record(pass, "vacuum_redis", outcome);
+        let outcome = self.apply_retention(pass).await;
+        record(pass, "apply_retention", outcome);
     }
 
     async fn take_back_lost_claims(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
@@ -109,28 +151,85 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Checks the jobs (re)dispatched since the last pass against Redis, page by page, and
+    /// dispatches again those it lacks. The window only moves once every page was checked, so a
+    /// Redis outage leaves them to the next pass.
     async fn redispatch_lost(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
-        let waited = Duration::from_secs(self.config.redispatch_after_secs);
-        let candidates = jobs::queued_since(&self.db, waited, 5000).await?;
-        if candidates.is_empty() {
-            return Ok(());
+        loop {
+            let refused = jobs::undispatched(&self.db, CHECK_PAGE).await?;
+            pass.checked += refused.len();
+            // A push may have reached Redis although its answer did not.
+            let lost = queue::missing(&mut self.redis, &self.queue, &refused).await?;
+            self.dispatch_again(pass, &lost).await?;
+            let held: Vec<Uuid> = refused
+                .iter()
+                .map(|&(job, _)| job)
+                .filter(|job| !lost.contains(job))
+                .collect();
+            jobs::clear_undispatched(&self.db, &held).await?;
+            if (refused.len() as i64) < CHECK_PAGE {
+                break;
+            }
         }
-        let lost = queue::missing(&mut self.redis, &self.queue, &candidates).await?;
-        if !lost.is_empty() {
-            tracing::warn!(
-                jobs = lost.len(),
-                "dispatching queued jobs Redis does not hold"
-            );
-            pass.redispatched = queue::redispatch(&self.db, &mut self.storage, &lost).await?;
+        pass.full_check = !queue::is_intact(&mut self.redis, &self.queue).await?;
+        let grace = Duration::from_secs(self.config.redispatch_after_secs);
+        let window =
+            jobs::check_window(&self.db, &self.queue, grace, CHECK_OVERLAP, pass.full_check)
+                .await?;
+        let mut after = None;
+        loop {
+            let page = jobs::queued_in_window(&self.db, &window, after, CHECK_PAGE).await?;
+            let Some(&(last_id, _, last_at)) = page.last() else {
+                break;
+            };
+            after = Some((last_at, last_id));
+            pass.checked += page.len();
+            let dispatches: Vec<_> = page
+                .iter()
+                .map(|&(job, dispatch, _)| (job, dispatch))
+                .collect();
+            let lost = queue::missing(&mut self.redis, &self.queue, &dispatches).await?;
+            self.dispatch_again(pass, &lost).await?;
+            if (page.len() as i64) < CHECK_PAGE {
+                break;
+            }
         }
-        let checked: Vec<_> = candidates.iter().map(|(job_id, _)| *job_id).collect();
-        jobs::touch_queued(&self.db, &checked).await?;
+        jobs::set_checked_until(&self.db, &self.queue, window.until).await?;
+        if pass.full_check {
+            queue::mark_intact(&mut self.redis, &self.queue).await?;
+        }
         Ok(())
     }
 
-    async fn vacuum_redis(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
-        pass.vacuumed = queue::vacuum(&mut self.redis, &self.queue).await?;
+    async fn dispatch_again(&mut self, pass: &mut Pass, lost: &[Uuid]) -> anyhow::Result<()> {
+        if lost.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            jobs = lost.len(),
+            "dispatching queued jobs Redis does not hold"
+        );
+        pass.redispatched += queue::redispatch(&self.db, &mut self.storage, lost).await?;
         Ok(())
+    }
+
+    /// Drops what apalis keeps of finished tasks; a finished task whose job is still queued was
+    /// never run (its worker kept failing, say), so the job is dispatched again.
+    /// Each page is forgotten only once its jobs were looked at, so a failure leaves it to the
+    /// next pass.
+    async fn vacuum_redis(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
+        loop {
+            let tasks = queue::finished_tasks(&mut self.redis, &self.queue, VACUUM_PAGE).await?;
+            if tasks.is_empty() {
+                return Ok(());
+            }
+            let dispatches: Vec<Uuid> =
+                tasks.iter().filter_map(|t| queue::dispatch_of(t)).collect();
+            let unrun = jobs::queued_with_dispatch(&self.db, &dispatches).await?;
+            self.dispatch_again(pass, &unrun).await?;
+            queue::forget_finished(&mut self.redis, &self.queue, &tasks).await?;
+            pass.vacuumed += tasks.len() as u64;
+        }
     }
 
     async fn apply_retention(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
@@ -163,6 +262,20 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Takes the queue's reconciler lock if no other pass holds it; held until the transaction ends.
+pub async fn try_lock(
+    db: &PgPool,
+    queue: &str,
+) -> anyhow::Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
+    let mut tx = db.begin().await?;
+    let taken: bool =
+        sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("genq reconciler {queue}"))
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(taken.then_some(tx))
 }
 
 fn record(pass: &mut Pass, step: &'static str, outcome: anyhow::Result<()>) {

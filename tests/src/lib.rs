@@ -421,6 +421,19 @@ impl TestWorker {
     }
 }
 
+/// Polls `holds` until it is true; fails the test with `what` after [`PATIENCE`].
+pub async fn until<F, Fut>(what: &str, holds: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while !holds().await {
+        assert!(tokio::time::Instant::now() < give_up, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A workspace binary next to the test executable (target/<profile>/).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -1,28 +1,13 @@
 //! Job control against the real services: cancel, deadlines, lost workers and attempts, the dead
 //! list and retry, bad input, idempotency keys, retention, and Redis losing its queue.
 
-use std::time::Duration;
-
 use genq_shared::{
     db::{self, jobs::Released},
     types::{ErrorCode, JobStatus, JobSummary},
 };
-use genq_tests::{AppOptions, PATIENCE, TestApp, redis_url, stdout};
+use genq_tests::{AppOptions, TestApp, redis_url, stdout, until};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// Polls `holds` until it is true; fails the test with `what` after [`PATIENCE`].
-async fn until<F, Fut>(what: &str, holds: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    while !holds().await {
-        assert!(tokio::time::Instant::now() < give_up, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Polls until the job is running (a worker has claimed it).
 async fn until_running(app: &TestApp, id: Uuid) {

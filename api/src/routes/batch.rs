@@ -163,7 +163,9 @@ pub(crate) async fn submit(
             }
         }
     }
-    if let Some(refusal) = check_quotas(&mut tx, caller, &job).await? {
+    if let Some(refusal) =
+        check_quotas(&mut tx, caller, job.token_budget(), "this job needs").await?
+    {
         tx.rollback().await?;
         return Err(refusal);
     }
@@ -179,9 +181,9 @@ pub(crate) async fn submit(
                 error = format!("{e:#}"),
                 "job recorded but not dispatched; the reconciler will dispatch it"
             );
-            if let Err(e) = db::jobs::mark_undispatched(&state.db, id).await {
-                // Still found, a little later: queued jobs are checked against Redis after
-                // GENQ_REDISPATCH_AFTER_SECS.
+            if let Err(e) = db::jobs::mark_undispatched(&state.db, &[id]).await {
+                // Still found, a little later: the reconciler checks every job dispatched since
+                // its last pass, GENQ_REDISPATCH_AFTER_SECS after its dispatch.
                 tracing::warn!(error = %e, "could not mark the job undispatched");
             }
         }
@@ -189,13 +191,15 @@ pub(crate) async fn submit(
     Ok(id)
 }
 
-/// Refuses the job, inside its recording transaction, when the key's queued jobs or tokens today
-/// are spent; otherwise charges its token budget. Checked after the idempotency key, so a repeat
-/// of an accepted request gets its job even at the limit.
-async fn check_quotas(
+/// Refuses the job(s) just inserted, inside their recording transaction, when the key's queued
+/// jobs or tokens today are spent; otherwise charges their token `budget` (`needs`: "this job
+/// needs", for the message). Checked after the
+/// idempotency key, so a repeat of an accepted request gets its job even at the limit.
+pub(crate) async fn check_quotas(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     caller: &Caller,
-    job: &ValidJob,
+    budget: u64,
+    needs: &str,
 ) -> Result<Option<ApiError>> {
     let Some(key) = &caller.key else {
         return Ok(None);
@@ -214,10 +218,10 @@ async fn check_quotas(
         }
     }
     if let Some(per_day) = key.tokens_per_day {
-        let budget = job.token_budget() as i64;
+        let budget = budget as i64;
         if !db::keys::charge_tokens(tx, key.id, budget, per_day).await? {
             return Ok(Some(ApiError::QuotaExceeded(format!(
-                "this key may use {per_day} tokens a day (UTC) and this job needs {budget} (prompts x max_tokens)"
+                "this key may use {per_day} tokens a day (UTC) and {needs} {budget} (prompts x max_tokens)"
             ))));
         }
     }

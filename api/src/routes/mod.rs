@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod batch;
+pub mod bulk;
 pub mod docs;
 pub mod events;
 pub mod generate;
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router {
     let admin = admin::router().route_layer(middleware::from_fn(auth::require_admin));
     let keyed = Router::new()
         .merge(batch::router())
+        .merge(bulk::router())
         .merge(generate::router())
         .merge(history::router())
         .merge(admin)

@@ -1,6 +1,10 @@
 //! Which apalis task carries each job through Redis (`jobs.dispatch_id`). A job's first dispatch
-//! uses its own id; each re-dispatch takes a fresh one, recorded here before it is pushed.
+//! uses its own id; each re-dispatch takes a fresh one, recorded here before it is pushed. And
+//! the reconciler's window over dispatches to check against Redis.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -12,7 +16,7 @@ pub async fn renew_dispatches(
 ) -> sqlx::Result<Vec<(Uuid, Uuid, i32)>> {
     let fresh: Vec<Uuid> = job_ids.iter().map(|_| Uuid::now_v7()).collect();
     sqlx::query_as(
-        r#"update jobs j set dispatch_id = d.dispatch_id
+        r#"update jobs j set dispatch_id = d.dispatch_id, queued_at = now(), undispatched = false
            from unnest($1::uuid[], $2::uuid[]) as d(job_id, dispatch_id)
            where j.id = d.job_id and j.status = 'queued'
            returning j.id, j.dispatch_id, j.attempt"#,
@@ -31,12 +35,122 @@ pub async fn dispatch_ids(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<U
         .await
 }
 
-/// Marks a recorded job whose push to Redis failed as never dispatched, so the reconciler's next
-/// pass dispatches it (it checks queued jobs in `queued_at` order).
-pub async fn mark_undispatched(pool: &PgPool, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query(r#"update jobs set queued_at = 'epoch' where id = $1 and status = 'queued'"#)
-        .bind(id)
+/// The queued jobs the reconciler checks against Redis in one pass: those (re)dispatched after
+/// `from` (none: every queued job) and at least a grace period ago, so a push still under way
+/// is not taken for a lost one.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckWindow {
+    pub from: Option<DateTime<Utc>>,
+    pub until: DateTime<Utc>,
+}
+
+/// A queued job in the window: (job, dispatch, queued_at).
+pub type QueuedDispatch = (Uuid, Uuid, DateTime<Utc>);
+
+/// The window after the last pass's (`overlap` earlier, so a dispatch whose transaction committed
+/// late still falls in), up to `grace` ago, in PostgreSQL's clock. `None` from the caller's side
+/// (`everything`) checks every queued job: after Redis lost its data.
+pub async fn check_window(
+    pool: &PgPool,
+    queue: &str,
+    grace: Duration,
+    overlap: Duration,
+    everything: bool,
+) -> sqlx::Result<CheckWindow> {
+    let (from, until) = sqlx::query_as(
+        r#"select (select checked_until from reconciler_marks where queue = $1)
+                      - make_interval(secs => $3),
+                  now() - make_interval(secs => $2)"#,
+    )
+    .bind(queue)
+    .bind(grace.as_secs_f64())
+    .bind(overlap.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+    Ok(CheckWindow {
+        from: if everything { None } else { from },
+        until,
+    })
+}
+
+/// Up to `limit` queued jobs of the window after `after`, in (queued_at, id) order: an index
+/// range scan of `jobs_queued_at`, whatever the backlog.
+pub async fn queued_in_window(
+    pool: &PgPool,
+    window: &CheckWindow,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<Vec<QueuedDispatch>> {
+    let (after_at, after_id) = after.unzip();
+    sqlx::query_as(
+        r#"select id, dispatch_id, queued_at from jobs
+           where status = 'queued'
+             and queued_at > coalesce($1, '-infinity') and queued_at <= $2
+             and (queued_at, id) > (coalesce($3, '-infinity'), coalesce($4, '00000000-0000-0000-0000-000000000000'))
+           order by queued_at, id limit $5"#,
+    )
+    .bind(window.from)
+    .bind(window.until)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the queued jobs up to `until` have been checked.
+pub async fn set_checked_until(
+    pool: &PgPool,
+    queue: &str,
+    until: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"insert into reconciler_marks (queue, checked_until) values ($1, $2)
+           on conflict (queue) do update set checked_until = excluded.checked_until"#,
+    )
+    .bind(queue)
+    .bind(until)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Which of these dispatches still carry a queued job: deliveries apalis finished with although
+/// the job never ran (a worker that kept failing to reach PostgreSQL, say).
+pub async fn queued_with_dispatch(pool: &PgPool, dispatch_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(r#"select id from jobs where status = 'queued' and dispatch_id = any($1)"#)
+        .bind(dispatch_ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// Clears the undispatched mark of jobs Redis turned out to hold.
+pub async fn clear_undispatched(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(r#"update jobs set undispatched = false where id = any($1)"#)
+        .bind(ids)
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Marks recorded jobs whose push to Redis failed, so the reconciler's next pass dispatches them.
+pub async fn mark_undispatched(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(r#"update jobs set undispatched = true where id = any($1) and status = 'queued'"#)
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Up to `limit` queued jobs marked undispatched, with their dispatch ids.
+pub async fn undispatched(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    sqlx::query_as(
+        r#"select id, dispatch_id from jobs where undispatched and status = 'queued' limit $1"#,
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }

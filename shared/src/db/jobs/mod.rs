@@ -112,6 +112,47 @@ pub async fn insert<'e>(
     Ok(())
 }
 
+/// One job of [`insert_many`].
+pub struct NewJob<'a> {
+    pub id: Uuid,
+    pub prompts: &'a [String],
+    pub params: &'a JobParams,
+    pub timeout: std::time::Duration,
+}
+
+/// Records many jobs in one statement (bulk intake), each dispatched under its own id.
+pub async fn insert_many<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    jobs: &[NewJob<'_>],
+    max_attempts: i32,
+    owner: Owner<'_>,
+) -> sqlx::Result<()> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let prompts: Vec<Json<&[String]>> = jobs.iter().map(|j| Json(j.prompts)).collect();
+    let counts: Vec<i32> = jobs.iter().map(|j| j.prompts.len() as i32).collect();
+    let params: Vec<Json<&JobParams>> = jobs.iter().map(|j| Json(j.params)).collect();
+    let timeouts: Vec<f64> = jobs.iter().map(|j| j.timeout.as_secs_f64()).collect();
+    sqlx::query(
+        r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline,
+                             tenant, api_key_id)
+           select id, id, prompts, prompt_count, params, $6, now() + make_interval(secs => timeout),
+                  $7, $8
+           from unnest($1::uuid[], $2::jsonb[], $3::int4[], $4::jsonb[], $5::float8[])
+                as t(id, prompts, prompt_count, params, timeout)"#,
+    )
+    .bind(&ids)
+    .bind(&prompts)
+    .bind(&counts)
+    .bind(&params)
+    .bind(&timeouts)
+    .bind(max_attempts)
+    .bind(owner.tenant)
+    .bind(owner.key_id)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobStatus>> {
     sqlx::query_scalar(r#"select status from jobs where id = $1"#)
         .bind(id)

@@ -98,33 +98,6 @@ pub async fn expire_queued(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     Ok(ids)
 }
 
-/// Queued jobs that have waited `waited` since they were last (re)dispatched or checked, with
-/// their dispatch ids, oldest first.
-pub async fn queued_since(
-    pool: &PgPool,
-    waited: Duration,
-    limit: i64,
-) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
-    sqlx::query_as(
-        r#"select id, dispatch_id from jobs
-           where status = 'queued' and queued_at < now() - make_interval(secs => $1)
-           order by queued_at limit $2"#,
-    )
-    .bind(waited.as_secs_f64())
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-/// Marks jobs as dispatched again now, so they are not checked again at once.
-pub async fn touch_queued(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query(r#"update jobs set queued_at = now() where id = any($1) and status = 'queued'"#)
-        .bind(ids)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// Jobs, newest first, optionally of one status.
 pub async fn list(
     pool: &PgPool,

@@ -1,0 +1,317 @@
+//! Replicas: reconciler passes run one at a time, so API replicas never dispatch a job twice;
+//! workers take only the jobs they can start; bulk intake records all of its jobs or none.
+
+use std::collections::HashSet;
+
+use genq_shared::{
+    config::QueueConfig,
+    queue,
+    reconcile::{ReconcileConfig, Reconciler, try_lock},
+    types::JobStatus,
+};
+use genq_tests::{TestApp, redis_url, until};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn reconciler(app: &TestApp) -> Reconciler {
+    let (storage, redis) = queue::connect(&QueueConfig {
+        redis_url: redis_url().parse().unwrap(),
+        queue: app.queue.clone(),
+    })
+    .await
+    .unwrap();
+    Reconciler {
+        db: app.pool.clone(),
+        storage,
+        redis,
+        queue: app.queue.clone(),
+        config: ReconcileConfig {
+            worker_stale_secs: 15,
+            redispatch_after_secs: 10,
+            retention_secs: 0,
+        },
+    }
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Submits `count` single-prompt jobs in one bulk request.
+async fn submit_many(app: &TestApp, count: usize) -> Vec<Uuid> {
+    let jobs: Vec<Value> = (0..count)
+        .map(|i| json!({ "prompts": [format!("job {i}")], "max_tokens": 4 }))
+        .collect();
+    let response = app.post("/batches", &json!({ "jobs": jobs })).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let ids: Vec<Uuid> = serde_json::from_value(body["task_ids"].clone()).unwrap();
+    assert_eq!(ids.len(), count);
+    ids
+}
+
+/// As Redis restarting empty does to this queue, with the jobs past the re-dispatch grace.
+async fn lose_redis_data(app: &TestApp) {
+    queue::delete_namespace(&mut redis().await, &app.queue)
+        .await
+        .unwrap();
+    sqlx::query("update jobs set queued_at = now() - interval '1 minute'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
+/// The dispatches Redis holds waiting (ready or scheduled), one entry per task.
+async fn waiting_dispatches(app: &TestApp) -> Vec<Uuid> {
+    let config = queue::storage_config(&app.queue);
+    let (ready, scheduled): (Vec<String>, Vec<String>) = redis::pipe()
+        .lrange(config.active_jobs_list(), 0, -1)
+        .zrange(config.scheduled_jobs_set(), 0, -1)
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+    ready
+        .iter()
+        .chain(&scheduled)
+        .map(|task| queue::dispatch_of(task).expect("a genq task id"))
+        .collect()
+}
+
+/// Checks that Redis holds exactly one waiting task for each of `jobs`, the one PostgreSQL records.
+async fn assert_dispatched_once(app: &TestApp, jobs: &[Uuid]) {
+    let waiting = waiting_dispatches(app).await;
+    assert_eq!(waiting.len(), jobs.len(), "one waiting task per job");
+    let distinct: HashSet<Uuid> = waiting.iter().copied().collect();
+    assert_eq!(distinct.len(), jobs.len(), "no task twice");
+    let recorded: Vec<Uuid> = sqlx::query_scalar("select dispatch_id from jobs where id = any($1)")
+        .bind(jobs)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded.into_iter().collect::<HashSet<_>>(), distinct);
+}
+
+#[tokio::test]
+async fn a_reconciler_pass_does_nothing_while_another_pass_holds_the_lock() {
+    let app = TestApp::spawn().await;
+    let jobs = submit_many(&app, 3).await;
+    lose_redis_data(&app).await;
+    let mut reconciler = reconciler(&app).await;
+
+    let other_pass = try_lock(&app.pool, &app.queue)
+        .await
+        .unwrap()
+        .expect("lock free");
+    let pass = reconciler.pass().await;
+    assert!(pass.skipped, "{pass:?}");
+    assert_eq!((pass.checked, pass.redispatched), (0, 0), "{pass:?}");
+    assert!(waiting_dispatches(&app).await.is_empty());
+
+    other_pass.rollback().await.unwrap();
+    let pass = reconciler.pass().await;
+    assert!(!pass.skipped && pass.full_check, "{pass:?}");
+    assert_eq!((pass.checked, pass.redispatched), (3, 3), "{pass:?}");
+    assert_dispatched_once(&app, &jobs).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_passes_dispatch_each_lost_job_once() {
+    let app = TestApp::spawn().await;
+    let jobs = submit_many(&app, 300).await;
+    lose_redis_data(&app).await;
+    let (mut first, mut second) = (reconciler(&app).await, reconciler(&app).await);
+
+    let (a, b) = tokio::join!(first.pass(), second.pass());
+
+    assert_eq!(a.redispatched + b.redispatched, 300, "{a:?} {b:?}");
+    assert_dispatched_once(&app, &jobs).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_api_replicas_reconciling_every_second_dispatch_each_lost_job_once() {
+    let app = TestApp::spawn().await;
+    let jobs = submit_many(&app, 1000).await;
+    lose_redis_data(&app).await;
+    let every_second = [("GENQ_RECONCILE_INTERVAL_SECS", "1")];
+    let replicas = [
+        app.spawn_api_process_with(&every_second).await,
+        app.spawn_api_process_with(&every_second).await,
+    ];
+
+    until("the replicas never re-dispatched the jobs", || async {
+        waiting_dispatches(&app).await.len() >= jobs.len()
+    })
+    .await;
+    // Both replicas pass again after that: a second pass must find nothing to dispatch.
+    let dispatched_by: String = sqlx::query_scalar("select now()::text")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    until("the replicas stopped reconciling", || async {
+        // A pass marks the queue checked up to its start less the 10 s grace.
+        sqlx::query_scalar(
+            "select checked_until + interval '10 seconds' > $2::timestamptz + interval '2 seconds'
+             from reconciler_marks where queue = $1",
+        )
+        .bind(&app.queue)
+        .bind(&dispatched_by)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+
+    assert_dispatched_once(&app, &jobs).await;
+    for replica in replicas {
+        let log = replica.stop().await;
+        assert!(!log.contains("ERROR"), "{log}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn workers_take_only_the_jobs_they_can_start() {
+    let app = TestApp::spawn().await;
+    // Long enough that the first four are still running when checked.
+    let prompts: Vec<String> = (0..8).map(|i| format!("Long story number {i}")).collect();
+    let long = json!({ "prompts": prompts, "max_tokens": 200 });
+    let jobs = futures::future::join_all((0..8).map(|_| app.submit(&long))).await;
+    // The small worker starts first: taking a batch of tasks, it would hoard most of them.
+    let small = app.start_worker(1).await;
+    let large = app.start_worker(3).await;
+
+    let running_per_worker = || async {
+        let counts: Vec<i64> = sqlx::query_scalar(
+            "select count(*) from jobs where status = 'running' group by worker order by 1",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        counts
+    };
+    until("the workers never ran four jobs at once", || async {
+        running_per_worker().await == [1, 3]
+    })
+    .await;
+    assert_eq!(
+        waiting_dispatches(&app).await.len(),
+        4,
+        "the other jobs wait in Redis for whichever worker frees a slot first"
+    );
+
+    for id in jobs {
+        let cancelled = app.post(&format!("/batch/{id}/cancel"), &json!({})).await;
+        assert_eq!(cancelled.status(), 200);
+    }
+    small.stop().await;
+    large.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_intake_records_every_job_in_order_or_none() {
+    let app = TestApp::spawn().await;
+    let jobs = json!([
+        { "prompts": ["first"], "max_tokens": 4 },
+        { "prompts": ["second", "and third"], "max_tokens": 4 },
+        { "prompts": ["last"], "max_tokens": 4, "seed": 7 },
+    ]);
+
+    let mut bad = jobs.clone();
+    bad[1]["max_tokens"] = json!(0);
+    let refused = app.post("/batches", &json!({ "jobs": bad })).await;
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_field");
+    assert_eq!(body["error"]["field"], "jobs[1].max_tokens");
+    assert_eq!(body["error"]["job_index"], 1);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("jobs[1]: "),
+        "{body}"
+    );
+    let recorded: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "nothing recorded");
+    assert!(
+        waiting_dispatches(&app).await.is_empty(),
+        "nothing dispatched"
+    );
+
+    let response = app.post("/batches", &json!({ "jobs": jobs })).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "queued");
+    let ids: Vec<Uuid> = serde_json::from_value(body["task_ids"].clone()).unwrap();
+    assert_eq!(ids.len(), 3);
+    for (id, expected) in ids.iter().zip(&[1, 2, 1]) {
+        let view = app.view(*id).await;
+        assert_eq!(
+            (view.status, view.counts.total),
+            (JobStatus::Queued, *expected)
+        );
+    }
+    assert_eq!(app.view(ids[2]).await.params.seed, Some(7));
+    assert_dispatched_once(&app, &ids).await;
+
+    let worker = app.start_worker(2).await;
+    for id in &ids {
+        assert_eq!(app.wait_final(*id).await.status, JobStatus::Completed);
+    }
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_intake_refuses_empty_oversized_and_idempotent_requests() {
+    let app = TestApp::spawn().await;
+    let one = json!({ "prompts": ["x"], "max_tokens": 1 });
+    let cases = [
+        (
+            json!({ "jobs": [] }),
+            "jobs",
+            "give between 1 and 10000 jobs; got 0",
+        ),
+        (
+            json!({ "jobs": vec![one.clone(); 10_001] }),
+            "jobs",
+            "give between 1 and 10000 jobs; got 10001",
+        ),
+    ];
+    for (body, field, message) in cases {
+        let response = app.post("/batches", &body).await;
+        assert_eq!(response.status(), 422);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({ "error": { "code": "invalid_field", "field": field, "message": message } })
+        );
+    }
+    let keyed = app
+        .client
+        .post(format!("{}/batches", app.address))
+        .header("Idempotency-Key", "once")
+        .json(&json!({ "jobs": [one] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), 422);
+    let body: Value = keyed.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "Idempotency-Key");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0);
+    app.stop().await;
+}
