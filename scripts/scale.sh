@@ -57,14 +57,17 @@ latencies() {
     wrk -t1 -c8 -d5s --latency -H "$auth" "$url/batch_result/$id" >"$state/get-$1.txt"
     echo "$(awk '/ 99%/ {print $2}' "$state/post-$1.txt") $(awk '/ 99%/ {print $2}' "$state/get-$1.txt")"
 }
-# CPU ticks (user + system) of the API, PostgreSQL and Redis.
+# CPU ticks (user + system) of the API, PostgreSQL and Redis: "api postgres redis".
 cpu_ticks() {
-    local total=0 pid
-    for pid in "$api_pid" $(pgrep -x postgres) $(pgrep -x redis-server); do
-        [ -r "/proc/$pid/stat" ] || continue
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    local pids part sums=()
+    for pids in "$api_pid" "$(pgrep -x postgres)" "$(pgrep -x redis-server)"; do
+        part=0
+        for pid in $pids; do
+            [ -r "/proc/$pid/stat" ] && part=$((part + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        done
+        sums+=("$part")
     done
-    echo "$total"
+    echo "${sums[*]}"
 }
 redis_bytes() { redis-cli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r'; }
 queued() { psql -h 127.0.0.1 -U postgres -d "$name" -Atc "select count(*) from jobs where status = 'queued'"; }
@@ -97,9 +100,18 @@ pg_per_job=$(psql -h 127.0.0.1 -U postgres -d "$name" -Atc \
 say "backlog of $backlog queued jobs; idle for 30 s (reconciler passes every 5 s)"
 sleep 5  # the intake's own work settles (autovacuum, the first full pass)
 hz=$(getconf CLK_TCK)
+scans() {
+    psql -h 127.0.0.1 -U postgres -d "$name" -Atc "select seq_scan || ' ' || coalesce(idx_scan, 0) || ' ' ||
+        autovacuum_count || ' ' || autoanalyze_count from pg_stat_user_tables where relname = 'jobs'"
+}
+read -r seq_before idx_before vac_before an_before <<<"$(scans)"
 before=$(cpu_ticks)
 sleep 30
-idle=$(python3 -c "print(f'{($(cpu_ticks) - $before) / $hz / 30 * 100:.2f}')")
+idle=$(python3 -c "
+b = [int(x) for x in '$before'.split()]; a = [int(x) for x in '$(cpu_ticks)'.split()]
+d = [(y - x) / $hz / 30 * 100 for x, y in zip(b, a)]
+print(f'{sum(d):.2f} % of a core (API {d[0]:.2f}, PostgreSQL {d[1]:.2f}, Redis {d[2]:.2f})')")
+read -r seq_after idx_after vac_after an_after <<<"$(scans)"
 
 pass_started=$(date +%s.%N)
 "$bin/genqctl" queue reconcile --json >"$state/pass.json"
@@ -117,7 +129,8 @@ cat <<EOF
 | queued jobs | $backlog |
 | Redis memory per queued job | $redis_per_job bytes |
 | PostgreSQL jobs table + indexes per job | $pg_per_job bytes |
-| API + PostgreSQL + Redis CPU, idle with the backlog (30 s) | $idle % of a core |
+| API + PostgreSQL + Redis CPU, idle with the backlog (30 s) | $idle |
+| meanwhile on jobs: sequential / index scans, autovacuums / autoanalyzes | $((seq_after - seq_before)) / $((idx_after - idx_before)), $((vac_after - vac_before)) / $((an_after - an_before)) |
 | one reconciler pass (genqctl, process start included): jobs checked, time | $checked, $pass_ms ms |
 | POST /batch p99, empty / with backlog | $post_empty / $post_full |
 | GET /batch_result p99, empty / with backlog | $get_empty / $get_full |
