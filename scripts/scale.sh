@@ -97,8 +97,17 @@ redis_per_job=$(python3 -c "print(f'{($(redis_bytes) - $redis_before) / $added:.
 pg_per_job=$(psql -h 127.0.0.1 -U postgres -d "$name" -Atc \
     "select pg_total_relation_size('jobs') / $backlog")
 
-say "backlog of $backlog queued jobs; idle for 30 s (reconciler passes every 5 s)"
-sleep 5  # the intake's own work settles (autovacuum, the first full pass)
+intake_end=$(psql -h 127.0.0.1 -U postgres -d "$name" -Atc "select now()")
+say "backlog of $backlog queued jobs; waiting for the reconciler to have checked the intake"
+# It checks each dispatch once, 10 s after it (GENQ_REDISPATCH_AFTER_SECS): not idle until then.
+for _ in $(seq 120); do
+    caught_up=$(psql -h 127.0.0.1 -U postgres -d "$name" -Atc \
+        "select coalesce(max(checked_until) > '$intake_end', false) from reconciler_marks")
+    [ "$caught_up" = t ] && break
+    sleep 1
+done
+[ "$caught_up" = t ] || { warn "the reconciler did not catch up with the intake in 120 s"; exit 1; }
+say "idle for 30 s (reconciler passes every 5 s)"
 hz=$(getconf CLK_TCK)
 scans() {
     psql -h 127.0.0.1 -U postgres -d "$name" -Atc "select seq_scan || ' ' || coalesce(idx_scan, 0) || ' ' ||
@@ -116,7 +125,9 @@ read -r seq_after idx_after vac_after an_after <<<"$(scans)"
 pass_started=$(date +%s.%N)
 "$bin/genqctl" queue reconcile --json >"$state/pass.json"
 pass_ms=$(python3 -c "print(f'{($(date +%s.%N) - $pass_started) * 1000:.0f}')")
-checked=$(python3 -c "import json; print(json.load(open('$state/pass.json'))['checked'])")
+checked=$(python3 -c "
+import json; p = json.load(open('$state/pass.json'))
+print('skipped (an API pass held the lock)' if p['skipped'] else p['checked'])")
 
 say "full system: POST /batch and GET /batch_result p99"
 read -r post_full get_full <<<"$(latencies full)"

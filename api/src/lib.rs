@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`Config`]: flags and environment variables.
 //! - [`Application`]: build -> port -> run_until_stopped; `main` and the tests drive the same code.
-//! - `routes`: one module per resource (batch, generate, history, admin, health); `events` follows
-//!   a job as Server-Sent Events.
+//! - `routes`: one module per resource (batch, generate, history, admin, health); `bulk` takes
+//!   many jobs in one request; `events` follows a job as Server-Sent Events.
 //! - `auth`: API keys, tenants, admin rights; `rate_limit`: the per-key token bucket in Redis.
 //! - `validate`: request checks; `extract`: the JSON body extractor; [`error`]: the error type.
 //! - `serve`: the HTTP server loop with its slow-client limits.

@@ -42,29 +42,60 @@ pub fn storage_config(queue: &str) -> apalis_redis::Config {
         .batch_size(1)
 }
 
-/// Redis's sign that it still holds every dispatch: set by the reconciler once it has checked
-/// every queued job, and gone when Redis lost its data (a restart without persistence, a flush),
-/// which makes the next pass check every queued job again.
+/// Redis's sign that it still holds every dispatch: `intact` once the reconciler has checked
+/// every queued job against it. Gone when Redis lost its data (a restart without persistence, a
+/// flush), which makes the next pass check every queued job again.
 pub fn intact_marker(queue: &str) -> String {
     format!("{queue}:genq:intact")
 }
 
-/// Whether Redis still has the marker; see [`intact_marker`].
+const INTACT: &str = "intact";
+
+/// Whether Redis holds the marker's `intact` value; see [`intact_marker`].
 pub async fn is_intact(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<bool> {
-    redis::cmd("EXISTS")
+    let value: Option<String> = redis::cmd("GET")
         .arg(intact_marker(queue))
         .query_async(conn)
         .await
-        .context("reading the intact marker from Redis")
+        .context("reading the intact marker from Redis")?;
+    Ok(value.as_deref() == Some(INTACT))
 }
 
-pub async fn mark_intact(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<()> {
+/// Starts a check of every queued job: the marker takes a value of this check's own, returned.
+pub async fn begin_full_check(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<String> {
+    let check = format!("checking {}", Uuid::new_v4());
     redis::cmd("SET")
         .arg(intact_marker(queue))
-        .arg(1)
+        .arg(&check)
         .query_async::<()>(conn)
         .await
-        .context("setting the intact marker in Redis")
+        .context("setting the intact marker in Redis")?;
+    Ok(check)
+}
+
+/// Ends a full check begun with [`begin_full_check`]: the marker becomes `intact` only if it
+/// still holds that check's value, so data Redis lost during the check is not taken as checked.
+/// Says whether it did.
+pub async fn finish_full_check(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    check: &str,
+) -> anyhow::Result<bool> {
+    let script = redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+              redis.call('SET', KEYS[1], ARGV[2])
+              return 1
+          end
+          return 0",
+    );
+    let done: i32 = script
+        .key(intact_marker(queue))
+        .arg(check)
+        .arg(INTACT)
+        .invoke_async(conn)
+        .await
+        .context("setting the intact marker in Redis")?;
+    Ok(done == 1)
 }
 
 /// Connects to Redis lazily: the connection is made (and remade) on first use, so a caller whose

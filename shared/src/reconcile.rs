@@ -93,14 +93,14 @@ impl Reconciler {
         let mut pass = Pass::default();
         // Held until the pass ends: the transaction's end releases it, as does a connection
         // that dies with its process.
-        let lock = match try_lock(&self.db, &self.queue).await {
+        let lock = match jobs::try_reconciler_lock(&self.db, &self.queue).await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 pass.skipped = true;
                 return pass;
             }
             Err(e) => {
-                record(&mut pass, "lock", Err(e));
+                record(&mut pass, "lock", Err(e.into()));
                 return pass;
             }
         };
@@ -172,10 +172,17 @@ impl Reconciler {
             }
         }
         pass.full_check = !queue::is_intact(&mut self.redis, &self.queue).await?;
+        let full_check = match pass.full_check {
+            true => Some(queue::begin_full_check(&mut self.redis, &self.queue).await?),
+            false => None,
+        };
         let grace = Duration::from_secs(self.config.redispatch_after_secs);
-        let window =
-            jobs::check_window(&self.db, &self.queue, grace, CHECK_OVERLAP, pass.full_check)
-                .await?;
+        let window = match full_check {
+            Some(_) => jobs::whole_window(&self.db, grace).await?,
+            None => {
+                jobs::window_since_last_pass(&self.db, &self.queue, grace, CHECK_OVERLAP).await?
+            }
+        };
         let mut after = None;
         loop {
             let page = jobs::queued_in_window(&self.db, &window, after, CHECK_PAGE).await?;
@@ -195,8 +202,10 @@ impl Reconciler {
             }
         }
         jobs::set_checked_until(&self.db, &self.queue, window.until).await?;
-        if pass.full_check {
-            queue::mark_intact(&mut self.redis, &self.queue).await?;
+        if let Some(check) = full_check
+            && !queue::finish_full_check(&mut self.redis, &self.queue, &check).await?
+        {
+            tracing::warn!("Redis lost its data during a full check; checking every job again");
         }
         Ok(())
     }
@@ -262,20 +271,6 @@ impl Reconciler {
             }
         }
     }
-}
-
-/// Takes the queue's reconciler lock if no other pass holds it; held until the transaction ends.
-pub async fn try_lock(
-    db: &PgPool,
-    queue: &str,
-) -> anyhow::Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
-    let mut tx = db.begin().await?;
-    let taken: bool =
-        sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("genq reconciler {queue}"))
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok(taken.then_some(tx))
 }
 
 fn record(pass: &mut Pass, step: &'static str, outcome: anyhow::Result<()>) {

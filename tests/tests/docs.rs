@@ -62,6 +62,7 @@ async fn the_openapi_document_is_open_and_describes_every_route() {
         .collect();
     let expected: BTreeSet<(String, String)> = [
         ("post", "/batch"),
+        ("post", "/batches"),
         ("get", "/batch_result/{task_id}"),
         ("get", "/batch_result/{task_id}/events"),
         ("post", "/batch/{task_id}/cancel"),

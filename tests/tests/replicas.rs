@@ -5,8 +5,9 @@ use std::collections::HashSet;
 
 use genq_shared::{
     config::QueueConfig,
+    db::jobs::try_reconciler_lock,
     queue,
-    reconcile::{ReconcileConfig, Reconciler, try_lock},
+    reconcile::{ReconcileConfig, Reconciler},
     types::JobStatus,
 };
 use genq_tests::{TestApp, redis_url, until};
@@ -102,7 +103,7 @@ async fn a_reconciler_pass_does_nothing_while_another_pass_holds_the_lock() {
     lose_redis_data(&app).await;
     let mut reconciler = reconciler(&app).await;
 
-    let other_pass = try_lock(&app.pool, &app.queue)
+    let other_pass = try_reconciler_lock(&app.pool, &app.queue)
         .await
         .unwrap()
         .expect("lock free");
@@ -116,6 +117,50 @@ async fn a_reconciler_pass_does_nothing_while_another_pass_holds_the_lock() {
     assert!(!pass.skipped && pass.full_check, "{pass:?}");
     assert_eq!((pass.checked, pass.redispatched), (3, 3), "{pass:?}");
     assert_dispatched_once(&app, &jobs).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_full_check_a_pass_checks_only_what_was_dispatched_since() {
+    let app = TestApp::spawn().await;
+    let mut reconciler = reconciler(&app).await;
+    let mut jobs = submit_many(&app, 3).await;
+    let first = reconciler.pass().await;
+    assert!(first.full_check, "{first:?}");
+
+    // A job whose push Redis lost, dispatched after the first pass's window.
+    let lost = app
+        .submit(&json!({ "prompts": ["lost"], "max_tokens": 4 }))
+        .await;
+    let config = queue::storage_config(&app.queue);
+    let task = queue::task_id(lost).to_string();
+    let _: () = redis::pipe()
+        .lrem(config.active_jobs_list(), 0, &task)
+        .zrem(config.scheduled_jobs_set(), &task)
+        .hdel(config.job_data_hash(), &task)
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update jobs set queued_at = (select checked_until from reconciler_marks) + interval '1 ms'
+         where id = $1",
+    )
+    .bind(lost)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let second = reconciler.pass().await;
+    assert!(!second.full_check, "{second:?}");
+    assert_eq!((second.checked, second.redispatched), (1, 1), "{second:?}");
+    jobs.push(lost);
+    assert_dispatched_once(&app, &jobs).await;
+
+    queue::delete_namespace(&mut redis().await, &app.queue)
+        .await
+        .unwrap();
+    let after_a_flush = reconciler.pass().await;
+    assert!(after_a_flush.full_check, "{after_a_flush:?}");
     app.stop().await;
 }
 
@@ -148,16 +193,16 @@ async fn two_api_replicas_reconciling_every_second_dispatch_each_lost_job_once()
         waiting_dispatches(&app).await.len() >= jobs.len()
     })
     .await;
-    // Both replicas pass again after that: a second pass must find nothing to dispatch.
+    // Later passes check those re-dispatches again (once 10 s old): they must find them all.
     let dispatched_by: String = sqlx::query_scalar("select now()::text")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    until("the replicas stopped reconciling", || async {
-        // A pass marks the queue checked up to its start less the 10 s grace.
+    until("no pass checked the re-dispatched jobs", || async {
+        // A pass marks the queue checked up to its start less the 10 s grace: this one has
+        // checked every re-dispatch against Redis again.
         sqlx::query_scalar(
-            "select checked_until + interval '10 seconds' > $2::timestamptz + interval '2 seconds'
-             from reconciler_marks where queue = $1",
+            "select checked_until > $2::timestamptz from reconciler_marks where queue = $1",
         )
         .bind(&app.queue)
         .bind(&dispatched_by)

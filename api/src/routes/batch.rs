@@ -192,9 +192,9 @@ pub(crate) async fn submit(
 }
 
 /// Refuses the job(s) just inserted, inside their recording transaction, when the key's queued
-/// jobs or tokens today are spent; otherwise charges their token `budget` (`needs`: "this job
-/// needs", for the message). Checked after the
-/// idempotency key, so a repeat of an accepted request gets its job even at the limit.
+/// jobs or tokens today are spent; otherwise charges their token `budget`. `needs` begins the
+/// refusal's second half ("this job needs"). Checked after the idempotency key, so a repeat of
+/// an accepted request gets its job even at the limit.
 pub(crate) async fn check_quotas(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     caller: &Caller,

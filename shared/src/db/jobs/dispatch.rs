@@ -47,15 +47,14 @@ pub struct CheckWindow {
 /// A queued job in the window: (job, dispatch, queued_at).
 pub type QueuedDispatch = (Uuid, Uuid, DateTime<Utc>);
 
-/// The window after the last pass's (`overlap` earlier, so a dispatch whose transaction committed
-/// late still falls in), up to `grace` ago, in PostgreSQL's clock. `None` from the caller's side
-/// (`everything`) checks every queued job: after Redis lost its data.
-pub async fn check_window(
+/// The dispatches since the last pass's window (from `overlap` before its end, a margin for a
+/// transaction that committed late) up to `grace` ago, in PostgreSQL's clock; every queued job
+/// up to then on the queue's first pass.
+pub async fn window_since_last_pass(
     pool: &PgPool,
     queue: &str,
     grace: Duration,
     overlap: Duration,
-    everything: bool,
 ) -> sqlx::Result<CheckWindow> {
     let (from, until) = sqlx::query_as(
         r#"select (select checked_until from reconciler_marks where queue = $1)
@@ -67,10 +66,31 @@ pub async fn check_window(
     .bind(overlap.as_secs_f64())
     .fetch_one(pool)
     .await?;
-    Ok(CheckWindow {
-        from: if everything { None } else { from },
-        until,
-    })
+    Ok(CheckWindow { from, until })
+}
+
+/// Every queued job dispatched up to `grace` ago: after Redis lost its data.
+pub async fn whole_window(pool: &PgPool, grace: Duration) -> sqlx::Result<CheckWindow> {
+    let until = sqlx::query_scalar(r#"select now() - make_interval(secs => $1)"#)
+        .bind(grace.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+    Ok(CheckWindow { from: None, until })
+}
+
+/// Takes the queue's reconciler lock if no other pass holds it: held until the returned
+/// transaction ends, or its connection does.
+pub async fn try_reconciler_lock(
+    pool: &PgPool,
+    queue: &str,
+) -> sqlx::Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
+    let mut tx = pool.begin().await?;
+    let taken: bool =
+        sqlx::query_scalar(r#"select pg_try_advisory_xact_lock(hashtextextended($1, 0))"#)
+            .bind(format!("genq reconciler {queue}"))
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(taken.then_some(tx))
 }
 
 /// Up to `limit` queued jobs of the window after `after`, in (queued_at, id) order: an index

@@ -1,6 +1,6 @@
 //! What the reconciler and operators need to bring jobs back: jobs held by workers that stopped
-//! heartbeating, queued jobs past their deadline or possibly lost by Redis, the dead list and its
-//! retry, and removal of finished jobs past retention.
+//! heartbeating, queued jobs past their deadline, the dead list and its retry, and removal of
+//! finished jobs past retention. (Jobs Redis may have lost: `dispatch`.)
 
 use std::time::Duration;
 
