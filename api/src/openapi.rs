@@ -197,13 +197,13 @@ pub struct Forbidden(ErrorBody);
 #[derive(ToResponse)]
 pub struct RequestTimeout(ErrorBody);
 
-/// `payload_too_large`: a body over 4 MiB.
+/// `payload_too_large`: a body over 4 MiB (64 MiB on `POST /batches`).
 #[derive(ToResponse)]
 pub struct PayloadTooLarge(ErrorBody);
 
 /// `rate_limited`: the key's requests per minute are spent (with `Retry-After` and `RateLimit-*`);
-/// on `POST /batch` and `POST /generate` also `quota_exceeded`: the key's queued jobs or tokens
-/// per day are spent.
+/// on `POST /batch`, `POST /batches` and `POST /generate` also `quota_exceeded`: the key's queued
+/// jobs or tokens per day are spent.
 #[derive(ToResponse)]
 #[response(headers(
     ("Retry-After" = u64,
