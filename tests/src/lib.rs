@@ -421,6 +421,15 @@ impl TestWorker {
     }
 }
 
+/// A connection to the tests' Redis server.
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("a valid Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connecting to Redis")
+}
+
 /// Polls `holds` until it is true; fails the test with `what` after [`PATIENCE`].
 pub async fn until<F, Fut>(what: &str, holds: F)
 where

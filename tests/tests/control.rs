@@ -5,7 +5,7 @@ use genq_shared::{
     db::{self, jobs::Released},
     types::{ErrorCode, JobStatus, JobSummary},
 };
-use genq_tests::{AppOptions, TestApp, redis_url, stdout, until};
+use genq_tests::{AppOptions, TestApp, redis_connection, stdout, until};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -145,11 +145,7 @@ async fn a_lost_workers_job_is_requeued_and_completes_once() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis_connection().await;
     let (due, (now, _)): (f64, (u64, u64)) = redis::pipe()
         .zscore(
             genq_shared::queue::storage_config(&app.queue).scheduled_jobs_set(),
@@ -370,11 +366,7 @@ async fn finished_jobs_past_retention_are_deleted_and_redis_keeps_nothing() {
 
     // apalis keeps finished tasks' payloads; a reconcile pass removes them.
     assert!(reconcile(&app).await["vacuumed"].as_u64().unwrap() >= 1);
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis_connection().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:*", app.queue))
         .query_async(&mut redis)
@@ -408,11 +400,7 @@ async fn queued_jobs_redis_lost_are_dispatched_again() {
         .submit(&json!({ "prompts": ["lost and found"], "max_tokens": 4 }))
         .await;
     // Redis restarted empty, for this queue's namespace (other tests share the server).
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis_connection().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:*", app.queue))
         .query_async(&mut redis)
@@ -446,11 +434,7 @@ async fn a_redispatched_job_survives_the_clean_up_of_its_earlier_delivery() {
     // once), in the done set, payload kept.
     let config = genq_shared::queue::storage_config(&app.queue);
     let first = genq_shared::queue::task_id(id).to_string();
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis_connection().await;
     let _: () = redis::pipe()
         .lrem(config.active_jobs_list(), 0, &first)
         .zrem(config.scheduled_jobs_set(), &first)

@@ -10,7 +10,7 @@ use genq_shared::{
     reconcile::{ReconcileConfig, Reconciler},
     types::JobStatus,
 };
-use genq_tests::{TestApp, redis_url, until};
+use genq_tests::{TestApp, redis_connection, redis_url, until};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -34,14 +34,6 @@ async fn reconciler(app: &TestApp) -> Reconciler {
     }
 }
 
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 /// Submits `count` single-prompt jobs in one bulk request.
 async fn submit_many(app: &TestApp, count: usize) -> Vec<Uuid> {
     let jobs: Vec<Value> = (0..count)
@@ -57,7 +49,7 @@ async fn submit_many(app: &TestApp, count: usize) -> Vec<Uuid> {
 
 /// As Redis restarting empty does to this queue, with the jobs past the re-dispatch grace.
 async fn lose_redis_data(app: &TestApp) {
-    queue::delete_namespace(&mut redis().await, &app.queue)
+    queue::delete_namespace(&mut redis_connection().await, &app.queue)
         .await
         .unwrap();
     sqlx::query("update jobs set queued_at = now() - interval '1 minute'")
@@ -72,7 +64,7 @@ async fn waiting_dispatches(app: &TestApp) -> Vec<Uuid> {
     let (ready, scheduled): (Vec<String>, Vec<String>) = redis::pipe()
         .lrange(config.active_jobs_list(), 0, -1)
         .zrange(config.scheduled_jobs_set(), 0, -1)
-        .query_async(&mut redis().await)
+        .query_async(&mut redis_connection().await)
         .await
         .unwrap();
     ready
@@ -138,7 +130,7 @@ async fn after_a_full_check_a_pass_checks_only_what_was_dispatched_since() {
         .lrem(config.active_jobs_list(), 0, &task)
         .zrem(config.scheduled_jobs_set(), &task)
         .hdel(config.job_data_hash(), &task)
-        .query_async(&mut redis().await)
+        .query_async(&mut redis_connection().await)
         .await
         .unwrap();
     sqlx::query(
@@ -156,7 +148,7 @@ async fn after_a_full_check_a_pass_checks_only_what_was_dispatched_since() {
     jobs.push(lost);
     assert_dispatched_once(&app, &jobs).await;
 
-    queue::delete_namespace(&mut redis().await, &app.queue)
+    queue::delete_namespace(&mut redis_connection().await, &app.queue)
         .await
         .unwrap();
     let after_a_flush = reconciler.pass().await;
