@@ -127,7 +127,11 @@ impl IntoResponse for ApiError {
             ApiError::InJob { index, error } => {
                 body["error"]["job_index"] = json!(index);
                 if let ApiError::InvalidField { field, .. } = error.as_ref() {
-                    body["error"]["field"] = json!(format!("jobs[{index}].{field}"));
+                    let path = match field.as_str() {
+                        "" => format!("jobs[{index}]"),
+                        field => format!("jobs[{index}].{field}"),
+                    };
+                    body["error"]["field"] = json!(path);
                 }
             }
             _ => {}

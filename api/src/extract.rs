@@ -52,10 +52,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if inner.is_data() {
-                    let field = if path == "." {
-                        field_in_message(&inner.to_string())
-                    } else {
-                        path
+                    let message = inner.to_string();
+                    let field = match (path.as_str(), missing_field(&message)) {
+                        (".", _) => field_in_message(&message),
+                        (_, Some(missing)) => format!("{path}.{missing}"),
+                        (_, None) => path,
                     };
                     Err(ApiError::invalid(
                         field,
@@ -74,4 +75,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// serde names the field of "missing field `prompts`" or "unknown field `x`" only in its message.
 fn field_in_message(message: &str) -> String {
     message.split('`').nth(1).unwrap_or("body").to_owned()
+}
+
+/// A missing field's path stops at the object that lacks it (an unknown field's includes it).
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
 }

@@ -142,7 +142,7 @@ async fn reconcile(
         println!(
             "re-queued {} (lost workers), failed {} (out of attempts), timed out {}, \
              checked {} queued job(s) against Redis{}, re-dispatched {}, \
-             vacuumed {} Redis task(s), deleted {} old job(s)",
+             made {} due task(s) ready, vacuumed {} Redis task(s), deleted {} old job(s)",
             pass.requeued,
             pass.failed_lost,
             pass.timed_out,
@@ -153,6 +153,7 @@ async fn reconcile(
                 ""
             },
             pass.redispatched,
+            pass.promoted,
             pass.vacuumed,
             pass.deleted
         );

@@ -56,6 +56,10 @@ pub struct Pass {
     pub vacuumed: u64,
     /// Finished jobs removed by retention.
     pub deleted: usize,
+    /// Due tasks moved from apalis's scheduled set to its ready list: delayed re-dispatches,
+    /// tasks apalis rescheduled, pushes whose own move failed (see `queue::promote_due`). Done
+    /// even by a pass that found the lock taken.
+    pub promoted: usize,
     /// Steps that failed this pass; the others ran regardless.
     pub failed_steps: Vec<FailedStep>,
     /// Another pass (another API replica's, say) held the queue's reconciler lock: this one did
@@ -67,6 +71,10 @@ pub struct Pass {
 const CHECK_PAGE: i64 = 5000;
 /// Finished tasks vacuumed per round trip.
 const VACUUM_PAGE: usize = 500;
+/// Queued jobs expired per statement: short transactions however many fall due at once.
+const EXPIRE_PAGE: i64 = 1000;
+/// Finished jobs deleted by retention per statement, for the same reason.
+const RETENTION_PAGE: i64 = 1000;
 /// The window of dispatches to check starts this much before where the last pass stopped. The
 /// grace (GENQ_REDISPATCH_AFTER_SECS) already covers a dispatch whose transaction commits up to
 /// that late; this is a margin, kept small because every pass checks it again.
@@ -91,6 +99,10 @@ impl Reconciler {
     /// nor a PostgreSQL error the Redis vacuum. Failed steps are logged and listed in the pass.
     pub async fn pass(&mut self) -> Pass {
         let mut pass = Pass::default();
+        // Outside the lock: a move is atomic and safe beside another, and must go on while
+        // PostgreSQL is down (apalis reschedules tasks whose handler failed meanwhile).
+        let outcome = self.promote_due(&mut pass).await;
+        record(&mut pass, "promote_due", outcome);
         // Held until the pass ends: the transaction's end releases it, as does a connection
         // that dies with its process.
         let lock = match jobs::try_reconciler_lock(&self.db, &self.queue).await {
@@ -147,8 +159,13 @@ impl Reconciler {
     }
 
     async fn expire_queued(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
-        pass.timed_out = jobs::expire_queued(&self.db).await?.len();
-        Ok(())
+        loop {
+            let expired = jobs::expire_queued(&self.db, EXPIRE_PAGE).await?.len();
+            pass.timed_out += expired;
+            if expired < EXPIRE_PAGE as usize {
+                return Ok(());
+            }
+        }
     }
 
     /// Checks the jobs (re)dispatched since the last pass against Redis, page by page, and
@@ -241,15 +258,21 @@ impl Reconciler {
         }
     }
 
+    async fn promote_due(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
+        pass.promoted =
+            queue::promote_all_due(&mut self.redis, &queue::storage_config(&self.queue)).await?;
+        Ok(())
+    }
+
     async fn apply_retention(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
         if self.config.retention_secs == 0 {
             return Ok(());
         }
         let older = Duration::from_secs(self.config.retention_secs);
         loop {
-            let deleted = jobs::delete_finished(&self.db, older, 1000).await?;
+            let deleted = jobs::delete_finished(&self.db, older, RETENTION_PAGE).await?;
             pass.deleted += deleted.len();
-            if deleted.len() < 1000 {
+            if deleted.len() < RETENTION_PAGE as usize {
                 return Ok(());
             }
         }

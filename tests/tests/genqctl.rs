@@ -356,7 +356,11 @@ async fn reconcile_runs_its_postgresql_steps_while_redis_is_down() {
     assert_eq!(reconciled.status.code(), Some(1), "{reconciled:?}");
     let pass: Value = serde_json::from_slice(&reconciled.stdout).expect("stdout is the pass");
     let failed = failed_steps(&pass);
-    assert_eq!(failed, ["redispatch_lost", "vacuum_redis"], "{pass}");
+    assert_eq!(
+        failed,
+        ["promote_due", "redispatch_lost", "vacuum_redis"],
+        "{pass}"
+    );
     assert_eq!(pass["deleted"], 1, "{pass}");
     assert_eq!(db::jobs::status(&app.pool, old).await.unwrap(), None);
     app.stop().await;

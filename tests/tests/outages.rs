@@ -162,7 +162,11 @@ async fn a_failed_reconciler_step_does_not_skip_the_others() {
         .expect("a pass ends although Redis is unreachable");
 
     let failed: Vec<&str> = pass.failed_steps.iter().map(|f| f.step).collect();
-    assert_eq!(failed, ["redispatch_lost", "vacuum_redis"], "{pass:?}");
+    assert_eq!(
+        failed,
+        ["promote_due", "redispatch_lost", "vacuum_redis"],
+        "{pass:?}"
+    );
     assert_eq!((pass.timed_out, pass.deleted), (1, 1), "{pass:?}");
     assert_eq!(app.status(expired).await, JobStatus::Failed);
     assert_eq!(db::jobs::status(&app.pool, finished).await.unwrap(), None);

@@ -1,5 +1,6 @@
-//! Replicas: reconciler passes run one at a time, so API replicas never dispatch a job twice;
-//! workers take only the jobs they can start; bulk intake records all of its jobs or none.
+//! Backlogs and replicas: reconciler passes run one at a time, so API replicas never dispatch a
+//! job twice, and work off what falls due in pages; workers take only the jobs they can start;
+//! bulk intake records all of its jobs or none.
 
 use std::collections::HashSet;
 
@@ -156,6 +157,88 @@ async fn after_a_full_check_a_pass_checks_only_what_was_dispatched_since() {
     app.stop().await;
 }
 
+/// apalis's own fetch fails for good once about 8,000 pushed tasks wait in its scheduled set;
+/// genq moves them to the ready list as it pushes, so a worker starts on a backlog of 10,000.
+#[tokio::test]
+async fn a_worker_takes_jobs_from_a_bulk_backlog_beyond_apalis_fetch_limit() {
+    let app = TestApp::spawn().await;
+    let jobs = submit_many(&app, 10_000).await;
+    let config = queue::storage_config(&app.queue);
+    let (scheduled, ready): (u64, u64) = redis::pipe()
+        .zcard(config.scheduled_jobs_set())
+        .llen(config.active_jobs_list())
+        .query_async(&mut redis_connection().await)
+        .await
+        .unwrap();
+    assert_eq!((scheduled, ready), (0, 10_000));
+
+    let worker = app.start_worker(1).await;
+    assert_eq!(app.wait_final(jobs[0]).await.status, JobStatus::Completed);
+    worker.stop().await;
+    app.stop().await;
+}
+
+/// Tasks due in apalis's scheduled set beyond the 8,000 its fetch can move (delayed
+/// re-dispatches falling due together, say) are moved by a reconciler pass, page by page.
+#[tokio::test]
+async fn a_reconciler_pass_makes_every_due_task_ready() {
+    let app = TestApp::spawn().await;
+    let config = queue::storage_config(&app.queue);
+    let mut redis = redis_connection().await;
+    let mut schedule = redis::cmd("ZADD");
+    schedule.arg(config.scheduled_jobs_set());
+    for i in 0..9_000 {
+        schedule.arg(1).arg(format!("task-{i}"));
+    }
+    schedule.query_async::<()>(&mut redis).await.unwrap();
+
+    let pass = reconciler(&app).await.pass().await;
+    assert_eq!(pass.promoted, 9_000, "{pass:?}");
+    let (scheduled, ready): (u64, Vec<String>) = redis::pipe()
+        .zcard(config.scheduled_jobs_set())
+        .lrange(config.active_jobs_list(), 0, -1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(scheduled, 0);
+    assert_eq!(ready.len(), 9_000);
+    assert_eq!(
+        ready.iter().collect::<HashSet<_>>().len(),
+        9_000,
+        "each once"
+    );
+    app.stop().await;
+}
+
+/// Deadlines or retention falling due for a whole backlog at once are worked off page by page
+/// (short transactions), all within the one pass.
+#[tokio::test]
+async fn one_pass_expires_and_deletes_jobs_beyond_a_page() {
+    let app = TestApp::spawn().await;
+    let mut reconciler = reconciler(&app).await;
+    reconciler.config.retention_secs = 3600;
+    let jobs = submit_many(&app, 2500).await;
+    sqlx::query("update jobs set deadline = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let expiring = reconciler.pass().await;
+    assert_eq!(expiring.timed_out, jobs.len(), "{expiring:?}");
+    sqlx::query("update jobs set finished_at = now() - interval '2 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let deleting = reconciler.pass().await;
+    assert_eq!(deleting.deleted, jobs.len(), "{deleting:?}");
+    let left: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_passes_dispatch_each_lost_job_once() {
     let app = TestApp::spawn().await;
@@ -306,6 +389,39 @@ async fn bulk_intake_records_every_job_in_order_or_none() {
         assert_eq!(app.wait_final(*id).await.status, JobStatus::Completed);
     }
     worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_intake_names_the_job_whose_field_does_not_parse() {
+    let app = TestApp::spawn().await;
+    let one = json!({ "prompts": ["x"], "max_tokens": 1 });
+    let cases = [
+        (json!([one, { "max_tokens": 1 }]), 1, ".prompts"),
+        (
+            json!([one, one, { "prompts": ["x"], "max_tokens": "many" }]),
+            2,
+            ".max_tokens",
+        ),
+        (json!([{ "prompts": ["x"], "colour": 1 }]), 0, ".colour"),
+        (json!([one, 1]), 1, ""),
+    ];
+    for (jobs, index, field) in cases {
+        let response = app.post("/batches", &json!({ "jobs": jobs })).await;
+        assert_eq!(response.status(), 422);
+        let body: Value = response.json().await.unwrap();
+        let error = &body["error"];
+        assert_eq!(error["code"], "invalid_field", "{body}");
+        assert_eq!(error["job_index"], index, "{body}");
+        assert_eq!(error["field"], format!("jobs[{index}]{field}"), "{body}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("jobs[{index}]: ")), "{body}");
+    }
+    let recorded: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0);
     app.stop().await;
 }
 

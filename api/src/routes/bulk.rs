@@ -95,8 +95,9 @@ async fn submit_batches(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<BulkRequest>,
+    request: std::result::Result<JsonBody<BulkRequest>, ApiError>,
 ) -> Result<Response> {
+    let JsonBody(request) = request.map_err(name_the_job)?;
     if headers.contains_key("idempotency-key") {
         // A retried bulk request cannot be told from a new one without it: say so rather than
         // record the jobs twice.
@@ -160,4 +161,24 @@ async fn submit_batches(
         status: JobStatus::Queued,
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// A job whose field did not deserialize (`jobs[3].max_tokens` not a number) is refused like one
+/// that did not validate: with its `job_index`.
+fn name_the_job(error: ApiError) -> ApiError {
+    let ApiError::InvalidField { field, message } = &error else {
+        return error;
+    };
+    // `jobs[3].max_tokens`, or `jobs[3]` when the job itself is not an object.
+    let in_job = field
+        .strip_prefix("jobs[")
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(index, rest)| Some((index.parse().ok()?, rest.trim_start_matches('.'))));
+    match in_job {
+        Some((index, field)) => ApiError::InJob {
+            index,
+            error: Box::new(ApiError::invalid(field, message.clone())),
+        },
+        None => error,
+    }
 }

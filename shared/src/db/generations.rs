@@ -21,12 +21,14 @@ pub async fn history(
     scope: Scope<'_>,
 ) -> sqlx::Result<HistoryPage> {
     // Two statements, not one with `$n is null or tenant = $n`: a generic plan of that could not
-    // use the (tenant, seq) index, and a small tenant's page would scan everyone's rows.
+    // use the (tenant, seq) index, and a small tenant's page would scan everyone's rows. The
+    // cursor is `seq < coalesce(..)`, not `$1 is null or seq < $1`, for the same reason: a generic
+    // plan of the latter filters from the newest row down, so a deep page read every newer row.
     let rows: Vec<HistoryRow> =
         match scope {
             Scope::All => sqlx::query_as(
                 r#"select seq, id, prompt, generated_text, model_name, created_at from generations
-                   where $1::bigint is null or seq < $1
+                   where seq < coalesce($1, 9223372036854775807)
                    order by seq desc limit $2"#,
             )
             .bind(before)
@@ -35,7 +37,7 @@ pub async fn history(
             .await?,
             Scope::Tenant(tenant) => sqlx::query_as(
                 r#"select seq, id, prompt, generated_text, model_name, created_at from generations
-                   where tenant = $3 and ($1::bigint is null or seq < $1)
+                   where tenant = $3 and seq < coalesce($1, 9223372036854775807)
                    order by tenant, seq desc limit $2"#,
             )
             .bind(before)

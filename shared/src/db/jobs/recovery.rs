@@ -83,19 +83,21 @@ pub async fn release(
     Ok(released)
 }
 
-/// Queued jobs past their deadline end failed with code `timeout`; returns their ids.
-pub async fn expire_queued(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
-    let mut tx = pool.begin().await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+/// Up to `batch` queued jobs past their deadline end failed with code `timeout`; returns their
+/// ids. In batches so that a backlog whose deadline passed at once (a million jobs submitted
+/// together) is not one transaction locking it all.
+pub async fn expire_queued(pool: &PgPool, batch: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
         r#"update jobs set status = 'failed', finished_at = now(), error_code = $1,
                   error_message = 'the deadline passed before a worker took the job'
-           where status = 'queued' and deadline < now() returning id"#,
+           where id in (select id from jobs where status = 'queued' and deadline < now()
+                        order by deadline limit $2 for update skip locked)
+           returning id"#,
     )
     .bind(ErrorCode::Timeout)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(ids)
+    .bind(batch)
+    .fetch_all(pool)
+    .await
 }
 
 /// Jobs, newest first, optionally of one status.
@@ -104,15 +106,20 @@ pub async fn list(
     status: Option<JobStatus>,
     limit: i64,
 ) -> sqlx::Result<Vec<JobSummary>> {
-    sqlx::query_as(
-        r#"select id, status, prompt_count, attempt, error_code, error_message, created_at, finished_at
-           from jobs where $1::text is null or status = $1
-           order by created_at desc limit $2"#,
-    )
-    .bind(status)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    // Two statements, not `$1 is null or status = $1`: each is an index range (jobs_created_at,
+    // jobs_status_created_at) however many jobs are kept, where that one sorted every job.
+    let query = match status {
+        None => sqlx::query_as(
+            r#"select id, status, prompt_count, attempt, error_code, error_message, created_at, finished_at
+               from jobs order by created_at desc limit $1"#,
+        ),
+        Some(status) => sqlx::query_as(
+            r#"select id, status, prompt_count, attempt, error_code, error_message, created_at, finished_at
+               from jobs where status = $1 order by created_at desc limit $2"#,
+        )
+        .bind(status),
+    };
+    query.bind(limit).fetch_all(pool).await
 }
 
 /// Puts failed jobs back to queued with fresh attempts and deadline; their partial results go.

@@ -3,7 +3,7 @@
 //!
 //! Each delivery of a job is one apalis task whose id PostgreSQL records (`jobs.dispatch_id`), so
 //! the reconciler and operators' tools can find and remove a job's task without apalis's (broken
-//! in 1.0) listing APIs.
+//! in 1.0) listing APIs. [`due`] keeps apalis's fetch working under a deep backlog.
 
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{config::QueueConfig, db};
+
+mod due;
+pub use due::{PROMOTE_PAGE, promote_all_due, promote_due};
 
 /// What travels through Redis: only the job id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +138,9 @@ pub async fn dispatch(
     job_id: Uuid,
     dispatch_id: Uuid,
 ) -> anyhow::Result<()> {
-    dispatch_after(storage, job_id, dispatch_id, Duration::ZERO).await
+    push_after(storage, job_id, dispatch_id, Duration::ZERO).await?;
+    make_ready(storage, 1).await;
+    Ok(())
 }
 
 /// Pushes the first delivery of many recorded jobs (each under its own id, as
@@ -155,11 +160,26 @@ pub async fn dispatch_many(storage: &mut Storage, job_ids: &[Uuid]) -> anyhow::R
             .push_all(&mut futures::stream::iter(tasks))
             .await
             .with_context(|| format!("pushing {} jobs to Redis", chunk.len()))?;
+        make_ready(storage, chunk.len()).await;
     }
     Ok(())
 }
 
-async fn dispatch_after(
+/// After pushing `pushed` due tasks, moves as many to the ready list (see [`due`]). Best effort:
+/// the tasks are dispatched either way, and the reconciler's next pass moves what this did not.
+async fn make_ready(storage: &mut Storage, pushed: usize) {
+    let config = storage.get_config().clone();
+    if let Err(e) = promote_due(storage.get_connection(), &config, pushed).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "due tasks left for the reconciler to move"
+        );
+    }
+}
+
+/// Pushes a delivery due after `delay`; a due one waits in apalis's scheduled set until
+/// [`make_ready`] moves it.
+async fn push_after(
     storage: &mut Storage,
     job_id: Uuid,
     dispatch_id: Uuid,
@@ -188,8 +208,19 @@ pub async fn redispatch(
     let fresh = db::jobs::renew_dispatches(pool, job_ids)
         .await
         .context("recording new dispatches")?;
+    let mut due_now = 0;
     for (job_id, dispatch_id, claims) in &fresh {
-        dispatch_after(storage, *job_id, *dispatch_id, retry_delay(*claims)).await?;
+        let delay = retry_delay(*claims);
+        push_after(storage, *job_id, *dispatch_id, delay).await?;
+        due_now += usize::from(delay.is_zero());
+        // A page at a time: each push leaves its task in apalis's scheduled set until moved.
+        if due_now == PROMOTE_PAGE {
+            make_ready(storage, due_now).await;
+            due_now = 0;
+        }
+    }
+    if due_now > 0 {
+        make_ready(storage, due_now).await;
     }
     Ok(fresh.len())
 }
