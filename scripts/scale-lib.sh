@@ -4,14 +4,35 @@
 
 scale_db() { if [ "$1" = small ]; then echo genq_scale_small; else echo genq_scale; fi; }
 
-# Runs a command (not a shell function) against system $1's database, queue and API address.
-on() {
+# System $1's database, queue and API address, as env(1) takes them.
+system_env() {
     local db port=8072
     db=$(scale_db "$1")
     [ "$1" = small ] && port=8073
+    echo "DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db GENQ_QUEUE=$db GENQ_API_ADDR=127.0.0.1:$port"
+}
+
+# Runs a command (not a shell function) against system $1.
+on() {
+    local vars
+    vars=$(system_env "$1")
     shift
-    DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" GENQ_QUEUE="$db" \
-        GENQ_API_ADDR="127.0.0.1:$port" "$@"
+    # shellcheck disable=SC2086 # one word per variable
+    env $vars "$@"
+}
+
+started_pids=()
+# Starts a command against system $1 in the background, output appended to $2; its pid (the
+# command's own, through env's exec: a backgrounded shell function would leave it orphaned when
+# killed) goes to $started_pid.
+spawn() {
+    local vars log=$2
+    vars=$(system_env "$1")
+    shift 2
+    # shellcheck disable=SC2086
+    env $vars "$@" >>"$log" 2>&1 &
+    started_pid=$!
+    started_pids+=("$started_pid")
 }
 
 sql() { psql -h 127.0.0.1 -U postgres -d "$(scale_db "$1")" -Atc "$2"; }
@@ -23,7 +44,6 @@ scale_reset() {
     redis-cli --scan --pattern "$db:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
 }
 
-started_pids=()
 # Starts system $1's API and waits until it is ready; its pid goes to $started_pid.
 start_api() {
     local port=8072
@@ -32,9 +52,8 @@ start_api() {
         warn "something already serves port $port (a scale.sh run that was killed?); stop it first"
         exit 1
     fi
-    on "$1" "$bin/genq-api" >"$state/api-$1.log" 2>&1 &
-    started_pid=$!
-    started_pids+=("$started_pid")
+    : >"$state/api-$1.log"
+    spawn "$1" "$state/api-$1.log" "$bin/genq-api"
     for _ in $(seq 100); do
         curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && return 0
         sleep 0.2
@@ -154,9 +173,8 @@ drains=()
 drain_window() {
     local last worker t0 t1 tps
     last=$(sql "$1" "select coalesce(max(seq), 0) from generations")
-    on "$1" "$bin/genq-worker" >>"$state/worker-$1.log" 2>&1 &
-    worker=$!
-    started_pids+=("$worker")
+    spawn "$1" "$state/worker-$1.log" "$bin/genq-worker"
+    worker=$started_pid
     local first=f
     for _ in $(seq 600); do
         first=$(sql "$1" "select coalesce(max(seq), 0) > $last from generations")
