@@ -136,7 +136,7 @@ scans() {
 # "<field $2 of the pass> <milliseconds, process start included>". Fails if a step failed.
 timed_pass() {
     local started ms
-    for _ in $(seq 20); do
+    for _ in $(seq 240); do
         started=$(date +%s.%N)
         on "$1" "$bin/genqctl" queue reconcile --json >"$state/pass.json"
         ms=$(python3 -c "print(f'{($(date +%s.%N) - $started) * 1000:.0f}')")
@@ -144,13 +144,20 @@ timed_pass() {
             break
         sleep 0.25
     done
+    grep -q '"skipped": false' "$state/pass.json" || sessions "$1"
     python3 - "$state/pass.json" "$2" "$ms" <<'EOF'
 import json, sys
 p = json.load(open(sys.argv[1]))
 if p["skipped"]:
-    sys.exit("every pass found another holding the lock")
+    sys.exit("for 60 s every pass found another holding the lock")
 print(p[sys.argv[2]], sys.argv[3])
 EOF
+}
+
+# What system $1's PostgreSQL sessions are doing (when a pass never gets the lock).
+sessions() {
+    sql "$1" "select pid, state, wait_event, now() - query_start, left(query, 160)
+        from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()" >&2
 }
 
 # Waits until system $1's reconciler has checked every dispatch made before now (each one once,

@@ -31,6 +31,7 @@ build_release -p genq-api -p genq-worker -p genqctl
 bin="$GENQ_ROOT/target/release"
 state="$GENQ_ROOT/.genq/scale"
 mkdir -p "$state"
+rm -f "$state"/*.log
 export GENQ_MODEL="${GENQ_MODEL:-$GENQ_ROOT/models/gpt2-124m-synthetic-q8_0.gguf}"
 [ -f "$GENQ_MODEL" ] || "$bin/genqctl" model synth --out "$GENQ_MODEL" --shape gpt2-124m
 # A deep backlog waits longer than the default deadline of a job (600 s).

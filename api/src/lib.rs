@@ -8,10 +8,12 @@
 //!   many jobs in one request; `events` follows a job as Server-Sent Events.
 //! - `auth`: API keys, tenants, admin rights; `rate_limit`: the per-key token bucket in Redis.
 //! - `validate`: request checks; `extract`: the JSON body extractor; [`error`]: the error type.
-//! - `serve`: the HTTP server loop with its slow-client limits.
+//! - `serve`: the HTTP server loop with its slow-client limits; `detach`: requests run to their
+//!   end when their client leaves.
 //! - `openapi`: the OpenAPI 3.1 document (served with Swagger UI by `routes::docs`).
 
 mod auth;
+mod detach;
 pub mod error;
 mod extract;
 mod moderation;
@@ -238,7 +240,9 @@ impl Application {
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
         }
-        let router = router.layer(TraceLayer::new_for_http());
+        let router = router
+            .layer(axum::middleware::from_fn(detach::run_to_completion))
+            .layer(TraceLayer::new_for_http());
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding the API to {}", config.addr))?;

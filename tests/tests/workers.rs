@@ -3,7 +3,7 @@
 use std::{collections::HashSet, process::Stdio, time::Duration};
 
 use genq_shared::types::JobStatus;
-use genq_tests::{PATIENCE, TestApp, binary};
+use genq_tests::{PATIENCE, TestApp, binary, until};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -179,5 +179,44 @@ async fn a_worker_whose_engine_dies_hands_its_jobs_back_at_once_and_exits_non_ze
         assert_eq!(app.wait_final(id).await.status, JobStatus::Completed);
     }
     replacement.stop().await;
+    app.stop().await;
+}
+
+/// apalis 1.0's worker cannot finish a stop while more than four of its task events wait to be
+/// sent (see `run_with_model`); a worker stopped mid-drain used to wait out its whole shutdown
+/// timeout. Every job still ends, run by the next worker.
+#[tokio::test]
+async fn a_worker_stopped_while_draining_a_queue_exits_promptly_and_loses_nothing() {
+    let app = TestApp::spawn().await;
+    let jobs: Vec<_> = (0..300)
+        .map(|i| json!({ "prompts": [format!("drain {i}")], "max_tokens": 4 }))
+        .collect();
+    let response = app.post("/batches", &json!({ "jobs": jobs })).await;
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let ids: Vec<Uuid> = serde_json::from_value(body["task_ids"].clone()).unwrap();
+    let worker = app
+        .start_worker_with(8, &["--shutdown-timeout-secs", "600"])
+        .await;
+    until("the worker has completed 20 jobs", || async {
+        let done: i64 = sqlx::query_scalar("select count(*) from jobs where status = 'completed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        done >= 20
+    })
+    .await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(30), worker.stop()).await;
+    assert!(stopped.is_ok(), "the worker was still stopping after 30 s");
+    let next = app.start_worker(8).await;
+    for id in ids {
+        assert_eq!(
+            app.wait_final(id).await.status,
+            JobStatus::Completed,
+            "{id}"
+        );
+    }
+    next.stop().await;
     app.stop().await;
 }

@@ -33,6 +33,10 @@ use crate::{
     cache::ResultCache, consumer::Consumer, live::LiveEvents, registry::HeldJobs, runner::JobRunner,
 };
 
+/// On shutdown, how long the job consumer (apalis's worker) may take to stop once the jobs in
+/// hand have ended, before it is dropped.
+const CONSUMER_STOP_PATIENCE: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "genq-worker", about = "genq's inference worker")]
 pub struct Config {
@@ -229,12 +233,24 @@ pub async fn run_with_model(
         ),
     }
     jobs.close();
-    let grace = Duration::from_secs(config.shutdown_timeout_secs);
-    let finished = tokio::time::timeout(grace, async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
+    let mut finished = tokio::time::timeout_at(deadline, jobs.wait()).await;
+    let mut consuming = consuming;
+    if tokio::time::timeout(CONSUMER_STOP_PATIENCE, &mut consuming)
+        .await
+        .is_err()
+    {
+        // apalis 1.0's worker cannot finish a stop while more than four task events (a claim or
+        // an acknowledgement each) wait in its channel of batch_size x 4: it reads that channel
+        // only when it polls Redis, which it no longer does once stopping. Dropped instead: the
+        // jobs ended above, and other workers' heartbeats re-queue the tasks it held, which find
+        // their jobs final or still queued in PostgreSQL.
+        tracing::info!("the job consumer did not stop by itself; dropping it");
+        consuming.abort();
         let _ = consuming.await;
-        jobs.wait().await;
-    })
-    .await;
+        // A handler that had not started its job when dropped starts none now.
+        finished = tokio::time::timeout_at(deadline, jobs.wait()).await;
+    }
     if finished.is_err() {
         // Marking the worker stopped below lets the reconciler re-queue them at once.
         tracing::warn!(
