@@ -43,6 +43,12 @@ pub fn storage_config(queue: &str) -> apalis_redis::Config {
         // idles. One at a time, a worker holds only what it runs; freed slots still refill at
         // once, one Redis round trip each.
         .batch_size(1)
+        // apalis's task "lock" (a lease in Redis, renewed by heartbeats) removes the task from
+        // the ready list with LREM, though its fetch has already taken it off the head: a scan of
+        // the whole backlog per job, which halved one worker's drain rate behind a million jobs.
+        // genq keeps its own leases in PostgreSQL; a dead worker's tasks are still re-queued
+        // from its in-flight set.
+        .lock_tasks(false)
 }
 
 /// Redis's sign that it still holds every dispatch: `intact` once the reconciler has checked
