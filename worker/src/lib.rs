@@ -234,23 +234,23 @@ pub async fn run_with_model(
     }
     jobs.close();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
-    let mut finished = tokio::time::timeout_at(deadline, jobs.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, jobs.wait()).await;
     let mut consuming = consuming;
     if tokio::time::timeout(CONSUMER_STOP_PATIENCE, &mut consuming)
         .await
         .is_err()
     {
-        // apalis 1.0's worker cannot finish a stop while more than four task events (a claim or
-        // an acknowledgement each) wait in its channel of batch_size x 4: it reads that channel
-        // only when it polls Redis, which it no longer does once stopping. Dropped instead: the
-        // jobs ended above, and other workers' heartbeats re-queue the tasks it held, which find
-        // their jobs final or still queued in PostgreSQL.
+        // apalis 1.0's worker cannot finish a stop while more than four task acknowledgements
+        // wait in its channel of batch_size x 4: it reads that channel only when it polls Redis,
+        // which it no longer does once stopping. Dropped instead: the jobs ended above, and other
+        // workers' heartbeats re-queue the tasks it held, which find their jobs final or still
+        // queued in PostgreSQL.
         tracing::info!("the job consumer did not stop by itself; dropping it");
         consuming.abort();
         let _ = consuming.await;
-        // A handler that had not started its job when dropped starts none now.
-        finished = tokio::time::timeout_at(deadline, jobs.wait()).await;
     }
+    // Again, now that no handler is left to start a job: one may have started after the wait.
+    let finished = tokio::time::timeout_at(deadline, jobs.wait()).await;
     if finished.is_err() {
         // Marking the worker stopped below lets the reconciler re-queue them at once.
         tracing::warn!(

@@ -14,10 +14,13 @@ use std::{
 use genq_shared::db;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
+/// On stop, how long a beat in progress may take to end before it is dropped.
+const LAST_BEAT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// One claim of a job: the job and the attempt the claim counted. A job can be held by a stale
 /// attempt and its live one in the same process at once, so leases are tracked per attempt.
@@ -77,6 +80,7 @@ impl Drop for Held<'_> {
 
 pub struct Registration {
     name: String,
+    stopping: CancellationToken,
     heartbeat: JoinHandle<()>,
 }
 
@@ -98,8 +102,10 @@ pub async fn register(
     )
     .await?;
     let (pool, beat_name) = (pool.clone(), name.to_owned());
+    let stopping = CancellationToken::new();
+    let stop_beating = stopping.clone();
     let heartbeat = tokio::spawn(async move {
-        loop {
+        while !stop_beating.is_cancelled() {
             let beat = async {
                 db::workers::heartbeat(&pool, &beat_name).await?;
                 db::jobs::renew_leases(&pool, &beat_name, &held.snapshot()).await
@@ -113,18 +119,33 @@ pub async fn register(
                     HEARTBEAT_RETRY
                 }
             };
-            tokio::time::sleep(next).await;
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = stop_beating.cancelled() => {}
+            }
         }
     });
     Ok(Registration {
         name: name.to_owned(),
+        stopping,
         heartbeat,
     })
 }
 
 impl Registration {
     pub async fn stop(self, pool: &PgPool) {
-        self.heartbeat.abort();
+        // Stopped between beats, never aborted inside one: a beat dropped during its `BEGIN`
+        // would leave a pooled connection in a transaction (launchbadge/sqlx#4393) in which
+        // `mark_stopped` below would then run, uncommitted.
+        self.stopping.cancel();
+        let mut heartbeat = self.heartbeat;
+        // A beat stuck on an unreachable database is given up on after a while all the same.
+        if tokio::time::timeout(LAST_BEAT_PATIENCE, &mut heartbeat)
+            .await
+            .is_err()
+        {
+            heartbeat.abort();
+        }
         if let Err(e) = db::workers::mark_stopped(pool, &self.name).await {
             tracing::warn!(error = %e, "could not mark the worker stopped");
         }
