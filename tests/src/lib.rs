@@ -299,6 +299,27 @@ impl TestApp {
         body["task_id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// Submits jobs in one `POST /batches` and returns their task ids in order, failing the test
+    /// unless all are accepted.
+    pub async fn submit_bulk(&self, jobs: &[Value]) -> Vec<Uuid> {
+        let response = self
+            .post("/batches", &serde_json::json!({ "jobs": jobs }))
+            .await;
+        assert_eq!(response.status(), 202, "bulk submit refused");
+        let body: Value = response.json().await.unwrap();
+        let ids: Vec<Uuid> = serde_json::from_value(body["task_ids"].clone()).unwrap();
+        assert_eq!(ids.len(), jobs.len());
+        ids
+    }
+
+    /// How many jobs this test's database holds, of any status.
+    pub async fn job_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from jobs")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Waits (on PostgreSQL notifications) until the job is final; fails the test after [`PATIENCE`].
     pub async fn wait_final(&self, id: Uuid) -> JobView {
         let status = self

@@ -40,12 +40,7 @@ async fn submit_many(app: &TestApp, count: usize) -> Vec<Uuid> {
     let jobs: Vec<Value> = (0..count)
         .map(|i| json!({ "prompts": [format!("job {i}")], "max_tokens": 4 }))
         .collect();
-    let response = app.post("/batches", &json!({ "jobs": jobs })).await;
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    let ids: Vec<Uuid> = serde_json::from_value(body["task_ids"].clone()).unwrap();
-    assert_eq!(ids.len(), count);
-    ids
+    app.submit_bulk(&jobs).await
 }
 
 /// As Redis restarting empty does to this queue, with the jobs past the re-dispatch grace.
@@ -231,10 +226,7 @@ async fn one_pass_expires_and_deletes_jobs_beyond_a_page() {
         .unwrap();
     let deleting = reconciler.pass().await;
     assert_eq!(deleting.deleted, jobs.len(), "{deleting:?}");
-    let left: i64 = sqlx::query_scalar("select count(*) from jobs")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let left = app.job_count().await;
     assert_eq!(left, 0);
     app.stop().await;
 }
@@ -358,10 +350,7 @@ async fn bulk_intake_records_every_job_in_order_or_none() {
             .starts_with("jobs[1]: "),
         "{body}"
     );
-    let recorded: i64 = sqlx::query_scalar("select count(*) from jobs")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let recorded = app.job_count().await;
     assert_eq!(recorded, 0, "nothing recorded");
     assert!(
         waiting_dispatches(&app).await.is_empty(),
@@ -417,10 +406,7 @@ async fn bulk_intake_names_the_job_whose_field_does_not_parse() {
         let message = error["message"].as_str().unwrap();
         assert!(message.starts_with(&format!("jobs[{index}]: ")), "{body}");
     }
-    let recorded: i64 = sqlx::query_scalar("select count(*) from jobs")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let recorded = app.job_count().await;
     assert_eq!(recorded, 0);
     app.stop().await;
 }
@@ -461,10 +447,7 @@ async fn bulk_intake_refuses_empty_oversized_and_idempotent_requests() {
     assert_eq!(keyed.status(), 422);
     let body: Value = keyed.json().await.unwrap();
     assert_eq!(body["error"]["field"], "Idempotency-Key");
-    let recorded: i64 = sqlx::query_scalar("select count(*) from jobs")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let recorded = app.job_count().await;
     assert_eq!(recorded, 0);
     app.stop().await;
 }

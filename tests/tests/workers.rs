@@ -191,10 +191,7 @@ async fn a_worker_stopped_while_draining_a_queue_exits_promptly_and_loses_nothin
     let jobs: Vec<_> = (0..300)
         .map(|i| json!({ "prompts": [format!("drain {i}")], "max_tokens": 4 }))
         .collect();
-    let response = app.post("/batches", &json!({ "jobs": jobs })).await;
-    assert_eq!(response.status(), 202);
-    let body: serde_json::Value = response.json().await.unwrap();
-    let ids: Vec<Uuid> = serde_json::from_value(body["task_ids"].clone()).unwrap();
+    let ids = app.submit_bulk(&jobs).await;
     let worker = app
         .start_worker_with(8, &["--shutdown-timeout-secs", "600"])
         .await;
