@@ -3,12 +3,15 @@
 //!
 //! # Layout
 //! - [`model`]: the process-wide backend, loading a model or only its vocabulary.
-//! - [`engine`]: the decode loop on its own thread; async callers hand it tokenized prompts
+//! - [`engine`]: the handle to the decode loop's thread; async callers hand it tokenized prompts
 //!   ([`Model::prompt_tokens`], on their own thread) and can watch for it dying
 //!   ([`Engine::stopped`]).
+//! - `decode_loop`: the loop itself: admission, prompt chunks, prefix sharing, slot compaction,
+//!   sampling and stop strings.
 //! - [`synth`]: writes GPT-2-architecture GGUF files with the real tokenizer and random weights.
 //! - [`gguf`]: the small GGUF writer `synth` uses.
 
+mod decode_loop;
 pub mod engine;
 pub mod gguf;
 pub mod model;

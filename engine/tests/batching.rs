@@ -1,5 +1,6 @@
 //! Continuous batching: sequences of different lengths share decode steps without touching each
-//! other, a cancelled one leaves the rest alone and frees its slot, and slots are reused.
+//! other, a cancelled one leaves the rest alone and frees its slot, slots are reused, and a
+//! sequence moved to a lower slot (to keep the running ones in consecutive slots) decodes as before.
 
 mod common;
 
@@ -129,5 +130,29 @@ async fn slots_are_reused_across_many_requests() {
     let got = together(&engine(2), &requests).await;
     for (i, got) in got.iter().enumerate() {
         assert_eq!(got, &expected[i % 12], "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_sequence_moved_to_a_lower_slot_keeps_its_results() {
+    // Slot order is request order: when the second finishes with nothing waiting, it leaves a
+    // hole, and the last one (still generating) moves down into it, KV cache and all.
+    let requests: Vec<_> = [40, 4, 40, 60]
+        .into_iter()
+        .enumerate()
+        .map(|(i, max_tokens)| {
+            let prompt = format!("Request {i}: once upon a time");
+            (prompt, params(max_tokens, 300 + i as u32))
+        })
+        .collect();
+    let expected = alone(&requests).await;
+    let engine = engine(4);
+    let got = together(&engine, &requests).await;
+    assert!(
+        engine.sequences_moved() >= 1,
+        "no sequence moved, so nothing was tested"
+    );
+    for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(got, expected, "request {i} differs");
     }
 }

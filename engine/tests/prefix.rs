@@ -143,6 +143,71 @@ async fn borrowers_of_a_cancelled_source_decode_their_prompts_themselves() {
     );
 }
 
+#[tokio::test]
+async fn a_source_moved_to_a_lower_slot_still_lends_its_prefix() {
+    let requests = requests();
+    let (expected, _) = alone(&requests[..2]).await;
+    // The test holds the decode lock, so the engine stops before each decode until let go.
+    let dir = tempfile::tempdir().unwrap();
+    let lock_path = dir.path().join("decode.lock");
+    let held = std::fs::File::create(&lock_path).unwrap();
+    held.lock().unwrap();
+    let shared = engine_with(EngineConfig {
+        slots: 5,
+        batch_tokens: 8,
+        share_prefixes: true,
+        decode_lock: Some(lock_path),
+        ..test_config()
+    });
+
+    // A blocker fills the first step, so the rest are all waiting when the engine next admits
+    // them: three fillers in slots 1 to 3, the source in 4, and its borrower in the blocker's
+    // slot once the blocker is gone.
+    let blocker = generate(&shared, "Hold on", params(50, 1));
+    prompt_tokens_reach(&shared, 1).await;
+    let fillers = [
+        generate(&shared, "Hi", params(50, 2)),
+        generate(&shared, "Yo", params(1, 3)),
+        generate(&shared, "Hey", params(2, 4)),
+    ];
+    let source = generate(&shared, &requests[0].0, requests[0].1.clone());
+    let borrower = generate(&shared, &requests[1].0, requests[1].1.clone());
+    drop(blocker);
+    held.unlock().unwrap();
+    // At 8 tokens a step the source takes several steps over its prefix; meanwhile the fillers
+    // end one by one and the source, the highest sequence, moves down into their slots (seen:
+    // 4 to 2 after 5 prompt tokens, then 2 to 1), its borrower following it.
+    let (source, borrower, _) = tokio::join!(source, borrower, join_all(fillers));
+
+    assert_eq!(vec![source.unwrap(), borrower.unwrap()], expected);
+    assert!(
+        shared.sequences_moved() >= 2,
+        "{} sequences moved",
+        shared.sequences_moved()
+    );
+    let whole_prompts: usize = ["Hold on", "Hi", "Yo", "Hey", &requests[0].0, &requests[1].0]
+        .iter()
+        .map(|prompt| shared.model().prompt_tokens(prompt).len())
+        .sum();
+    assert!(
+        shared.prompt_tokens_decoded() < whole_prompts as u64 - 16,
+        "decoded {} prompt tokens of {whole_prompts}: the borrower did not share the prefix",
+        shared.prompt_tokens_decoded()
+    );
+}
+
+/// Waits until the engine has put `tokens` prompt tokens in its steps: a step is built before the
+/// engine takes the decode lock, so one the test holds stops it right after.
+async fn prompt_tokens_reach(engine: &Engine, tokens: u64) {
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while engine.prompt_tokens_decoded() < tokens {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the engine's next step never came");
+}
+
 /// Why the engine keeps a KV cache per sequence: with one unified cache, seeded results depend on
 /// the batch around them. Should llama.cpp ever make them identical, kv_unified may be
 /// reconsidered by measurement (README, "Engine settings").
