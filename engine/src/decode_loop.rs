@@ -413,6 +413,13 @@ impl<'m> DecodeLoop<'m> {
         let started = Instant::now();
         let decoded = self.context.decode(&mut self.batch);
         self.timing.decode += started.elapsed();
+        // For profiling one step at a time (RUST_LOG=genq_engine=trace).
+        tracing::trace!(
+            tokens = self.batch.n_tokens(),
+            sequences = self.slots.iter().flatten().count(),
+            decode_us = started.elapsed().as_micros() as u64,
+            "decode step"
+        );
         if let Err(e) = decoded {
             // The batch's sequences are in an unknown state: end them all, keep the engine going.
             let error = GenerationError::Decode(e.to_string());
