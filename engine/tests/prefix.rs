@@ -94,19 +94,9 @@ async fn without_sharing_every_prompt_is_decoded_whole() {
 async fn borrowers_of_a_cancelled_source_decode_their_prompts_themselves() {
     let requests = requests();
     let (expected, _) = alone(&requests[1..4]).await;
-    // Eight tokens a step: the source needs several steps to decode the shared prefix. The test
-    // holds the engine's decode lock, so the engine stops before its first decode until let go.
-    let dir = tempfile::tempdir().unwrap();
-    let lock_path = dir.path().join("decode.lock");
-    let held = std::fs::File::create(&lock_path).unwrap();
-    held.lock().unwrap();
-    let shared = engine_with(EngineConfig {
-        slots: 4,
-        batch_tokens: 8,
-        share_prefixes: true,
-        decode_lock: Some(lock_path),
-        ..test_config()
-    });
+    // Eight tokens a step: the source needs several steps to decode the shared prefix. The
+    // engine stops before its first decode until the test lets go of the lock.
+    let (_dir, held, shared) = held_engine(4);
 
     // Queued now, in this order: the others borrow from the first, which goes away once it has
     // put its first tokens in a step (and long before it has decoded the prefix).
@@ -115,13 +105,7 @@ async fn borrowers_of_a_cancelled_source_decode_their_prompts_themselves() {
         .iter()
         .map(|(prompt, params)| generate(&shared, prompt, params.clone()))
         .collect();
-    tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while shared.prompt_tokens_decoded() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the source's first tokens go into a step");
+    prompt_tokens_reach(&shared, 1).await;
     drop(source);
     held.unlock().unwrap();
     let got: Vec<Generation> = join_all(borrowers)
@@ -147,18 +131,8 @@ async fn borrowers_of_a_cancelled_source_decode_their_prompts_themselves() {
 async fn a_source_moved_to_a_lower_slot_still_lends_its_prefix() {
     let requests = requests();
     let (expected, _) = alone(&requests[..2]).await;
-    // The test holds the decode lock, so the engine stops before each decode until let go.
-    let dir = tempfile::tempdir().unwrap();
-    let lock_path = dir.path().join("decode.lock");
-    let held = std::fs::File::create(&lock_path).unwrap();
-    held.lock().unwrap();
-    let shared = engine_with(EngineConfig {
-        slots: 5,
-        batch_tokens: 8,
-        share_prefixes: true,
-        decode_lock: Some(lock_path),
-        ..test_config()
-    });
+    // The engine stops before each decode until the test lets go of the lock.
+    let (_dir, held, shared) = held_engine(5);
 
     // A blocker fills the first step, so the rest are all waiting when the engine next admits
     // them: three fillers in slots 1 to 3, the source in 4, and its borrower in the blocker's
@@ -194,6 +168,23 @@ async fn a_source_moved_to_a_lower_slot_still_lends_its_prefix() {
         "decoded {} prompt tokens of {whole_prompts}: the borrower did not share the prefix",
         shared.prompt_tokens_decoded()
     );
+}
+
+/// An engine sharing prefixes, 8 tokens a step, whose decode lock the returned file holds: it
+/// stops before each decode until that lets go. The directory holds the lock file.
+fn held_engine(slots: u32) -> (tempfile::TempDir, std::fs::File, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let lock_path = dir.path().join("decode.lock");
+    let held = std::fs::File::create(&lock_path).unwrap();
+    held.lock().unwrap();
+    let engine = engine_with(EngineConfig {
+        slots,
+        batch_tokens: 8,
+        share_prefixes: true,
+        decode_lock: Some(lock_path),
+        ..test_config()
+    });
+    (dir, held, engine)
 }
 
 /// Waits until the engine has put `tokens` prompt tokens in its steps: a step is built before the
