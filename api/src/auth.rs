@@ -82,6 +82,7 @@ pub async fn authenticate(
             Err(e) => {
                 // Redis is down: the request goes on unlimited rather than refused, as intake
                 // itself goes on without Redis (the reconciler dispatches later).
+                genq_shared::metrics::redis_error();
                 tracing::warn!(error = %e, "rate limit not applied: Redis did not answer");
                 None
             }

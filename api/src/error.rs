@@ -102,6 +102,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        genq_shared::metrics::postgres_error();
         if genq_shared::db::is_unavailable(&e) {
             tracing::warn!(error = %e, "PostgreSQL unavailable");
             ApiError::Unavailable("the database is unavailable".into())

@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`Config`]: flags and environment variables.
 //! - [`Application`]: build -> port -> run_until_stopped; `main` and the tests drive the same code.
-//! - `routes`: one module per resource (batch, generate, history, admin, health); `bulk` takes
-//!   many jobs in one request; `events` follows a job as Server-Sent Events.
+//! - `routes`: one module per resource (batch, generate, history, admin, health, metrics); `bulk`
+//!   takes many jobs in one request; `events` follows a job as Server-Sent Events.
 //! - `auth`: API keys, tenants, admin rights; `rate_limit`: the per-key token bucket in Redis.
 //! - `validate`: request checks; `extract`: the JSON body extractor; [`error`]: the error type.
 //! - `serve`: the HTTP server loop with its slow-client limits; `detach`: requests run to their
@@ -160,6 +160,7 @@ impl Application {
     /// Connects to PostgreSQL (creating and migrating the database) and Redis, loads the model's
     /// vocabulary if configured, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        genq_shared::metrics::start();
         let pool = db::connect(&config.database.database_url, config.db_max_connections).await?;
         db::migrate(&pool).await?;
         let (storage, redis) = queue::connect(&config.queue).await?;
@@ -241,6 +242,7 @@ impl Application {
             router = router.layer(cors);
         }
         let router = router
+            .layer(axum::middleware::from_fn(routes::metrics::record))
             .layer(axum::middleware::from_fn(detach::run_to_completion))
             .layer(TraceLayer::new_for_http());
         let listener = TcpListener::bind(config.addr)

@@ -24,7 +24,7 @@ use utoipa::{
 };
 
 use crate::{
-    routes::{admin, batch, bulk, events, generate, health, history},
+    routes::{admin, batch, bulk, events, generate, health, history, metrics},
     validate::{BatchRequest, Stop},
 };
 
@@ -51,6 +51,7 @@ use crate::{
         history::history,
         health::health,
         health::ready,
+        metrics::metrics,
         admin::pause,
         admin::resume,
         admin::queue,

@@ -52,6 +52,10 @@ pub(crate) struct Counters {
     pub prompt_decoded: AtomicU64,
     /// Sequences moved to a lower slot to fill a hole among the running ones.
     pub moved: AtomicU64,
+    /// Slots holding a sequence, as of the last step.
+    pub busy: AtomicU64,
+    /// Requests waiting for a slot, as of the last step.
+    pub waiting: AtomicU64,
 }
 
 struct Sequence {
@@ -177,7 +181,15 @@ impl<'m> DecodeLoop<'m> {
             self.waiting.extend(inbox.try_iter());
             self.admit();
             self.step();
+            self.publish_occupancy();
         }
+    }
+
+    fn publish_occupancy(&self) {
+        let busy = self.slots.iter().flatten().count() as u64;
+        self.counters.busy.store(busy, Ordering::Relaxed);
+        let waiting = self.waiting.len() as u64;
+        self.counters.waiting.store(waiting, Ordering::Relaxed);
     }
 
     fn admit(&mut self) {
@@ -475,6 +487,12 @@ impl<'m> DecodeLoop<'m> {
             && sampled >= limit
         {
             panic!("fault injection: panicking after {limit} generated tokens");
+        }
+        if sequence.generated == 0
+            && let Some(sink) = sequence.request.on_text.as_mut()
+        {
+            // The first token is sampled: the caller may be timing it (time to first token).
+            sink(&[]);
         }
         let vocab = self.model.inner.vocab();
         let params = &sequence.request.params;

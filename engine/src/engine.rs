@@ -177,7 +177,8 @@ impl Default for EngineConfig {
 
 /// Receives a sequence's output bytes as they are decoded, on the engine thread: it must not
 /// block. Bytes that may turn out to begin a stop string are held back until they cannot, so what
-/// it receives is always a prefix of the final text's bytes.
+/// it receives is always a prefix of the final text's bytes. Its first call, with no bytes, comes
+/// as the first token is sampled, so that a caller can time it.
 pub type TextSink = Box<dyn FnMut(&[u8]) + Send>;
 
 /// A handle to the engine thread. Dropping it lets the thread finish the requests it holds and exit.
@@ -385,21 +386,28 @@ impl Engine {
         self.stopped.borrow().is_some()
     }
 
+    /// What the engine has done and holds now, readable from any thread while it runs.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            counters: Arc::clone(&self.counters),
+            stopped: self.stopped.clone(),
+            slots: self.slots,
+        }
+    }
+
     /// Tokens this engine has sampled in total, end-of-text tokens included.
     pub fn generated_tokens(&self) -> u64 {
-        self.counters.generated.load(Ordering::Relaxed)
+        self.stats().generated_tokens()
     }
 
-    /// Prompt tokens this engine has decoded in total: a shared prefix copied from another
-    /// sequence is not decoded again.
+    /// Prompt tokens this engine has decoded in total; see [`EngineStats::prompt_tokens_decoded`].
     pub fn prompt_tokens_decoded(&self) -> u64 {
-        self.counters.prompt_decoded.load(Ordering::Relaxed)
+        self.stats().prompt_tokens_decoded()
     }
 
-    /// Sequences moved to a lower slot to fill a hole among the running ones: with a KV cache
-    /// per sequence, llama.cpp decodes each run of consecutive slots in a pass of its own.
+    /// See [`EngineStats::sequences_moved`].
     pub fn sequences_moved(&self) -> u64 {
-        self.counters.moved.load(Ordering::Relaxed)
+        self.stats().sequences_moved()
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -427,6 +435,53 @@ impl Engine {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+    }
+}
+
+/// A read-only view of a running engine's figures, for metrics; it outlives neither the figures
+/// nor the engine's stop reason, which it shares.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    counters: Arc<Counters>,
+    stopped: watch::Receiver<Option<String>>,
+    slots: u32,
+}
+
+impl EngineStats {
+    /// Tokens sampled in total, end-of-text tokens included.
+    pub fn generated_tokens(&self) -> u64 {
+        self.counters.generated.load(Ordering::Relaxed)
+    }
+
+    /// Prompt tokens decoded in total: a shared prefix copied from another sequence is not
+    /// decoded again.
+    pub fn prompt_tokens_decoded(&self) -> u64 {
+        self.counters.prompt_decoded.load(Ordering::Relaxed)
+    }
+
+    /// Sequences moved to a lower slot to fill a hole among the running ones: with a KV cache
+    /// per sequence, llama.cpp decodes each run of consecutive slots in a pass of its own.
+    pub fn sequences_moved(&self) -> u64 {
+        self.counters.moved.load(Ordering::Relaxed)
+    }
+
+    /// Slots holding a sequence, as of the last decode step.
+    pub fn slots_busy(&self) -> u64 {
+        self.counters.busy.load(Ordering::Relaxed)
+    }
+
+    /// Prompts handed in and waiting for a slot, as of the last decode step.
+    pub fn requests_waiting(&self) -> u64 {
+        self.counters.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Whether the engine thread has ended abnormally; see [`Engine::stopped`].
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.borrow().is_some()
     }
 }
 

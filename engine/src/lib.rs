@@ -18,8 +18,9 @@ pub mod model;
 pub mod synth;
 
 pub use engine::{
-    DEFAULT_CONTEXT_PER_SLOT, Engine, EngineConfig, FinishReason, Generation, GenerationError,
-    GenerationParams, MIN_SHARED_PREFIX, TextSink, Tuning, context_per_slot, default_slots,
+    DEFAULT_CONTEXT_PER_SLOT, Engine, EngineConfig, EngineStats, FinishReason, Generation,
+    GenerationError, GenerationParams, MIN_SHARED_PREFIX, TextSink, Tuning, context_per_slot,
+    default_slots,
 };
 pub use model::{Model, Placement};
 

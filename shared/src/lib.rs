@@ -11,10 +11,12 @@
 //! - [`wait`]: waking waiters of a job when its status changes (`LISTEN`) or it has new events.
 //! - [`events`]: a running job's live events (decoded text, finished prompts) in Redis streams.
 //! - [`telemetry`]: tracing setup for the binaries.
+//! - [`metrics`]: the Prometheus metrics' names and the process's recorder.
 
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod metrics;
 pub mod queue;
 pub mod reconcile;
 pub mod redact;

@@ -16,8 +16,9 @@ use uuid::Uuid;
 
 use crate::{
     db::jobs::{self, Released},
+    metrics::names,
     queue::{self, Storage},
-    types::ErrorCode,
+    types::{ErrorCode, JobStatus},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -86,6 +87,38 @@ pub struct FailedStep {
     pub error: String,
 }
 
+impl Pass {
+    /// Adds the pass to the process's metrics.
+    fn count(&self) {
+        let actions = [
+            ("requeued", self.requeued as u64),
+            ("failed_lost", self.failed_lost as u64),
+            ("timed_out", self.timed_out as u64),
+            ("redispatched", self.redispatched as u64),
+            ("promoted", self.promoted as u64),
+            ("vacuumed", self.vacuumed),
+            ("deleted", self.deleted as u64),
+        ];
+        for (action, jobs) in actions {
+            // Zero too, so every series exists from the first pass on.
+            metrics::counter!(names::RECONCILER_ACTIONS, "action" => action).increment(jobs);
+        }
+        crate::metrics::jobs_finished(
+            JobStatus::Failed,
+            Some(ErrorCode::WorkerLost),
+            self.failed_lost as u64,
+        );
+        crate::metrics::jobs_finished(
+            JobStatus::Failed,
+            Some(ErrorCode::Timeout),
+            self.timed_out as u64,
+        );
+        for failed in &self.failed_steps {
+            metrics::counter!(names::RECONCILER_ERRORS, "step" => failed.step).increment(1);
+        }
+    }
+}
+
 pub struct Reconciler {
     pub db: PgPool,
     pub storage: Storage,
@@ -98,6 +131,12 @@ impl Reconciler {
     /// Runs every step, each on its own: a Redis outage must not stop deadlines or retention,
     /// nor a PostgreSQL error the Redis vacuum. Failed steps are logged and listed in the pass.
     pub async fn pass(&mut self) -> Pass {
+        let pass = self.run_steps().await;
+        pass.count();
+        pass
+    }
+
+    async fn run_steps(&mut self) -> Pass {
         let mut pass = Pass::default();
         // Outside the lock: a move is atomic and safe beside another, and must go on while
         // PostgreSQL is down (apalis reschedules tasks whose handler failed meanwhile).

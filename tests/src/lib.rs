@@ -10,8 +10,10 @@
 //!   `client` sends the API key of the tenant `tests`, [`TestApp::create_key`] makes others.
 //! - [`ApiProcess`]: a second API, the `genq-api` binary, on the same database and queue.
 //! - [`proxy`]: a TCP proxy to cut one test's view of PostgreSQL or Redis.
+//! - [`prometheus`]: reading a `/metrics` answer back.
 
 mod api_process;
+pub mod prometheus;
 pub mod proxy;
 pub mod sse;
 

@@ -70,6 +70,7 @@ async fn the_openapi_document_is_open_and_describes_every_route() {
         ("get", "/history"),
         ("get", "/health"),
         ("get", "/ready"),
+        ("get", "/metrics"),
         ("post", "/admin/intake/pause"),
         ("post", "/admin/intake/resume"),
         ("get", "/admin/queue"),
@@ -85,12 +86,12 @@ async fn the_openapi_document_is_open_and_describes_every_route() {
     assert_eq!(schemes["api_key"]["type"], "apiKey");
     assert_eq!(schemes["api_key"]["in"], "header");
     assert_eq!(schemes["api_key"]["name"], "X-API-Key");
-    // Either scheme on every route, but health and readiness need none.
+    // Either scheme on every route, but health, readiness and metrics need none.
     assert_eq!(
         doc["security"],
         json!([{ "bearer": [] }, { "api_key": [] }])
     );
-    for path in ["/health", "/ready"] {
+    for path in ["/health", "/ready", "/metrics"] {
         assert_eq!(doc["paths"][path]["get"]["security"], json!([{}]), "{path}");
     }
     assert_eq!(doc["paths"]["/batch"]["post"].get("security"), None);

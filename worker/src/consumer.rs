@@ -56,6 +56,7 @@ impl Consumer {
             if started.elapsed() >= HEALTHY_RUN {
                 retry = FIRST_RETRY;
             }
+            genq_shared::metrics::redis_error();
             tracing::warn!(
                 error = ended.err().map(|e| e.to_string()),
                 retry_in = ?retry,

@@ -10,14 +10,20 @@
 //! - `registry`: the worker's registration, heartbeat and job leases in PostgreSQL.
 //! - `cache`: the result cache for deterministic requests.
 //! - `live`: running jobs' live events (decoded text, finished prompts) published to Redis.
+//! - `http`: the worker's own listener for `/health`, `/ready` and `/metrics`.
 
 mod cache;
 mod consumer;
+mod http;
 mod live;
 mod registry;
 mod runner;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::FutureExt;
 use genq_engine::{Engine, EngineConfig, Model, Placement, Tuning};
@@ -30,7 +36,8 @@ use genq_shared::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    cache::ResultCache, consumer::Consumer, live::LiveEvents, registry::HeldJobs, runner::JobRunner,
+    cache::ResultCache, consumer::Consumer, http::Probe, live::LiveEvents, registry::HeldJobs,
+    runner::JobRunner,
 };
 
 /// On shutdown, how long the job consumer (apalis's worker) may take to stop once the jobs in
@@ -97,6 +104,10 @@ pub struct Config {
     /// requests without inference; 0 turns the result cache off.
     #[arg(long, env = "GENQ_RESULT_CACHE_TTL_SECS", default_value_t = 300)]
     pub result_cache_ttl_secs: u64,
+    /// Where the worker serves `/health`, `/ready` and `/metrics`; `off` for nowhere. Defaults to
+    /// 127.0.0.1:9464, or a free port when another worker on the host has it.
+    #[arg(long, env = "GENQ_WORKER_HTTP_ADDR")]
+    pub http_addr: Option<String>,
     /// On shutdown, how long jobs in hand may take to finish; the reconciler re-queues the rest.
     #[arg(long, env = "GENQ_SHUTDOWN_TIMEOUT_SECS", default_value_t = 600)]
     pub shutdown_timeout_secs: u64,
@@ -115,17 +126,25 @@ pub enum FlashAttn {
     Off,
 }
 
-/// Loads the model from `config.model`, then serves as [`run_with_model`] does.
+/// Loads the model from `config.model`, then serves as [`run_with_model`] does. The HTTP listener
+/// answers (not ready) while the model loads.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    genq_shared::metrics::start();
+    let probe = Probe::default();
+    let http_stop = CancellationToken::new();
+    let _stop_http = http_stop.clone().drop_guard();
+    http::start(config.http_addr.as_deref(), probe.clone(), http_stop).await?;
     let path = config.model.clone();
     let placement = Placement {
         n_gpu_layers: config.n_gpu_layers,
     };
+    let loading = Instant::now();
     let model = tokio::task::spawn_blocking(move || Model::load(&path, placement)).await??;
-    run_with_model(config, Arc::new(model), shutdown).await
+    metrics::gauge!(genq_shared::metrics::names::MODEL_LOAD).set(loading.elapsed());
+    serve(config, Arc::new(model), shutdown, probe).await
 }
 
 /// Serves jobs with an already loaded model until `shutdown` resolves, then gives the jobs in hand
@@ -136,6 +155,20 @@ pub async fn run_with_model(
     config: Config,
     model: Arc<Model>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    genq_shared::metrics::start();
+    let probe = Probe::default();
+    let http_stop = CancellationToken::new();
+    let _stop_http = http_stop.clone().drop_guard();
+    http::start(config.http_addr.as_deref(), probe.clone(), http_stop).await?;
+    serve(config, model, shutdown, probe).await
+}
+
+async fn serve(
+    config: Config,
+    model: Arc<Model>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    probe: Probe,
 ) -> anyhow::Result<()> {
     let pool = db::connect(&config.database.database_url, 8).await?;
     db::migrate(&pool).await?;
@@ -170,6 +203,7 @@ pub async fn run_with_model(
     let held = Arc::new(HeldJobs::default());
     let registration =
         registry::register(&pool, &name, &model_name, engine.slots(), held.clone()).await?;
+    let engine_stats = engine.stats();
     let (storage, redis) = queue::connect(&config.queue).await?;
     let watch = JobWatch::listen(pool.clone()).await?;
     tracing::info!(
@@ -214,11 +248,13 @@ pub async fn run_with_model(
     };
     let consuming =
         tokio::spawn(consumer.run(stop_consuming.clone().cancelled_owned().boxed().shared()));
+    probe.serving(engine_stats, runner.held.clone(), model_name);
     let engine_failure = tokio::select! {
         _ = shutdown => None,
         reason = engine_failed => Some(reason),
     };
     stop_consuming.cancel();
+    probe.stopping();
     match &engine_failure {
         None => tracing::info!(
             running = jobs.len(),

@@ -83,6 +83,9 @@ impl LiveJob {
     pub fn sink(&self, prompt: usize) -> TextSink {
         let (job, messages) = (self.job, self.messages.clone());
         Box::new(move |bytes: &[u8]| {
+            if bytes.is_empty() {
+                return;
+            }
             // Closed only when the worker stops: nothing left to tell.
             let _ = messages.send(Message::Bytes {
                 job,
@@ -210,6 +213,7 @@ impl Publisher {
         match events::publish(&mut self.redis, &self.queue, &batch).await {
             Ok(()) => self.failing = false,
             Err(e) => {
+                genq_shared::metrics::redis_error();
                 // Those events are lost; the jobs' outcomes are not (PostgreSQL).
                 if !self.failing {
                     tracing::warn!(error = %e, "cannot publish live job events; they are lost until Redis answers");

@@ -50,6 +50,11 @@ impl HeldJobs {
     }
 
     /// (job, attempt, prompts generated) of every attempt held now.
+    /// Jobs held now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     fn snapshot(&self) -> Vec<(Uuid, i32, i32)> {
         self.lock()
             .iter()
@@ -115,6 +120,7 @@ pub async fn register(
                 Err(e) => {
                     // Held jobs keep running. Beat again soon, so that leases aged by a database
                     // outage are renewed before the reconciler judges them.
+                    genq_shared::metrics::postgres_error();
                     tracing::warn!(error = %e, "worker heartbeat failed");
                     HEARTBEAT_RETRY
                 }

@@ -2,7 +2,10 @@
 //! cancellation, and store the outcome with the claim's attempt so a stale worker cannot overwrite
 //! a newer one.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::{StreamExt, stream::FuturesUnordered};
@@ -12,8 +15,9 @@ use genq_shared::{
         self,
         jobs::{Claim, NewGeneration, Released},
     },
+    metrics::{self as genq_metrics, names},
     queue,
-    types::{ErrorCode, ErrorDetail, FinishReason},
+    types::{ErrorCode, ErrorDetail, FinishReason, JobStatus},
     wait::JobWatch,
 };
 use sqlx::PgPool;
@@ -73,6 +77,8 @@ impl JobRunner {
         // Should this claim's answer have been lost instead, the job is not held and its lease
         // lapses, so the reconciler takes it back.
         let held = self.held.hold(claim.id, claim.attempt);
+        let started = Instant::now();
+        metrics::histogram!(names::JOB_QUEUE_WAIT).record(claim.queue_wait_secs.max(0.0));
         tracing::info!(
             prompts = claim.prompts.len(),
             attempt = claim.attempt,
@@ -81,7 +87,9 @@ impl JobRunner {
         let live = self.live.job(claim.id, claim.attempt);
         let outcome = self.generate(&claim, &held, &live).await;
         live.close().await;
-        let stored = match outcome? {
+        let outcome = outcome?;
+        let status = outcome.status();
+        let stored = match outcome {
             Outcome::Cancelled(finished) => {
                 let write = || db::jobs::keep_cancelled_results(&self.db, &claim, model, &finished);
                 let kept = write.retry(write_backoff()).notify(log_retry).await?;
@@ -90,6 +98,8 @@ impl JobRunner {
                     kept,
                     "job cancelled while running"
                 );
+                // Counted as finished by whoever cancelled it.
+                record_duration(status, started);
                 return Ok(());
             }
             Outcome::Transient(error) => {
@@ -104,6 +114,10 @@ impl JobRunner {
                 };
                 let released = release.retry(write_backoff()).notify(log_retry).await?;
                 tracing::warn!(code = %error.code, message = %error.message, ?released, "job attempt failed");
+                if released == Released::Failed {
+                    genq_metrics::jobs_finished(JobStatus::Failed, Some(error.code), 1);
+                    record_duration(JobStatus::Failed, started);
+                }
                 if released == Released::Requeued {
                     let mut storage = self.storage.clone();
                     // If this fails the reconciler finds the queued job missing from Redis.
@@ -123,10 +137,18 @@ impl JobRunner {
             Outcome::Failed(finished, error) => {
                 tracing::warn!(code = %error.code, message = %error.message, "job failed");
                 let write = || db::jobs::fail(&self.db, &claim, model, &finished, &error);
-                write.retry(write_backoff()).notify(log_retry).await?
+                let stored = write.retry(write_backoff()).notify(log_retry).await?;
+                if stored {
+                    genq_metrics::jobs_finished(JobStatus::Failed, Some(error.code), 1);
+                }
+                stored
             }
         };
         if stored {
+            if status == JobStatus::Completed {
+                genq_metrics::jobs_finished(JobStatus::Completed, None, 1);
+            }
+            record_duration(status, started);
             tracing::info!("job finished");
         } else {
             tracing::info!("job was cancelled or reclaimed meanwhile; outcome discarded");
@@ -169,6 +191,7 @@ impl JobRunner {
             None => Vec::new(),
         };
         if !finished.is_empty() {
+            metrics::counter!(names::RESULT_CACHE_HITS).increment(finished.len() as u64);
             tracing::info!(hits = finished.len(), "answered from the result cache");
         }
         finished.iter().for_each(|g| live.finished(g));
@@ -196,9 +219,11 @@ impl JobRunner {
         let mut pending: FuturesUnordered<_> = tokenized
             .into_iter()
             .map(|(index, tokens)| {
-                let generation =
-                    self.engine
-                        .generate_streaming(tokens, params.clone(), Some(live.sink(index)));
+                let generation = self.engine.generate_streaming(
+                    tokens,
+                    params.clone(),
+                    Some(timing_first_token(live.sink(index))),
+                );
                 async move { (index, generation.await) }
             })
             .collect();
@@ -235,6 +260,8 @@ impl JobRunner {
                     Some((index, Err(error))) => {
                         finished.sort_by_key(|g| g.index);
                         let detail = error_detail(index, &error);
+                        metrics::counter!(names::INFERENCE_ERRORS, "kind" => detail.code.as_str())
+                            .increment(1);
                         return Ok(match error {
                             GenerationError::PromptTooLong { .. } => Outcome::Failed(finished, detail),
                             GenerationError::Decode(_) | GenerationError::EngineStopped => {
@@ -264,6 +291,37 @@ impl JobRunner {
         finished.sort_by_key(|g| g.index);
         Ok(Outcome::Completed(finished))
     }
+}
+
+impl Outcome {
+    /// The job's status once this outcome is stored; a transient failure's job is queued again
+    /// unless it has no attempt left.
+    fn status(&self) -> JobStatus {
+        match self {
+            Outcome::Completed(_) => JobStatus::Completed,
+            Outcome::Failed(..) | Outcome::Transient(_) => JobStatus::Failed,
+            Outcome::Cancelled(_) => JobStatus::Cancelled,
+        }
+    }
+}
+
+fn record_duration(status: JobStatus, started: Instant) {
+    metrics::histogram!(names::JOB_DURATION, "status" => status.as_str())
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// `sink`, recording the time from now to its first call, which the engine makes as it samples
+/// the prompt's first token: however long the prompt waited for a slot and took to decode.
+fn timing_first_token(mut sink: genq_engine::TextSink) -> genq_engine::TextSink {
+    let handed_over = Instant::now();
+    let mut first = true;
+    Box::new(move |bytes: &[u8]| {
+        if std::mem::take(&mut first) {
+            metrics::histogram!(names::TIME_TO_FIRST_TOKEN)
+                .record(handed_over.elapsed().as_secs_f64());
+        }
+        sink(bytes)
+    })
 }
 
 /// A prompt's result as it is stored: through the output filter, and storable.
@@ -308,6 +366,7 @@ fn write_backoff() -> ExponentialBuilder {
 }
 
 fn log_retry(error: &sqlx::Error, after: Duration) {
+    genq_metrics::postgres_error();
     tracing::warn!(error = %error, retry_in = ?after, "storing the job's outcome failed; retrying");
 }
 

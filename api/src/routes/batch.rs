@@ -18,6 +18,7 @@ use genq_shared::{
         idempotency::Earlier,
         jobs::{CancelOutcome, Owner, RunPolicy},
     },
+    metrics::{self as genq_metrics, names},
     queue,
     types::{Accepted, JobStatus, JobView},
 };
@@ -170,10 +171,12 @@ pub(crate) async fn submit(
         return Err(refusal);
     }
     tx.commit().await?;
+    metrics::counter!(names::JOBS_SUBMITTED).increment(1);
     let mut storage = state.queue.clone();
     match queue::dispatch(&mut storage, id, id).await {
         Ok(()) => tracing::info!(prompts = job.prompts.len(), "job queued"),
         Err(e) => {
+            genq_metrics::redis_error();
             // The job is recorded, and PostgreSQL is the record: the client gets its id like any
             // other (a concurrent request with the same Idempotency-Key may already hold it), and
             // the reconciler dispatches it once Redis answers again.
@@ -337,9 +340,11 @@ async fn cancel_batch(
     let id = task_id_of(task_id)?;
     match db::jobs::cancel(&state.db, id, caller.scope()).await? {
         CancelOutcome::Cancelled => {
+            genq_metrics::jobs_finished(JobStatus::Cancelled, None, 1);
             // Best effort: a task left in Redis is skipped by the worker that fetches it.
             let mut redis = state.redis.clone();
             if let Err(e) = queue::remove(&state.db, &mut redis, &state.queue_name, &[id]).await {
+                genq_metrics::redis_error();
                 tracing::warn!(error = ?e, %id, "cancelled job's task stays in Redis until a worker skips it");
             }
         }

@@ -14,6 +14,7 @@ use genq_shared::{
         self,
         jobs::{NewJob, Owner},
     },
+    metrics::{self as genq_metrics, names},
     queue,
     types::JobStatus,
 };
@@ -141,11 +142,13 @@ async fn submit_batches(
         return Err(refusal);
     }
     tx.commit().await?;
+    metrics::counter!(names::JOBS_SUBMITTED).increment(count as u64);
     let mut storage = state.queue.clone();
     match queue::dispatch_many(&mut storage, &ids).await {
         Ok(()) => tracing::info!(jobs = count, "jobs queued"),
         // Recorded, so the reconciler dispatches whatever Redis did not take.
         Err(e) => {
+            genq_metrics::redis_error();
             tracing::warn!(
                 error = format!("{e:#}"),
                 jobs = count,

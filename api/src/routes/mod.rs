@@ -8,6 +8,7 @@ pub mod events;
 pub mod generate;
 pub mod health;
 pub mod history;
+pub mod metrics;
 
 use std::collections::HashMap;
 
@@ -21,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{AppState, auth, error::ApiError};
 
-/// Health, readiness and the docs are open; every other route needs a key, admin routes an admin
+/// Health, readiness, metrics and the docs are open; every other route needs a key, admin routes an admin
 /// key.
 pub fn router(state: AppState) -> Router {
     let admin = admin::router().route_layer(middleware::from_fn(auth::require_admin));
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(keyed)
         .merge(health::router())
+        .merge(metrics::router())
         .merge(docs::router())
         .with_state(state)
         .fallback(

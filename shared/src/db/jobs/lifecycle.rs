@@ -29,20 +29,23 @@ pub async fn claim(
         Json<JobParams>,
         Option<DateTime<Utc>>,
         String,
+        f64,
     );
     let mut tx = pool.begin().await?;
     let row: Option<Row> = sqlx::query_as(
         r#"update jobs set status = 'running', worker = $2, model = $3, attempt = attempt + 1,
                   started_at = now(), lease_renewed_at = now()
            where id = $1 and status = 'queued'
-           returning attempt, prompts, params, deadline, tenant"#,
+           returning attempt, prompts, params, deadline, tenant,
+                     extract(epoch from now() - case when attempt = 1 then created_at
+                                                     else queued_at end)::float8"#,
     )
     .bind(id)
     .bind(worker)
     .bind(model)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((attempt, prompts, params, deadline, tenant)) = row else {
+    let Some((attempt, prompts, params, deadline, tenant, queue_wait_secs)) = row else {
         tx.rollback().await?;
         return Ok(None);
     };
@@ -55,6 +58,7 @@ pub async fn claim(
         params: params.0,
         deadline,
         tenant,
+        queue_wait_secs,
     }))
 }
 

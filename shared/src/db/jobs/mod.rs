@@ -53,6 +53,9 @@ pub struct Claim {
     pub deadline: Option<DateTime<Utc>>,
     /// Whose job it is: the result cache answers only with this tenant's results.
     pub tenant: String,
+    /// From the job's submission (its first attempt) or re-queueing (a later one) to this claim,
+    /// by PostgreSQL's clock.
+    pub queue_wait_secs: f64,
 }
 
 /// How a job is run, beyond its sampling parameters.
@@ -248,4 +251,26 @@ pub async fn stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
         live_workers,
         intake_paused: super::control::intake_paused(pool).await?,
     })
+}
+
+/// The cluster's backlog, as `GET /metrics` reports it.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Backlog {
+    pub queued: i64,
+    pub running: i64,
+    /// How long the oldest queued job has waited; 0 when none does.
+    pub oldest_queued_secs: f64,
+}
+
+/// Unfinished jobs only, which `jobs_status_created_at` finds without reading finished ones.
+pub async fn backlog(pool: &PgPool) -> sqlx::Result<Backlog> {
+    sqlx::query_as(
+        r#"select count(*) filter (where status = 'queued') as queued,
+                  count(*) filter (where status = 'running') as running,
+                  coalesce(extract(epoch from now() - min(queued_at) filter (where status = 'queued')),
+                           0)::float8 as oldest_queued_secs
+           from jobs where status in ('queued', 'running')"#,
+    )
+    .fetch_one(pool)
+    .await
 }
