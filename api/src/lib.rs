@@ -11,6 +11,7 @@
 //! - `serve`: the HTTP server loop with its slow-client limits; `detach`: requests run to their
 //!   end when their client leaves.
 //! - `openapi`: the OpenAPI 3.1 document (served with Swagger UI by `routes::docs`).
+//! - [`webhooks`]: calling each job's `callback_url` once it is final.
 
 mod auth;
 mod detach;
@@ -22,6 +23,7 @@ mod rate_limit;
 mod routes;
 mod serve;
 mod validate;
+pub mod webhooks;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -123,6 +125,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     #[command(flatten)]
     pub reconcile: ReconcileConfig,
+    #[command(flatten)]
+    pub webhooks: webhooks::WebhookConfig,
     /// How often the reconciler runs; 0 turns it off in this process.
     #[arg(long, env = "GENQ_RECONCILE_INTERVAL_SECS", default_value_t = 5)]
     pub reconcile_interval_secs: u64,
@@ -142,6 +146,8 @@ pub struct AppState {
     auth_enabled: bool,
     rate_limiter: rate_limit::RateLimiter,
     body_timeout: Duration,
+    /// Whether `GENQ_WEBHOOK_SECRET` is set (else a callback needs its key's own secret).
+    webhook_secret_configured: bool,
     /// Cancelled when shutdown begins: long waits answer at once and event streams end, so
     /// clients reconnect to another replica instead of holding this one up.
     stopping: CancellationToken,
@@ -154,6 +160,7 @@ pub struct Application {
     router: Router,
     client_timeout: Duration,
     reconciler: Option<(Reconciler, Duration)>,
+    deliverer: Option<webhooks::Deliverer>,
 }
 
 impl Application {
@@ -196,7 +203,9 @@ impl Application {
             context,
             default_timeout_secs: config.job_timeout_secs,
             max_timeout_secs: config.job_timeout_max_secs,
+            webhook_allow_private: config.webhooks.webhook_allow_private,
         };
+        let deliverer = webhooks::Deliverer::new(pool.clone(), &config.webhooks)?;
         let reconciler = (config.reconcile_interval_secs > 0).then(|| Reconciler {
             db: pool.clone(),
             storage: storage.clone(),
@@ -216,6 +225,7 @@ impl Application {
             rate_limiter: rate_limit::RateLimiter::new(redis.clone(), &config.queue.queue),
             auth_enabled: config.auth == AuthMode::On,
             body_timeout: Duration::from_secs(config.request_body_timeout_secs),
+            webhook_secret_configured: config.webhooks.webhook_secret.is_some(),
             redis,
             watch,
             model_name: limits.context.as_ref().map(|(m, _)| m.name().to_owned()),
@@ -256,6 +266,7 @@ impl Application {
             client_timeout: Duration::from_secs(config.client_timeout_secs),
             reconciler: reconciler
                 .map(|r| (r, Duration::from_secs(config.reconcile_interval_secs))),
+            deliverer,
         })
     }
 
@@ -280,6 +291,9 @@ impl Application {
                 let _ = reconciler_stopped.await;
             }))
         });
+        let delivering = self
+            .deliverer
+            .map(|deliverer| tokio::spawn(deliverer.run(self.stopping.clone())));
         let stopping = self.stopping.clone();
         let shutdown = async move {
             shutdown.await;
@@ -288,6 +302,9 @@ impl Application {
         serve::serve(self.listener, self.router, self.client_timeout, shutdown).await;
         drop(stop_reconciler);
         if let Some(task) = reconciling {
+            let _ = task.await;
+        }
+        if let Some(task) = delivering {
             let _ = task.await;
         }
         Ok(())

@@ -51,6 +51,11 @@ pub struct BatchRequest {
     /// most 86,400: `GENQ_JOB_TIMEOUT_SECS`, `GENQ_JOB_TIMEOUT_MAX_SECS`).
     #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<u64>,
+    /// Called once the job is final: a signed `POST` of the job as `GET /batch_result` answers
+    /// it, retried until the receiver answers 2xx (see the README's Webhooks). http or https, at
+    /// most 2,048 bytes, no credentials, not a private or loopback address.
+    #[schema(max_length = 2048)]
+    pub callback_url: Option<String>,
 }
 
 /// A stop string or a list of them, as OpenAI's API accepts: at most 4 non-empty strings of at
@@ -75,11 +80,14 @@ pub struct Limits {
     pub context: Option<(Arc<Model>, u32)>,
     pub default_timeout_secs: u64,
     pub max_timeout_secs: u64,
+    /// Whether callback URLs may point to private and loopback addresses.
+    pub webhook_allow_private: bool,
 }
 
 pub struct ValidJob {
     pub prompts: Vec<String>,
     pub params: JobParams,
+    pub callback_url: Option<String>,
     pub timeout: std::time::Duration,
 }
 
@@ -241,9 +249,18 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
         seed: request.seed,
         stop,
     };
+    let callback_url = request
+        .callback_url
+        .map(|url| {
+            crate::webhooks::address::check_url(&url, limits.webhook_allow_private)
+                .map(|_| url)
+                .map_err(|message| ApiError::invalid("callback_url", message))
+        })
+        .transpose()?;
     Ok(ValidJob {
         prompts,
         params,
+        callback_url,
         timeout: std::time::Duration::from_secs(timeout_secs),
     })
 }

@@ -4,7 +4,11 @@
 use clap::{Args, Subcommand};
 use genq_shared::{
     config::DatabaseConfig,
-    db::keys::{self, CreateError, KeyRecord, NewKey},
+    db::{
+        keys::{self, CreateError, KeyRecord, NewKey},
+        webhooks,
+    },
+    webhook_signing,
 };
 
 use crate::{Done, connect_db};
@@ -48,6 +52,15 @@ enum KeysCommand {
     },
     /// Revoke the live key with this name, or the key with this id; it is refused at once.
     Revoke { name_or_id: String },
+    /// Give the live key with this name a webhook signing secret of its own, printed (and only it)
+    /// on stdout; its jobs' webhooks are signed with it instead of GENQ_WEBHOOK_SECRET. Run again
+    /// to rotate it.
+    WebhookSecret {
+        name: String,
+        /// Remove the key's secret instead: GENQ_WEBHOOK_SECRET signs its webhooks again.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 pub async fn run(args: KeysArgs) -> anyhow::Result<Done> {
@@ -94,6 +107,17 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<Done> {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 print_table(&keys);
+            }
+        }
+        KeysCommand::WebhookSecret { name, remove } => {
+            let secret = (!remove).then(webhook_signing::generate_secret);
+            if !webhooks::set_key_secret(&pool, &name, secret.as_deref()).await? {
+                eprintln!("no live key named {name:?}");
+                return Ok(Done::Failed);
+            }
+            match secret {
+                Some(secret) => println!("{secret}"),
+                None => eprintln!("key {name:?} has no webhook secret of its own now"),
             }
         }
         KeysCommand::Revoke { name_or_id } => match keys::revoke(&pool, &name_or_id).await? {

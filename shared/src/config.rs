@@ -5,6 +5,29 @@ use std::{fmt, str::FromStr};
 
 use clap::Args;
 
+/// A secret setting (a signing key): never printed, in logs or `--help`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// A connection URL whose password never reaches logs or `Debug` output.
 #[derive(Clone)]
 pub struct SecretUrl(String);

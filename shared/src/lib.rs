@@ -12,6 +12,7 @@
 //! - [`events`]: a running job's live events (decoded text, finished prompts) in Redis streams.
 //! - [`telemetry`]: tracing setup for the binaries.
 //! - [`metrics`]: the Prometheus metrics' names and the process's recorder.
+//! - [`webhook_signing`]: signing webhooks as Standard Webhooks does.
 
 pub mod config;
 pub mod db;
@@ -23,3 +24,4 @@ pub mod redact;
 pub mod telemetry;
 pub mod types;
 pub mod wait;
+pub mod webhook_signing;

@@ -34,6 +34,8 @@ pub mod names {
         SLOTS_LIVE = "genq_slots_live";
         RECONCILER_ACTIONS = "genq_reconciler_actions_total";
         RECONCILER_ERRORS = "genq_reconciler_errors_total";
+        WEBHOOK_ATTEMPTS = "genq_webhook_attempts_total";
+        WEBHOOKS_OWED = "genq_webhooks_owed";
         // The API, the reconciler and the worker: each counts the final statuses it writes.
         JOBS_FINISHED = "genq_jobs_finished_total";
         POSTGRES_ERRORS = "genq_postgres_errors_total";
@@ -136,6 +138,14 @@ fn describe() {
         "Jobs the reconciler acted on, by action"
     );
     describe_counter!(RECONCILER_ERRORS, "Reconciler steps that failed, by step");
+    describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        "Webhook calls made, by what followed: delivered, retrying, gave_up, gone"
+    );
+    describe_gauge!(
+        WEBHOOKS_OWED,
+        "Webhook deliveries owed (not yet delivered nor given up), the whole cluster"
+    );
     describe_counter!(
         JOBS_FINISHED,
         "Jobs this process turned final, by status and, for failures, error code"

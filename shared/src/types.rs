@@ -212,6 +212,49 @@ pub struct JobView {
     pub results: Vec<ResultItem>,
     #[schema(required = true)]
     pub error: Option<ErrorDetail>,
+    /// The job's `callback_url` and how its delivery stands; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookView>,
+}
+
+/// A job's webhook: where it goes and every attempt so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub url: String,
+    pub status: WebhookStatus,
+    /// When the next attempt is due, while one is owed.
+    #[schema(required = true)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub attempts: Vec<WebhookAttempt>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookStatus {
+    /// The job is not final yet.
+    Waiting,
+    /// Owed: not yet attempted, or retrying after a failed attempt.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every attempt failed for `GENQ_WEBHOOK_RETRY_FOR_SECS` (a day by default).
+    Failed,
+}
+
+/// One call of the receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WebhookAttempt {
+    pub attempt: i32,
+    pub attempted_at: DateTime<Utc>,
+    /// The receiver's status; none when it did not answer.
+    #[schema(required = true)]
+    pub status_code: Option<i32>,
+    /// Why the attempt failed, when it did.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    pub duration_ms: i32,
 }
 
 /// One stored generation, in the record shape Python GPT-2 services use (`/generate`, `/history`).

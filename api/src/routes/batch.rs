@@ -136,6 +136,9 @@ pub(crate) async fn submit(
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
+    if job.callback_url.is_some() {
+        check_webhook_secret(state, caller).await?;
+    }
     let id = Uuid::now_v7();
     tracing::Span::current().record("task_id", tracing::field::display(id));
     let policy = RunPolicy {
@@ -147,7 +150,17 @@ pub(crate) async fn submit(
         key_id: caller.key.as_ref().map(|k| k.id),
     };
     let mut tx = state.db.begin().await?;
-    db::jobs::insert(&mut *tx, id, &job.prompts, &job.params, policy, owner).await?;
+    let callback_url = job.callback_url.as_deref();
+    db::jobs::insert(
+        &mut *tx,
+        id,
+        &job.prompts,
+        &job.params,
+        policy,
+        owner,
+        callback_url,
+    )
+    .await?;
     if let Some(key) = idempotency_key {
         match db::idempotency::claim(&mut tx, &caller.tenant, key, &request_hash(&job), id).await? {
             None => {}
@@ -233,12 +246,34 @@ pub(crate) async fn check_quotas(
 
 /// What makes two requests "the same" for an idempotency key: the validated job, defaults
 /// filled in.
+/// A `callback_url` needs a secret to sign its webhook with: the caller's key's own, or the
+/// API's `GENQ_WEBHOOK_SECRET`.
+pub(crate) async fn check_webhook_secret(state: &AppState, caller: &Caller) -> Result<()> {
+    if state.webhook_secret_configured {
+        return Ok(());
+    }
+    if let Some(key) = &caller.key
+        && db::webhooks::key_has_secret(&state.db, key.id).await?
+    {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "callback_url",
+        "webhooks are not set up: the API has no GENQ_WEBHOOK_SECRET and this key no secret of \
+         its own (genqctl keys webhook-secret) to sign them with",
+    ))
+}
+
 fn request_hash(job: &ValidJob) -> Vec<u8> {
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "prompts": job.prompts,
         "params": job.params,
         "timeout_secs": job.timeout.as_secs(),
     });
+    // Only when given, so that keys stored before webhooks existed still match their repeats.
+    if let Some(url) = &job.callback_url {
+        canonical["callback_url"] = url.as_str().into();
+    }
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }
 

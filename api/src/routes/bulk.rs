@@ -30,7 +30,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, Result},
     extract::{BodyLimit, JsonBody},
-    routes::batch::check_quotas,
+    routes::batch::{check_quotas, check_webhook_secret},
     validate::{BatchRequest, validate_all},
 };
 
@@ -119,6 +119,14 @@ async fn submit_batches(
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
+    if let Some(index) = jobs.iter().position(|j| j.callback_url.is_some()) {
+        check_webhook_secret(&state, &caller)
+            .await
+            .map_err(|error| ApiError::InJob {
+                index,
+                error: Box::new(error),
+            })?;
+    }
     let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let new_jobs: Vec<NewJob> = jobs
         .iter()
@@ -128,6 +136,7 @@ async fn submit_batches(
             prompts: &job.prompts,
             params: &job.params,
             timeout: job.timeout,
+            callback_url: job.callback_url.as_deref(),
         })
         .collect();
     let owner = Owner {

@@ -40,10 +40,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let read = async {
         let backlog = db::jobs::backlog(&state.db).await?;
         let workers = db::workers::live(&state.db).await?;
-        Ok::<_, sqlx::Error>((backlog, workers))
+        let webhooks_owed = db::webhooks::owed_count(&state.db).await?;
+        Ok::<_, sqlx::Error>((backlog, workers, webhooks_owed))
     };
     match tokio::time::timeout(BACKLOG_TIMEOUT, read).await {
-        Ok(Ok((backlog, workers))) => {
+        Ok(Ok((backlog, workers, webhooks_owed))) => {
+            metrics::gauge!(names::WEBHOOKS_OWED).set(webhooks_owed as f64);
             metrics::gauge!(names::QUEUE_DEPTH).set(backlog.queued as f64);
             metrics::gauge!(names::JOBS_RUNNING).set(backlog.running as f64);
             metrics::gauge!(names::QUEUE_OLDEST_AGE).set(backlog.oldest_queued_secs);

@@ -9,6 +9,7 @@ pub mod generations;
 pub mod idempotency;
 pub mod jobs;
 pub mod keys;
+pub mod webhooks;
 pub mod workers;
 
 use std::{collections::BTreeSet, time::Duration};

@@ -25,7 +25,7 @@ pub use recovery::*;
 use super::Scope;
 use crate::types::{
     Counts, ErrorCode, ErrorDetail, FinishReason, JobParams, JobStatus, JobView, QueueStats,
-    ResultItem,
+    ResultItem, WebhookView,
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -41,6 +41,7 @@ struct JobRow {
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     results: Json<Vec<ResultItem>>,
+    webhook: Option<Json<WebhookView>>,
 }
 
 /// A job a worker has claimed; only this attempt may finish it.
@@ -96,11 +97,12 @@ pub async fn insert<'e>(
     params: &JobParams,
     policy: RunPolicy,
     owner: Owner<'_>,
+    callback_url: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline,
-                             tenant, api_key_id)
-           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8)"#,
+                             tenant, api_key_id, callback_url)
+           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8, $9)"#,
     )
     .bind(id)
     .bind(Json(prompts))
@@ -110,6 +112,7 @@ pub async fn insert<'e>(
     .bind(policy.timeout.as_secs_f64())
     .bind(owner.tenant)
     .bind(owner.key_id)
+    .bind(callback_url)
     .execute(executor)
     .await?;
     Ok(())
@@ -121,6 +124,7 @@ pub struct NewJob<'a> {
     pub prompts: &'a [String],
     pub params: &'a JobParams,
     pub timeout: std::time::Duration,
+    pub callback_url: Option<&'a str>,
 }
 
 /// Records many jobs in one statement (bulk intake), each dispatched under its own id.
@@ -135,13 +139,14 @@ pub async fn insert_many<'e>(
     let counts: Vec<i32> = jobs.iter().map(|j| j.prompts.len() as i32).collect();
     let params: Vec<Json<&JobParams>> = jobs.iter().map(|j| Json(j.params)).collect();
     let timeouts: Vec<f64> = jobs.iter().map(|j| j.timeout.as_secs_f64()).collect();
+    let callbacks: Vec<Option<&str>> = jobs.iter().map(|j| j.callback_url).collect();
     sqlx::query(
         r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline,
-                             tenant, api_key_id)
+                             tenant, api_key_id, callback_url)
            select id, id, prompts, prompt_count, params, $6, now() + make_interval(secs => timeout),
-                  $7, $8
-           from unnest($1::uuid[], $2::jsonb[], $3::int4[], $4::jsonb[], $5::float8[])
-                as t(id, prompts, prompt_count, params, timeout)"#,
+                  $7, $8, callback_url
+           from unnest($1::uuid[], $2::jsonb[], $3::int4[], $4::jsonb[], $5::float8[], $9::text[])
+                as t(id, prompts, prompt_count, params, timeout, callback_url)"#,
     )
     .bind(&ids)
     .bind(&prompts)
@@ -151,6 +156,7 @@ pub async fn insert_many<'e>(
     .bind(max_attempts)
     .bind(owner.tenant)
     .bind(owner.key_id)
+    .bind(&callbacks)
     .execute(executor)
     .await?;
     Ok(())
@@ -191,7 +197,28 @@ pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Opt
                               'completion_tokens', g.completion_tokens,
                               'finish_reason', g.finish_reason, 'cached', g.cached,
                               'redacted', g.redacted) order by g.prompt_index), '[]')
-                   from generations g where g.job_id = jobs.id) as results
+                   from generations g where g.job_id = jobs.id) as results,
+                  case when callback_url is not null then
+                      (select json_build_object(
+                           'url', jobs.callback_url,
+                           'status', case when d.delivered_at is not null then 'delivered'
+                                          when d.gave_up_at is not null then 'failed'
+                                          when d.job_id is not null then 'pending'
+                                          else 'waiting' end,
+                           'next_attempt_at', case when d.delivered_at is null
+                                                    and d.gave_up_at is null
+                                                   then d.next_attempt_at end,
+                           'delivered_at', d.delivered_at,
+                           'attempts', (select coalesce(json_agg(json_build_object(
+                                               'attempt', a.attempt,
+                                               'attempted_at', a.attempted_at,
+                                               'status_code', a.status_code, 'error', a.error,
+                                               'duration_ms', a.duration_ms)
+                                               order by a.attempt), '[]')
+                                        from webhook_attempts a where a.job_id = jobs.id))
+                       from (select 1) one
+                       left join webhook_deliveries d on d.job_id = jobs.id)
+                  end as webhook
            from jobs where id = $1 and ($2::text is null or tenant = $2)"#,
     )
     .bind(id)
@@ -227,6 +254,7 @@ pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Opt
         },
         results,
         error,
+        webhook: job.webhook.map(|w| w.0),
     }))
 }
 

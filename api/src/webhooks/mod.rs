@@ -1,0 +1,274 @@
+//! Webhooks: once a job with a `callback_url` is final, the API POSTs the job (as
+//! `GET /batch_result` shows it) to that URL, signed, and retries with backoff until the receiver
+//! answers 2xx or `GENQ_WEBHOOK_RETRY_FOR_SECS` has passed. The delivery is owed in PostgreSQL by
+//! the transaction that finalized the job (a trigger), and each API replica's [`Deliverer`] takes
+//! due deliveries under a lease, so none is lost to an API or worker restart; a receiver may see
+//! one twice (after a crash mid-call) and tells by `webhook-id`.
+//!
+//! - [`address`]: which URLs are accepted, and the resolver that keeps calls off private
+//!   addresses.
+
+pub mod address;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use genq_shared::{
+    config::Secret,
+    db::{
+        self, Scope,
+        webhooks::{AttemptOutcome, DueDelivery, Standing},
+    },
+    metrics::{self as genq_metrics, names},
+    webhook_signing,
+};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long one call may take, connecting included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A taken delivery is another deliverer's again after this, should its own die mid-call.
+const LEASE: Duration = Duration::from_secs(60);
+/// How often an idle deliverer looks for due deliveries.
+const POLL: Duration = Duration::from_millis(500);
+/// The longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Most of the receiver's answer kept in the attempt's error.
+const ERROR_BODY_CHARS: usize = 200;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookConfig {
+    /// Signs every webhook (Standard Webhooks, HMAC-SHA256) unless the job's key has its own
+    /// secret (`genqctl keys webhook-secret`); `whsec_<base64>` or any string. Without either, a
+    /// `callback_url` is refused.
+    #[arg(long, env = "GENQ_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+    /// Allow callback URLs to private, loopback and link-local addresses (refused by default: the
+    /// API would call into its own network).
+    #[arg(long, env = "GENQ_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    pub webhook_allow_private: bool,
+    /// Deliveries this process makes at once; 0: none (another replica delivers).
+    #[arg(long, env = "GENQ_WEBHOOK_CONCURRENCY", default_value_t = 16)]
+    pub webhook_concurrency: usize,
+    /// The first retry's wait; each further one doubles it, up to an hour.
+    #[arg(long, env = "GENQ_WEBHOOK_RETRY_MIN_MS", default_value_t = 5_000)]
+    pub webhook_retry_min_ms: u64,
+    /// How long after the job turns final attempts go on before the delivery is given up.
+    #[arg(long, env = "GENQ_WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
+    pub webhook_retry_for_secs: u64,
+}
+
+/// Takes due deliveries and makes them, until stopped.
+pub struct Deliverer {
+    db: PgPool,
+    client: reqwest::Client,
+    secret: Option<Secret>,
+    concurrency: usize,
+    retry_min: Duration,
+    retry_for: Duration,
+}
+
+impl Deliverer {
+    /// `None` when this process makes no deliveries.
+    pub fn new(db: PgPool, config: &WebhookConfig) -> anyhow::Result<Option<Deliverer>> {
+        if config.webhook_concurrency == 0 {
+            return Ok(None);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(address::PublicOnly {
+                allow_private: config.webhook_allow_private,
+            }))
+            .user_agent(concat!("genq-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the webhook HTTP client")?;
+        Ok(Some(Deliverer {
+            db,
+            client,
+            secret: config.webhook_secret.clone(),
+            concurrency: config.webhook_concurrency,
+            retry_min: Duration::from_millis(config.webhook_retry_min_ms.max(1)),
+            retry_for: Duration::from_secs(config.webhook_retry_for_secs),
+        }))
+    }
+
+    pub async fn run(self, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let mut calls = JoinSet::new();
+        while !stop.is_cancelled() {
+            let room = this.concurrency - calls.len();
+            let taken = match room {
+                0 => Vec::new(),
+                _ => db::webhooks::take_due(&this.db, room as i64, LEASE)
+                    .await
+                    .unwrap_or_else(|e| {
+                        genq_metrics::postgres_error();
+                        tracing::warn!(error = %e, "webhooks: reading due deliveries failed");
+                        Vec::new()
+                    }),
+            };
+            let idle = taken.is_empty();
+            for due in taken {
+                let this = this.clone();
+                calls.spawn(async move { this.deliver(due).await });
+            }
+            if idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    Some(_) = calls.join_next(), if !calls.is_empty() => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+            while calls.try_join_next().is_some() {}
+        }
+        // Calls in flight finish (bounded by CALL_TIMEOUT); their leases cover the rest.
+        while calls.join_next().await.is_some() {}
+    }
+
+    async fn deliver(&self, due: DueDelivery) {
+        let id = format!("{}_{}", due.job_id, due.round);
+        let outcome = match self.call(&due, &id).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The job is gone (deleted meanwhile), or PostgreSQL failed; the lease retries it.
+                tracing::warn!(error = %e, task_id = %due.job_id, "webhook not attempted");
+                return;
+            }
+        };
+        let retry_in = backoff(self.retry_min, due.attempt);
+        let recorded =
+            db::webhooks::record_attempt(&self.db, &due, &outcome, retry_in, self.retry_for).await;
+        let standing = match recorded {
+            Ok(standing) => standing,
+            Err(e) => {
+                // The lease brings it back: the receiver may get this call twice (same id).
+                genq_metrics::postgres_error();
+                tracing::warn!(error = %e, task_id = %due.job_id, "webhook attempt not recorded");
+                return;
+            }
+        };
+        let label = match standing {
+            Standing::Delivered => "delivered",
+            Standing::Retrying => "retrying",
+            Standing::GaveUp => "gave_up",
+            Standing::Gone => "gone",
+        };
+        metrics::counter!(names::WEBHOOK_ATTEMPTS, "outcome" => label).increment(1);
+        match standing {
+            Standing::Delivered => {
+                tracing::info!(task_id = %due.job_id, attempt = due.attempt, "webhook delivered")
+            }
+            Standing::GaveUp => tracing::warn!(
+                task_id = %due.job_id,
+                attempts = due.attempt,
+                error = outcome.error,
+                "webhook given up"
+            ),
+            _ => tracing::info!(
+                task_id = %due.job_id,
+                attempt = due.attempt,
+                error = outcome.error,
+                retry_in = ?retry_in,
+                "webhook attempt failed"
+            ),
+        }
+    }
+
+    /// One call; `Err` only when there is nothing to send: the job is gone, or PostgreSQL failed.
+    async fn call(&self, due: &DueDelivery, id: &str) -> anyhow::Result<AttemptOutcome> {
+        let job = db::jobs::view(&self.db, due.job_id, Scope::All)
+            .await?
+            .context("the job is gone")?;
+        let secret = due
+            .key_secret
+            .clone()
+            .or_else(|| self.secret.as_ref().map(|s| s.expose().to_owned()));
+        let Some(secret) = secret else {
+            // Submission refuses this; the secret was removed since. Recorded, and retried.
+            return Ok(AttemptOutcome {
+                status_code: None,
+                error: Some(
+                    "no webhook secret: neither the job's key nor GENQ_WEBHOOK_SECRET has one"
+                        .into(),
+                ),
+                duration: Duration::ZERO,
+                delivered: false,
+            });
+        };
+        let body = serde_json::to_vec(&job)?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = webhook_signing::signature(&secret, id, timestamp, &body);
+        let started = std::time::Instant::now();
+        let sent = self
+            .client
+            .post(&due.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(response) => {
+                let status = response.status();
+                let delivered = status.is_success();
+                let error = if delivered {
+                    None
+                } else {
+                    let text = response.text().await.unwrap_or_default();
+                    let text: String = text.chars().take(ERROR_BODY_CHARS).collect();
+                    Some(format!("the receiver answered {status}: {text}"))
+                };
+                AttemptOutcome {
+                    status_code: Some(status.as_u16()),
+                    error,
+                    duration: started.elapsed(),
+                    delivered,
+                }
+            }
+            Err(e) => AttemptOutcome {
+                status_code: None,
+                error: Some(error_chain(&e)),
+                duration: started.elapsed(),
+                delivered: false,
+            },
+        };
+        Ok(outcome)
+    }
+}
+
+/// The wait after attempt `attempt` failed: `min`, doubled per attempt, at most an hour.
+fn backoff(min: Duration, attempt: i32) -> Duration {
+    let doublings = attempt.clamp(1, 30) as u32 - 1;
+    min.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+}
+
+/// reqwest's error with its causes: "error sending request" alone says nothing.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_an_hour() {
+        let min = Duration::from_secs(5);
+
+        assert_eq!(backoff(min, 1), Duration::from_secs(5));
+        assert_eq!(backoff(min, 2), Duration::from_secs(10));
+        assert_eq!(backoff(min, 5), Duration::from_secs(80));
+        assert_eq!(backoff(min, 40), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,242 @@
+//! Webhooks: a job's `callback_url` is called once the job is final, signed, retried until the
+//! receiver takes it (also across an API restart), and every attempt shows in the job.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode};
+use genq_shared::{
+    types::{JobStatus, JobView, WebhookStatus},
+    webhook_signing,
+};
+use genq_tests::{AppOptions, PATIENCE, TestApp, client_with_key, stdout, until};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// One call the receiver got.
+struct Call {
+    headers: HeaderMap,
+    body: Bytes,
+    at: tokio::time::Instant,
+}
+
+/// A local HTTP receiver that answers 500 to its first `failures` calls and 204 after.
+struct Receiver {
+    url: String,
+    calls: mpsc::UnboundedReceiver<Call>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    failures_left: Arc<Mutex<u32>>,
+    calls: mpsc::UnboundedSender<Call>,
+}
+
+impl Receiver {
+    async fn start(failures: u32) -> Receiver {
+        let (sender, calls) = mpsc::unbounded_channel();
+        let state = ReceiverState {
+            failures_left: Arc::new(Mutex::new(failures)),
+            calls: sender,
+        };
+        let app = Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url,
+            calls,
+            _server: server,
+        }
+    }
+
+    async fn next_call(&mut self) -> Call {
+        tokio::time::timeout(PATIENCE, self.calls.recv())
+            .await
+            .expect("the webhook came")
+            .expect("the receiver runs")
+    }
+}
+
+async fn receive(
+    State(state): State<ReceiverState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let _ = state.calls.send(Call {
+        headers,
+        body,
+        at: tokio::time::Instant::now(),
+    });
+    let mut left = state.failures_left.lock().unwrap();
+    if *left > 0 {
+        *left -= 1;
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NO_CONTENT
+    }
+}
+
+fn header<'a>(call: &'a Call, name: &str) -> &'a str {
+    call.headers[name].to_str().unwrap()
+}
+
+/// The call's `webhook-signature` is the one its id, timestamp and body give under `SECRET`.
+fn assert_signed(call: &Call) {
+    let timestamp: i64 = header(call, "webhook-timestamp").parse().unwrap();
+    let expected =
+        webhook_signing::signature(SECRET, header(call, "webhook-id"), timestamp, &call.body);
+    assert_eq!(header(call, "webhook-signature"), expected);
+}
+
+#[tokio::test]
+async fn a_refused_webhook_is_retried_across_an_api_restart_and_every_attempt_shows() {
+    // Only the API processes below deliver, so the restart is the one that matters.
+    let app = TestApp::spawn_with(AppOptions {
+        extra_args: vec!["--webhook-concurrency=0".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let mut receiver = Receiver::start(2).await;
+    let env = [
+        ("GENQ_WEBHOOK_SECRET", SECRET),
+        ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("GENQ_WEBHOOK_RETRY_MIN_MS", "1000"),
+    ];
+    let first_api = app.spawn_api_process_with(&env).await;
+    let client = client_with_key(Some(&app.key));
+    let worker = app.start_worker(2).await;
+
+    let response = client
+        .post(format!("{}/batch", first_api.address))
+        .json(&json!({
+            "prompts": ["Dear receiver,"], "max_tokens": 4, "seed": 3,
+            "callback_url": receiver.url,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id: uuid::Uuid = response.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first = receiver.next_call().await;
+    first_api.stop().await;
+    let stopped_at = tokio::time::Instant::now();
+    let second_api = app.spawn_api_process_with(&env).await;
+    let second = receiver.next_call().await;
+    let third = receiver.next_call().await;
+    until("the delivery is recorded", || async {
+        app.view(id)
+            .await
+            .webhook
+            .is_some_and(|w| w.status == WebhookStatus::Delivered)
+    })
+    .await;
+    let view = app.view(id).await;
+
+    assert_eq!(view.status, JobStatus::Completed);
+    assert!(
+        second.at > stopped_at,
+        "the second call came from the second API"
+    );
+    for call in [&first, &second, &third] {
+        assert_signed(call);
+        assert_eq!(header(call, "webhook-id"), format!("{id}_1"));
+        assert_eq!(header(call, "content-type"), "application/json");
+        let sent: JobView = serde_json::from_slice(&call.body).unwrap();
+        assert_eq!(sent.task_id, id);
+        assert_eq!(sent.status, JobStatus::Completed);
+        assert_eq!(sent.results, view.results);
+    }
+    let webhook = view.webhook.expect("the job shows its webhook");
+    assert_eq!(webhook.url, receiver.url);
+    assert!(webhook.delivered_at.is_some());
+    assert_eq!(webhook.next_attempt_at, None);
+    let codes: Vec<Option<i32>> = webhook.attempts.iter().map(|a| a.status_code).collect();
+    assert_eq!(codes, [Some(500), Some(500), Some(204)]);
+    assert_eq!(
+        webhook.attempts[0].error.as_deref(),
+        Some("the receiver answered 500 Internal Server Error: ")
+    );
+    assert_eq!(webhook.attempts[2].error, None);
+    let recorded: i64 =
+        sqlx::query_scalar("select count(*) from webhook_attempts where job_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 3);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), receiver.calls.recv())
+            .await
+            .is_err(),
+        "no call after the delivery"
+    );
+
+    second_api.stop().await;
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callback_urls_must_be_public_and_need_a_signing_secret() {
+    let app = TestApp::spawn().await;
+    let submit = |url: &str| {
+        let body = json!({ "prompts": ["hello"], "callback_url": url });
+        let app = &app;
+        async move { app.post("/batch", &body).await }
+    };
+
+    let private = submit("http://127.0.0.1:9/hook").await;
+    let private_status = private.status();
+    let private_body: Value = private.json().await.unwrap();
+    let unsigned = submit("https://hooks.example.com/genq").await;
+    let unsigned_status = unsigned.status();
+    let unsigned_body: Value = unsigned.json().await.unwrap();
+    let secret = app.genqctl(&["keys", "webhook-secret", "tests"]).await;
+    let signed = submit("https://hooks.example.com/genq").await;
+    let signed_status = signed.status();
+    let signed_body: Value = signed.json().await.unwrap();
+
+    assert_eq!(private_status, 422);
+    assert_eq!(private_body["error"]["field"], "callback_url");
+    assert_eq!(
+        private_body["error"]["message"],
+        "callback_url points to a private or loopback address (127.0.0.1); \
+         GENQ_WEBHOOK_ALLOW_PRIVATE allows that"
+    );
+    assert_eq!(unsigned_status, 422);
+    assert_eq!(unsigned_body["error"]["field"], "callback_url");
+    assert!(
+        unsigned_body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("webhooks are not set up"),
+        "{unsigned_body}"
+    );
+    assert_eq!(secret.status.code(), Some(0));
+    assert!(stdout(&secret).trim().starts_with("whsec_"), "{secret:?}");
+    assert_eq!(signed_status, 202, "{signed_body}");
+    let id = signed_body["task_id"].as_str().unwrap().parse().unwrap();
+    let webhook = app
+        .view(id)
+        .await
+        .webhook
+        .expect("the job shows its webhook");
+    assert_eq!(webhook.url, "https://hooks.example.com/genq");
+    assert_eq!(webhook.status, WebhookStatus::Waiting);
+    assert!(webhook.attempts.is_empty());
+    app.stop().await;
+}
