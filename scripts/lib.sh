@@ -42,6 +42,14 @@ ensure_build_tools() {
     }
 }
 
+# The dashboard's test drives Debian's Chromium through ChromeDriver.
+ensure_browser() {
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        say "installing chromium and chromium-driver (the dashboard's browser test)"
+        apt_install chromium chromium-driver
+    fi
+}
+
 # Only a local default service is installed and started: a DATABASE_URL or REDIS_URL pointing
 # elsewhere is taken as given.
 # Closes this shell's file descriptors beyond stdio. A daemon started from here would inherit them:

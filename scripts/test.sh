@@ -5,6 +5,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_services
+ensure_browser
 
 # Each test drops its database and Redis namespace when it ends, passed or failed; only a run
 # killed outright leaves some behind.
@@ -16,6 +17,9 @@ redis-cli --scan --pattern 'genq_test_*' | xargs -r redis-cli del >/dev/null
 
 # Dependencies: licences, sources and bans (not advisories: their database cannot be fetched here).
 "$GENQ_ROOT/scripts/deny.sh"
+
+# Kubernetes manifests, the KEDA resource and compose.yaml against their schemas.
+"$GENQ_ROOT/scripts/validate-deploy.sh"
 
 build_release
 say "running the tests"

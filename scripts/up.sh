@@ -4,7 +4,8 @@
 #   scripts/up.sh            run one sample batch, print its results, stop everything
 #   scripts/up.sh --serve    the same, then keep the API (port 8000) and a worker running
 #
-# Uses GENQ_MODEL if set; otherwise synthesizes a GPT-2 124M-shape model whose text is noise.
+# Uses GENQ_MODEL if set; otherwise fetches GPT-2 from Hugging Face (genqctl model pull), or where
+# that fails (offline), synthesizes a GPT-2 124M-shape model whose text is noise.
 # The API asks for an API key: the script makes a development key (a tenant key of tenant
 # `local`, no limits) and keeps it in .genq/dev-api-key (mode 600), reused on later runs while it
 # still authenticates; it prints how to use it.
@@ -32,13 +33,19 @@ fi
 export GENQ_API_URL="http://$GENQ_API_ADDR"
 
 if [ -z "${GENQ_MODEL:-}" ]; then
-    GENQ_MODEL="$GENQ_ROOT/models/gpt2-124m-synthetic-q8_0.gguf"
+    GENQ_MODEL="$GENQ_ROOT/models/gpt2.Q8_0.gguf"
     if [ ! -f "$GENQ_MODEL" ]; then
-        say "synthesizing $GENQ_MODEL"
-        "$bin/genqctl" model synth --out "$GENQ_MODEL" --shape gpt2-124m
+        say "fetching GPT-2 (Q8_0 GGUF) from Hugging Face into $GENQ_MODEL"
+        if ! "$bin/genqctl" model pull --out "$GENQ_MODEL"; then
+            GENQ_MODEL="$GENQ_ROOT/models/gpt2-124m-synthetic-q8_0.gguf"
+            if [ ! -f "$GENQ_MODEL" ]; then
+                say "synthesizing $GENQ_MODEL"
+                "$bin/genqctl" model synth --out "$GENQ_MODEL" --shape gpt2-124m
+            fi
+            warn "Could not fetch GPT-2 (no network?): using a synthesized GPT-2 124M-shape model with RANDOM weights."
+            warn "Its text is meaningless; run 'genqctl model pull' (HF_ENDPOINT for a mirror) or set GENQ_MODEL for real text."
+        fi
     fi
-    warn "GENQ_MODEL is not set: using a synthesized GPT-2 124M-shape model with RANDOM weights."
-    warn "Its text is meaningless; set GENQ_MODEL to a real GPT-2 GGUF (genqctl model download) for real text."
 fi
 export GENQ_MODEL
 

@@ -55,6 +55,7 @@ use crate::{
         admin::pause,
         admin::resume,
         admin::queue,
+        admin::overview,
     ),
     components(
         schemas(

@@ -10,10 +10,12 @@
 //! - here: the command line, exit codes, and connecting to PostgreSQL with the schema check.
 //! - `queue`: stats, pause/resume, drain, purge, reconcile; `jobs`: show, cancel, list, retry,
 //!   cleanup; `workers`: live workers.
-//! - `keys`: API keys (create, list, revoke).
+//! - `keys`: API keys (create, list, revoke, webhook secrets).
 //! - `submit`: send prompts to the API, optionally wait for the results.
-//! - `model`: synthesize a GPT-2-shaped test model or download a real one.
+//! - `model`: synthesize a GPT-2-shaped test model, download a real one or pull it from Hugging
+//!   Face; `fetch`: the resumable, checked download they share.
 
+mod fetch;
 mod jobs;
 mod keys;
 mod model;

@@ -1,15 +1,23 @@
-//! `genqctl model ...`: synthesize a GPT-2-shaped test model, or download a real GGUF.
+//! `genqctl model ...`: synthesize a GPT-2-shaped test model, download a GGUF from a URL, or pull
+//! one from Hugging Face (resumable, checked against the hub's SHA-256).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use futures::StreamExt;
 use genq_engine::synth::{self, Shape};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
-use crate::Done;
+use crate::{
+    Done,
+    fetch::{Fetch, fetch},
+};
+
+/// A GPT-2 (124M) GGUF at Q8_0, the quantization genq's figures use.
+pub const DEFAULT_REPO: &str = "QuantFactory/gpt2-GGUF";
+pub const DEFAULT_FILE: &str = "gpt2.Q8_0.gguf";
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// A network that drops packets fails the fetch this soon instead of at the OS's TCP timeout.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -29,7 +37,7 @@ enum ModelCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Download a GGUF model (for example a GPT-2 GGUF from Hugging Face) and check it.
+    /// Download a GGUF model from a URL and check it.
     Download {
         url: String,
         #[arg(long)]
@@ -37,6 +45,27 @@ enum ModelCommand {
         /// Expected SHA-256 of the file, hex.
         #[arg(long)]
         sha256: Option<String>,
+    },
+    /// Fetch a GGUF from a Hugging Face repository, resuming a partial file left by an earlier
+    /// try, and check it against the SHA-256 the hub gives for it (or --sha256). HF_ENDPOINT
+    /// points at a mirror; HF_TOKEN is sent for gated or private repositories.
+    Pull {
+        #[arg(long, env = "GENQ_MODEL_REPO", default_value = DEFAULT_REPO)]
+        repo: String,
+        #[arg(long, env = "GENQ_MODEL_FILE", default_value = DEFAULT_FILE)]
+        file: String,
+        /// A branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        #[arg(long, default_value = "models/model.gguf")]
+        out: PathBuf,
+        /// Expected SHA-256, hex; instead of the hub's.
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long, env = "HF_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+        endpoint: String,
+        #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -53,86 +82,99 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<Done> {
             );
         }
         ModelCommand::Download { url, out, sha256 } => {
-            download(&url, &out, sha256.as_deref()).await?
+            let request = Fetch {
+                url: &url,
+                out: &out,
+                expected_sha256: sha256.as_deref(),
+                bearer: None,
+                resume: false,
+            };
+            let (digest, size) = fetch(&client()?, request).await?;
+            println!(
+                "downloaded {} ({:.1} MB, sha256 {digest})",
+                out.display(),
+                size as f64 / 1e6
+            );
+        }
+        ModelCommand::Pull {
+            repo,
+            file,
+            revision,
+            out,
+            sha256,
+            endpoint,
+            token,
+        } => {
+            let token = token.filter(|t| !t.is_empty());
+            let url = format!(
+                "{}/{repo}/resolve/{revision}/{file}",
+                endpoint.trim_end_matches('/')
+            );
+            let expected = match sha256 {
+                Some(sha256) => Some(sha256),
+                None => hub_sha256(&url, token.as_deref()).await?,
+            };
+            if expected.is_none() {
+                eprintln!("genqctl: the hub gave no SHA-256 for {url}; the file is not checked");
+            }
+            let request = Fetch {
+                url: &url,
+                out: &out,
+                expected_sha256: expected.as_deref(),
+                bearer: token.as_deref(),
+                resume: true,
+            };
+            let (digest, size) = fetch(&client()?, request).await?;
+            println!(
+                "pulled {repo}/{file}@{revision} to {} ({:.1} MB, sha256 {digest})",
+                out.display(),
+                size as f64 / 1e6
+            );
         }
     }
     Ok(Done::Ok)
 }
 
-/// Streams to a `.partial` file, checks the GGUF magic and the checksum, then renames into place,
-/// so an interrupted or corrupt download never sits where a worker would load it. Whatever goes
-/// wrong after the `.partial` file is created, it is removed. Each error names its reason: the
-/// HTTP status, "not a GGUF file", or "checksum mismatch".
-pub async fn download(url: &str, out: &Path, expected_sha256: Option<&str>) -> anyhow::Result<()> {
-    let response = reqwest::get(url)
+/// The SHA-256 the hub gives for a file: `X-Linked-Etag` on the answer that redirects a large
+/// (LFS) file to its storage, as huggingface_hub reads it; `ETag` for a small one, when it is a
+/// SHA-256 and not a git hash.
+async fn hub_sha256(url: &str, token: Option<&str>) -> anyhow::Result<Option<String>> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut request = client.head(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
         .await
-        .with_context(|| format!("requesting {url}"))?;
-    if !response.status().is_success() {
+        .with_context(|| format!("asking the hub about {url}"))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         bail!(
-            "downloading {url}: the server answered HTTP {}",
-            response.status()
+            "{url}: the hub answered HTTP {status}: a gated or private repository needs HF_TOKEN"
         );
     }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir).await?;
+    if !(status.is_success() || status.is_redirection()) {
+        bail!("{url}: the hub answered HTTP {status} (is the repository, file or revision right?)");
     }
-    let partial = out.with_extension("gguf.partial");
-    let fetched = fetch_and_check(response, url, &partial, expected_sha256).await;
-    let (digest, size) = match fetched {
-        Ok(fetched) => fetched,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e);
-        }
-    };
-    if let Err(e) = tokio::fs::rename(&partial, out).await {
-        let _ = tokio::fs::remove_file(&partial).await;
-        return Err(e).with_context(|| format!("moving the download to {}", out.display()));
-    }
-    println!(
-        "downloaded {} ({:.1} MB, sha256 {digest})",
-        out.display(),
-        size as f64 / 1e6
-    );
-    Ok(())
+    let headers = response.headers();
+    let etag = headers
+        .get("x-linked-etag")
+        .or_else(|| headers.get(reqwest::header::ETAG))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim_start_matches("W/")
+                .trim_matches('"')
+                .to_ascii_lowercase()
+        });
+    Ok(etag.filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit())))
 }
 
-/// Writes the body to `partial` and checks it; returns its SHA-256 (hex) and size. The caller
-/// removes `partial` on error.
-async fn fetch_and_check(
-    response: reqwest::Response,
-    url: &str,
-    partial: &Path,
-    expected_sha256: Option<&str>,
-) -> anyhow::Result<(String, u64)> {
-    let mut file = tokio::fs::File::create(partial)
-        .await
-        .with_context(|| format!("creating {}", partial.display()))?;
-    let mut hasher = Sha256::new();
-    let mut head: Vec<u8> = Vec::with_capacity(4);
-    let mut size = 0u64;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.with_context(|| format!("downloading {url}"))?;
-        if head.len() < 4 {
-            head.extend(chunk.iter().take(4 - head.len()));
-        }
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-        file.write_all(&chunk)
-            .await
-            .with_context(|| format!("writing {}", partial.display()))?;
-    }
-    file.flush().await?;
-    drop(file);
-    let digest = format!("{:x}", hasher.finalize());
-    if head != b"GGUF".as_slice() {
-        bail!("{url} is not a GGUF file (it does not start with 'GGUF')");
-    }
-    if let Some(expected) = expected_sha256
-        && !expected.eq_ignore_ascii_case(&digest)
-    {
-        bail!("checksum mismatch for {url}: expected SHA-256 {expected}, got {digest}");
-    }
-    Ok((digest, size))
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()?)
 }

@@ -8,6 +8,7 @@ use genq_shared::{
     reconcile::{ReconcileConfig, Reconciler},
     types::QueueStats,
 };
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{Backends, Done, connect_db, jobs::take_out_of_redis, warn};
 
@@ -173,15 +174,28 @@ async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {
     db::control::set_intake_paused(pool, true).await?;
     println!("intake paused; waiting for queued and running jobs to finish");
     let started = Instant::now();
-    let mut progress = tokio::time::interval(Duration::from_secs(1));
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    // On a terminal a bar of the jobs left at the start; elsewhere (logs) a line a second.
+    let mut bar: Option<ProgressBar> = None;
     loop {
-        progress.tick().await;
-        let stats = db::jobs::stats(pool).await?;
-        println!(
-            "queued {:>6}  running {:>4}  workers {}",
-            stats.queued, stats.running, stats.live_workers
+        every_second.tick().await;
+        let backlog = db::jobs::backlog(pool).await?;
+        let workers = db::workers::live(pool).await?.len();
+        let left = (backlog.queued + backlog.running) as u64;
+        let bar = bar.get_or_insert_with(|| drain_bar(left));
+        bar.set_length(bar.length().unwrap_or(0).max(left));
+        bar.set_position(bar.length().unwrap_or(0) - left);
+        let figures = format!(
+            "queued {:>6}  running {:>4}  workers {workers}",
+            backlog.queued, backlog.running
         );
-        if stats.queued == 0 && stats.running == 0 {
+        if bar.is_hidden() {
+            println!("{figures}");
+        } else {
+            bar.set_message(figures);
+        }
+        if left == 0 {
+            bar.finish_and_clear();
             println!(
                 "drained in {:.1} s; intake stays paused (genqctl queue resume)",
                 started.elapsed().as_secs_f64()
@@ -189,6 +203,7 @@ async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {
             return Ok(Done::Ok);
         }
         if started.elapsed() >= timeout {
+            bar.abandon();
             eprintln!(
                 "drain timed out after {} s with work left",
                 timeout.as_secs()
@@ -196,4 +211,15 @@ async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {
             return Ok(Done::Failed);
         }
     }
+}
+
+/// Jobs finished of those queued or running when the drain began (more if some are re-queued).
+fn drain_bar(jobs: u64) -> ProgressBar {
+    let bar = ProgressBar::new(jobs).with_style(
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} jobs finished {elapsed}  {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar
 }

@@ -294,8 +294,23 @@ pub struct QueueStats {
     pub intake_paused: bool,
 }
 
+/// A live worker as the dashboard (`GET /admin/overview`) shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct WorkerOverview {
+    pub name: String,
+    pub hostname: String,
+    pub model: String,
+    pub slots: i32,
+    /// As of its last heartbeat (every 5 s).
+    pub slots_busy: i32,
+    /// Tokens sampled since it started, as of its last heartbeat.
+    pub generated_tokens: i64,
+    pub jobs_running: i64,
+    pub heartbeat_age_secs: f64,
+}
+
 /// One line of `genqctl jobs list`.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: Uuid,
     pub status: JobStatus,

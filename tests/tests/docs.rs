@@ -74,6 +74,7 @@ async fn the_openapi_document_is_open_and_describes_every_route() {
         ("post", "/admin/intake/pause"),
         ("post", "/admin/intake/resume"),
         ("get", "/admin/queue"),
+        ("get", "/admin/overview"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

@@ -201,9 +201,16 @@ async fn serve(
     let name = unique_name(config.name.as_deref());
     let model_name = engine.model().name().to_owned();
     let held = Arc::new(HeldJobs::default());
-    let registration =
-        registry::register(&pool, &name, &model_name, engine.slots(), held.clone()).await?;
     let engine_stats = engine.stats();
+    let registration = registry::register(
+        &pool,
+        &name,
+        &model_name,
+        engine.slots(),
+        held.clone(),
+        engine_stats.clone(),
+    )
+    .await?;
     let (storage, redis) = queue::connect(&config.queue).await?;
     let watch = JobWatch::listen(pool.clone()).await?;
     tracing::info!(

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use genq_engine::EngineStats;
 use genq_shared::db;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -95,6 +96,7 @@ pub async fn register(
     model: &str,
     slots: u32,
     held: Arc<HeldJobs>,
+    engine: EngineStats,
 ) -> anyhow::Result<Registration> {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     db::workers::register(
@@ -111,8 +113,12 @@ pub async fn register(
     let stop_beating = stopping.clone();
     let heartbeat = tokio::spawn(async move {
         while !stop_beating.is_cancelled() {
+            let figures = db::workers::Figures {
+                slots_busy: engine.slots_busy() as i32,
+                generated_tokens: engine.generated_tokens() as i64,
+            };
             let beat = async {
-                db::workers::heartbeat(&pool, &beat_name).await?;
+                db::workers::heartbeat(&pool, &beat_name, figures).await?;
                 db::jobs::renew_leases(&pool, &beat_name, &held.snapshot()).await
             };
             let next = match beat.await {

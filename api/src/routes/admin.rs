@@ -7,7 +7,11 @@ use axum::{
     extract::State,
     routing::{get, post},
 };
-use genq_shared::{db, types::QueueStats};
+use genq_shared::{
+    db,
+    types::{JobSummary, QueueStats, WorkerOverview},
+};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::openapi::{
@@ -20,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/intake/pause", post(pause))
         .route("/admin/intake/resume", post(resume))
         .route("/admin/queue", get(queue))
+        .route("/admin/overview", get(overview))
 }
 
 /// Pause intake
@@ -88,4 +93,55 @@ async fn set_intake_paused(state: &AppState, paused: bool) -> Result<Json<Value>
 )]
 async fn queue(State(state): State<AppState>) -> Result<Json<QueueStats>> {
     Ok(Json(db::jobs::stats(&state.db).await?))
+}
+
+/// What the dashboard (`/ui`) shows: the backlog, live workers, the latest jobs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    pub queued: i64,
+    pub running: i64,
+    pub oldest_queued_secs: f64,
+    pub intake_paused: bool,
+    /// Tokens the live workers have sampled since they started, as of their last heartbeats: the
+    /// change between two reads is the cluster's tokens/s.
+    pub generated_tokens: i64,
+    pub workers: Vec<WorkerOverview>,
+    /// The newest jobs of every tenant, newest first.
+    pub jobs: Vec<JobSummary>,
+}
+
+/// How many of the newest jobs the overview lists.
+const OVERVIEW_JOBS: i64 = 25;
+
+/// Dashboard overview
+///
+/// The backlog, the live workers with their slots and heartbeats, and the newest jobs. Cheap to
+/// poll: every query is an index range, however many jobs are kept.
+#[utoipa::path(
+    get,
+    path = "/admin/overview",
+    operation_id = "overview",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The cluster now", body = Overview),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn overview(State(state): State<AppState>) -> Result<Json<Overview>> {
+    let backlog = db::jobs::backlog(&state.db).await?;
+    let workers = db::workers::overview(&state.db).await?;
+    let jobs = db::jobs::list(&state.db, None, OVERVIEW_JOBS).await?;
+    Ok(Json(Overview {
+        queued: backlog.queued,
+        running: backlog.running,
+        oldest_queued_secs: backlog.oldest_queued_secs,
+        intake_paused: db::control::intake_paused(&state.db).await?,
+        generated_tokens: workers.iter().map(|w| w.generated_tokens).sum(),
+        workers,
+        jobs,
+    }))
 }

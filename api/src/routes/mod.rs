@@ -9,6 +9,7 @@ pub mod generate;
 pub mod health;
 pub mod history;
 pub mod metrics;
+pub mod ui;
 
 use std::collections::HashMap;
 
@@ -22,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{AppState, auth, error::ApiError};
 
-/// Health, readiness, metrics and the docs are open; every other route needs a key, admin routes an admin
+/// Health, readiness, metrics, the docs and the dashboard's page are open; every other route needs a key, admin routes an admin
 /// key.
 pub fn router(state: AppState) -> Router {
     let admin = admin::router().route_layer(middleware::from_fn(auth::require_admin));
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keyed)
         .merge(health::router())
         .merge(metrics::router())
+        .merge(ui::router())
         .merge(docs::router())
         .with_state(state)
         .fallback(

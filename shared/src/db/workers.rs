@@ -2,6 +2,8 @@
 //! workers whatever Redis holds.
 
 use chrono::{DateTime, Utc};
+
+use crate::types::WorkerOverview;
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -43,13 +45,41 @@ pub async fn register(
     Ok(())
 }
 
-/// Marks the worker alive.
-pub async fn heartbeat(pool: &PgPool, name: &str) -> sqlx::Result<()> {
-    sqlx::query(r#"update workers set last_seen = now() where name = $1"#)
-        .bind(name)
-        .execute(pool)
-        .await?;
+/// What a heartbeat reports of the worker's engine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    pub slots_busy: i32,
+    pub generated_tokens: i64,
+}
+
+/// Marks the worker alive, with its engine's figures.
+pub async fn heartbeat(pool: &PgPool, name: &str, figures: Figures) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"update workers set last_seen = now(), slots_busy = $2, generated_tokens = $3
+           where name = $1"#,
+    )
+    .bind(name)
+    .bind(figures.slots_busy)
+    .bind(figures.generated_tokens)
+    .execute(pool)
+    .await?;
     Ok(())
+}
+
+/// Live workers with their figures and running jobs, for the dashboard.
+pub async fn overview(pool: &PgPool) -> sqlx::Result<Vec<WorkerOverview>> {
+    sqlx::query_as(
+        r#"select w.name, w.hostname, w.model, w.slots, w.slots_busy, w.generated_tokens,
+                  (select count(*) from jobs j where j.status = 'running' and j.worker = w.name)
+                      as jobs_running,
+                  extract(epoch from now() - w.last_seen)::float8 as heartbeat_age_secs
+           from workers w
+           where w.stopped_at is null and w.last_seen > now() - make_interval(secs => $1)
+           order by w.name"#,
+    )
+    .bind(LIVE_WITHIN_SECS as f64)
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn mark_stopped(pool: &PgPool, name: &str) -> sqlx::Result<()> {

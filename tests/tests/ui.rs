@@ -1,0 +1,197 @@
+//! The dashboard at `/ui`, in real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! which `scripts/test.sh` installs): it loads without console errors, shows jobs as they are
+//! submitted, cancels one from the page, and shows a worker. A screenshot is saved to
+//! `target/test-artifacts/ui-dashboard.png`.
+
+use std::{path::PathBuf, process::Stdio};
+
+use fantoccini::{Client, ClientBuilder, Locator, wd::WebDriverCompatibleCommand};
+use genq_shared::types::JobStatus;
+use genq_tests::{PATIENCE, TestApp, until};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// ChromeDriver on a free port, killed when dropped (also when the test fails).
+struct Driver {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+            "Chromium and ChromeDriver are missing: run scripts/test.sh (it installs Debian's chromium and chromium-driver)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let status = format!("{url}/status");
+        until("chromedriver answers", || async {
+            reqwest::get(&status).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        Driver { url, _child: child }
+    }
+
+    async fn browser(&self) -> Client {
+        let capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"],
+            },
+            "goog:loggingPrefs": { "browser": "ALL" },
+        });
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities.as_object().unwrap().clone())
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+/// ChromeDriver's browser log (`POST /session/{id}/se/log`), which holds the console's messages
+/// and the page's errors (script errors, refused loads, CSP violations).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
+async fn severe_console_entries(browser: &Client) -> Vec<Value> {
+    let log = browser
+        .issue_cmd(BrowserLog)
+        .await
+        .expect("the browser log");
+    log.as_array()
+        .expect("a list of entries")
+        .iter()
+        .filter(|entry| entry["level"] == "SEVERE")
+        .cloned()
+        .collect()
+}
+
+async fn row_status(browser: &Client, id: uuid::Uuid) -> Option<String> {
+    let cell = browser
+        .find(Locator::Css(&format!("tr[data-task-id='{id}'] td.status")))
+        .await
+        .ok()?;
+    cell.text().await.ok()
+}
+
+fn screenshot_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/ui-dashboard.png")
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_jobs_and_cancels_one_in_chromium_without_console_errors() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_key("ops").await;
+    let doomed = app
+        .submit(&json!({ "prompts": ["cancel me from the page"], "max_tokens": 8 }))
+        .await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+
+    browser
+        .goto(&format!("{}/ui", app.address))
+        .await
+        .expect("the page loads");
+    browser
+        .find(Locator::Css("#key"))
+        .await
+        .unwrap()
+        .send_keys(&admin)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#sign-in button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let queued_row = format!("tr[data-task-id='{doomed}'] button.cancel");
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(&queued_row))
+        .await
+        .expect("the queued job shows with a cancel button")
+        .click()
+        .await
+        .unwrap();
+    until("the job is cancelled", || async {
+        app.status(doomed).await == JobStatus::Cancelled
+    })
+    .await;
+    until("the page shows it cancelled", || async {
+        row_status(&browser, doomed).await.as_deref() == Some("cancelled")
+    })
+    .await;
+    // A worker and a finished job, for the screenshot and the workers table.
+    let worker = app.start_worker(2).await;
+    let done = app
+        .submit(
+            &json!({ "prompts": ["Hello from the dashboard test"], "max_tokens": 8, "seed": 1 }),
+        )
+        .await;
+    app.wait_final(done).await;
+    until(
+        "the page shows the completed job and the worker",
+        || async {
+            let completed = row_status(&browser, done).await.as_deref() == Some("completed");
+            let worker_rows = browser
+                .find_all(Locator::Css("#workers tr td"))
+                .await
+                .map_or(0, |cells| cells.len());
+            completed && worker_rows == 6
+        },
+    )
+    .await;
+    let queued_figure = browser
+        .find(Locator::Css("#queued"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let png = browser.screenshot().await.expect("a screenshot");
+    let path = screenshot_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &png).unwrap();
+    let errors = severe_console_entries(&browser).await;
+
+    assert_eq!(queued_figure, "0");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    browser.close().await.unwrap();
+    worker.stop().await;
+    app.stop().await;
+}
