@@ -14,7 +14,11 @@ create table webhook_deliveries (
     round int not null default 1,
     owed_at timestamptz not null default now(),
     next_attempt_at timestamptz not null default now(),
+    -- Attempts over every round; each attempt's number is also its lease: only the deliverer that
+    -- took it as attempt n may record attempt n's outcome.
     attempts int not null default 0,
+    -- Attempts of this round, which the backoff counts from.
+    round_attempts int not null default 0,
     delivered_at timestamptz,
     gave_up_at timestamptz
 );
@@ -41,7 +45,7 @@ begin
     insert into webhook_deliveries (job_id, url) values (new.id, new.callback_url)
     on conflict (job_id) do update
         set round = webhook_deliveries.round + 1, url = excluded.url, owed_at = now(),
-            next_attempt_at = now(), delivered_at = null, gave_up_at = null;
+            next_attempt_at = now(), round_attempts = 0, delivered_at = null, gave_up_at = null;
     return null;
 end
 $$;

@@ -115,6 +115,17 @@ async fn transfer(
         status => bail!("downloading {url}: the server answered HTTP {status}"),
     };
     if append {
+        let resumed_at = resumed_at(&response);
+        if resumed_at != Some(have) {
+            // Appending would splice the wrong bytes in: start over next time.
+            let _ = tokio::fs::remove_file(partial).await;
+            bail!(
+                "downloading {url}: asked to resume at byte {have}, the server sent {} instead; the partial file is removed, run again",
+                resumed_at.map_or("no Content-Range".to_owned(), |at| format!(
+                    "bytes from {at}"
+                ))
+            );
+        }
         hash_existing(partial, &mut hashed).await?;
         eprintln!(
             "resuming {} at {:.1} MB",
@@ -146,6 +157,21 @@ async fn transfer(
     file.flush().await?;
     progress.finish_and_clear();
     Ok(hashed)
+}
+
+/// Where a `206 Partial Content` answer starts: `Content-Range: bytes START-END/TOTAL`.
+fn resumed_at(response: &reqwest::Response) -> Option<u64> {
+    let range = response
+        .headers()
+        .get(header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    range
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Hashes what an earlier try left in `partial`.

@@ -1,7 +1,7 @@
 //! The dashboard at `/ui`, in real headless Chromium (Debian's `chromium` and `chromium-driver`,
 //! which `scripts/test.sh` installs): it loads without console errors, shows jobs as they are
-//! submitted, cancels one from the page, and shows a worker. A screenshot is saved to
-//! `target/test-artifacts/ui-dashboard.png`.
+//! submitted, cancels one from the page, shows a worker and a job's detail, and pauses and resumes
+//! intake. A screenshot is saved to `target/test-artifacts/ui-dashboard.png`.
 
 use std::{path::PathBuf, process::Stdio};
 
@@ -14,10 +14,20 @@ use serde_json::{Value, json};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// ChromeDriver on a free port, killed when dropped (also when the test fails).
+/// ChromeDriver on a free port in a process group of its own, which is killed when this is
+/// dropped (also when the test fails), Chromium with it.
 struct Driver {
     url: String,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let group = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 impl Driver {
@@ -34,6 +44,7 @@ impl Driver {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("starting chromedriver");
@@ -43,7 +54,7 @@ impl Driver {
             reqwest::get(&status).await.is_ok_and(|r| r.status() == 200)
         })
         .await;
-        Driver { url, _child: child }
+        Driver { url, child }
     }
 
     async fn browser(&self) -> Client {
@@ -105,12 +116,33 @@ async fn row_status(browser: &Client, id: uuid::Uuid) -> Option<String> {
     cell.text().await.ok()
 }
 
+async fn text(browser: &Client, css: &str) -> Option<String> {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 fn screenshot_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/ui-dashboard.png")
 }
 
 #[tokio::test]
-async fn the_dashboard_shows_jobs_and_cancels_one_in_chromium_without_console_errors() {
+async fn the_dashboard_shows_jobs_cancels_one_and_pauses_intake_in_chromium_without_console_errors()
+{
     let app = TestApp::spawn().await;
     let admin = app.admin_key("ops").await;
     let doomed = app
@@ -174,6 +206,29 @@ async fn the_dashboard_shows_jobs_and_cancels_one_in_chromium_without_console_er
             completed && worker_rows == 6
         },
     )
+    .await;
+    click(&browser, &format!("tr[data-task-id='{done}'] button.link")).await;
+    until("the job's detail shows", || async {
+        text(&browser, "#detail-summary").await.as_deref() == Some("completed, 1 of 1 prompts done")
+    })
+    .await;
+    click(&browser, "#intake").await;
+    until("intake is paused from the page", || async {
+        genq_shared::db::control::intake_paused(&app.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    until("the page says so", || async {
+        text(&browser, "#intake").await.as_deref() == Some("Resume intake")
+    })
+    .await;
+    click(&browser, "#intake").await;
+    until("intake is resumed from the page", || async {
+        !genq_shared::db::control::intake_paused(&app.pool)
+            .await
+            .unwrap()
+    })
     .await;
     let queued_figure = browser
         .find(Locator::Css("#queued"))

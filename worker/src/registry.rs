@@ -50,12 +50,12 @@ impl HeldJobs {
         }
     }
 
-    /// (job, attempt, prompts generated) of every attempt held now.
     /// Jobs held now.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    /// (job, attempt, prompts generated) of every attempt held now.
     fn snapshot(&self) -> Vec<(Uuid, i32, i32)> {
         self.lock()
             .iter()

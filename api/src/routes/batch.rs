@@ -244,8 +244,6 @@ pub(crate) async fn check_quotas(
     Ok(None)
 }
 
-/// What makes two requests "the same" for an idempotency key: the validated job, defaults
-/// filled in.
 /// A `callback_url` needs a secret to sign its webhook with: the caller's key's own, or the
 /// API's `GENQ_WEBHOOK_SECRET`.
 pub(crate) async fn check_webhook_secret(state: &AppState, caller: &Caller) -> Result<()> {
@@ -264,6 +262,8 @@ pub(crate) async fn check_webhook_secret(state: &AppState, caller: &Caller) -> R
     ))
 }
 
+/// What makes two requests "the same" for an idempotency key: the validated job, defaults
+/// filled in.
 fn request_hash(job: &ValidJob) -> Vec<u8> {
     let mut canonical = serde_json::json!({
         "prompts": job.prompts,

@@ -79,13 +79,25 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let embedded = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    // Addresses that carry an IPv4 address reach it: judge that one.
+    if segments[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
+        return is_public_v4(embedded(segments[6], segments[7])); // IPv4-compatible, ::a.b.c.d
+    }
+    if segments[..2] == [0x64, 0xff9b] {
+        return is_public_v4(embedded(segments[6], segments[7])); // NAT64, 64:ff9b::/96 and /48
+    }
+    if segments[0] == 0x2002 {
+        return is_public_v4(embedded(segments[1], segments[2])); // 6to4
+    }
+    let first = segments[0];
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8)
+        || first == 0x2001 && segments[1] == 0x0db8)
 }
 
 /// Resolves host names as the system does, then drops non-public addresses unless allowed; a
@@ -134,6 +146,9 @@ mod tests {
         assert!(refused("http://[::ffff:192.168.0.1]/hook").contains("private or loopback"));
         assert!(refused("http://169.254.169.254/latest").contains("private or loopback"));
         assert!(refused("http://100.64.0.1/").contains("private or loopback"));
+        assert!(refused("http://[64:ff9b::a9fe:a9fe]/").contains("private or loopback"));
+        assert!(refused("http://[::10.0.0.1]/").contains("private or loopback"));
+        assert!(refused("http://[2002:c0a8:0101::1]/").contains("private or loopback"));
         assert!(refused("http://LocalHost./x").contains("private or loopback"));
         assert!(refused("ftp://example.com/x").contains("http or https"));
         assert!(refused("https://user:pw@example.com/x").contains("credentials"));

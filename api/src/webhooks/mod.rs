@@ -34,8 +34,9 @@ const LEASE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 /// The longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-/// Most of the receiver's answer kept in the attempt's error.
+/// Most of the receiver's answer kept in the attempt's error, and read to find it.
 const ERROR_BODY_CHARS: usize = 200;
+const ERROR_BODY_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhookConfig {
@@ -64,6 +65,7 @@ pub struct Deliverer {
     db: PgPool,
     client: reqwest::Client,
     secret: Option<Secret>,
+    allow_private: bool,
     concurrency: usize,
     retry_min: Duration,
     retry_for: Duration,
@@ -78,6 +80,8 @@ impl Deliverer {
         let client = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve and reach the host itself, past the address check.
+            .no_proxy()
             .dns_resolver(Arc::new(address::PublicOnly {
                 allow_private: config.webhook_allow_private,
             }))
@@ -88,6 +92,7 @@ impl Deliverer {
             db,
             client,
             secret: config.webhook_secret.clone(),
+            allow_private: config.webhook_allow_private,
             concurrency: config.webhook_concurrency,
             retry_min: Duration::from_millis(config.webhook_retry_min_ms.max(1)),
             retry_for: Duration::from_secs(config.webhook_retry_for_secs),
@@ -97,17 +102,25 @@ impl Deliverer {
     pub async fn run(self, stop: CancellationToken) {
         let this = Arc::new(self);
         let mut calls = JoinSet::new();
+        let mut failing = false;
         while !stop.is_cancelled() {
             let room = this.concurrency - calls.len();
             let taken = match room {
                 0 => Vec::new(),
-                _ => db::webhooks::take_due(&this.db, room as i64, LEASE)
-                    .await
-                    .unwrap_or_else(|e| {
+                _ => match db::webhooks::take_due(&this.db, room as i64, LEASE).await {
+                    Ok(taken) => {
+                        failing = false;
+                        taken
+                    }
+                    Err(e) => {
                         genq_metrics::postgres_error();
-                        tracing::warn!(error = %e, "webhooks: reading due deliveries failed");
+                        // Once per outage, not at every poll.
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(error = %e, "webhooks: reading due deliveries failed");
+                        }
                         Vec::new()
-                    }),
+                    }
+                },
             };
             let idle = taken.is_empty();
             for due in taken {
@@ -137,7 +150,7 @@ impl Deliverer {
                 return;
             }
         };
-        let retry_in = backoff(self.retry_min, due.attempt);
+        let retry_in = backoff(self.retry_min, due.round_attempt);
         let recorded =
             db::webhooks::record_attempt(&self.db, &due, &outcome, retry_in, self.retry_for).await;
         let standing = match recorded {
@@ -185,6 +198,16 @@ impl Deliverer {
             .key_secret
             .clone()
             .or_else(|| self.secret.as_ref().map(|s| s.expose().to_owned()));
+        // reqwest does not resolve an address written in the URL: check it here, at each call, as
+        // the setting may have changed since the job was accepted.
+        if let Err(reason) = address::check_url(&due.url, self.allow_private) {
+            return Ok(AttemptOutcome {
+                status_code: None,
+                error: Some(reason),
+                duration: Duration::ZERO,
+                delivered: false,
+            });
+        }
         let Some(secret) = secret else {
             // Submission refuses this; the secret was removed since. Recorded, and retried.
             return Ok(AttemptOutcome {
@@ -218,8 +241,7 @@ impl Deliverer {
                 let error = if delivered {
                     None
                 } else {
-                    let text = response.text().await.unwrap_or_default();
-                    let text: String = text.chars().take(ERROR_BODY_CHARS).collect();
+                    let text = body_start(response).await;
                     Some(format!("the receiver answered {status}: {text}"))
                 };
                 AttemptOutcome {
@@ -238,6 +260,21 @@ impl Deliverer {
         };
         Ok(outcome)
     }
+}
+
+/// The start of a receiver's answer, read no further than needed: it may be long, or endless.
+async fn body_start(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < ERROR_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes)
+        .chars()
+        .take(ERROR_BODY_CHARS)
+        .collect()
 }
 
 /// The wait after attempt `attempt` failed: `min`, doubled per attempt, at most an hour.

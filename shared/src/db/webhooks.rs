@@ -8,18 +8,31 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A delivery taken for one attempt. Until [`record_attempt`] it is leased: should its deliverer
-/// die, another takes it once the lease ends.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// die, another takes it once the lease ends. (`Debug` by hand: it holds a secret.)
+#[derive(Clone, sqlx::FromRow)]
 pub struct DueDelivery {
     pub job_id: Uuid,
     pub url: String,
     /// Which outcome of the job this is (a retried job owes a second one).
     pub round: i32,
-    /// This attempt's number, counted over every round.
+    /// This attempt's number, counted over every round; also its lease.
     pub attempt: i32,
+    /// This attempt's number within its round.
+    pub round_attempt: i32,
     pub owed_at: DateTime<Utc>,
     /// The submitting key's own signing secret, if it has one.
     pub key_secret: Option<String>,
+}
+
+impl std::fmt::Debug for DueDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DueDelivery")
+            .field("job_id", &self.job_id)
+            .field("url", &self.url)
+            .field("round", &self.round)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Takes up to `limit` due deliveries, each leased for `lease`. Several deliverers (API
@@ -31,13 +44,15 @@ pub async fn take_due(
 ) -> sqlx::Result<Vec<DueDelivery>> {
     sqlx::query_as(
         r#"update webhook_deliveries d
-           set attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+           set attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
+               next_attempt_at = now() + make_interval(secs => $2)
            from (select job_id from webhook_deliveries
                  where delivered_at is null and gave_up_at is null and next_attempt_at <= now()
                  order by next_attempt_at limit $1
                  for update skip locked) due
            where d.job_id = due.job_id
-           returning d.job_id, d.url, d.round, d.attempts as attempt, d.owed_at,
+           returning d.job_id, d.url, d.round, d.attempts as attempt,
+                     d.round_attempts as round_attempt, d.owed_at,
                      (select k.webhook_secret from jobs j join api_keys k on k.id = j.api_key_id
                       where j.id = d.job_id) as key_secret"#,
     )
@@ -64,7 +79,8 @@ pub enum Standing {
     Retrying,
     /// Owed longer than the retry window allows: no more attempts.
     GaveUp,
-    /// The job was deleted, or owes a newer outcome, meanwhile.
+    /// Meanwhile the job was deleted, owes a newer outcome, or (the lease having run out)
+    /// another deliverer took the delivery: this attempt is recorded, nothing else changes.
     Gone,
 }
 
@@ -102,7 +118,8 @@ pub async fn record_attempt(
                                      > owed_at + make_interval(secs => $5)
                                  then now() end,
                next_attempt_at = now() + make_interval(secs => $4)
-           where job_id = $1 and round = $2
+           where job_id = $1 and round = $2 and attempts = $6
+             and delivered_at is null and gave_up_at is null
            returning case when delivered_at is not null then 'delivered'
                           when gave_up_at is not null then 'gave_up'
                           else 'retrying' end"#,
@@ -112,6 +129,7 @@ pub async fn record_attempt(
     .bind(outcome.delivered)
     .bind(retry_in.as_secs_f64())
     .bind(retry_for.as_secs_f64())
+    .bind(due.attempt)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;

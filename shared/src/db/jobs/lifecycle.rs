@@ -37,8 +37,7 @@ pub async fn claim(
                   started_at = now(), lease_renewed_at = now()
            where id = $1 and status = 'queued'
            returning attempt, prompts, params, deadline, tenant,
-                     extract(epoch from now() - case when attempt = 1 then created_at
-                                                     else queued_at end)::float8"#,
+                     extract(epoch from now() - enqueued_at)::float8"#,
     )
     .bind(id)
     .bind(worker)

@@ -54,8 +54,7 @@ pub struct Claim {
     pub deadline: Option<DateTime<Utc>>,
     /// Whose job it is: the result cache answers only with this tenant's results.
     pub tenant: String,
-    /// From the job's submission (its first attempt) or re-queueing (a later one) to this claim,
-    /// by PostgreSQL's clock.
+    /// From the job's submission, or its last re-queueing, to this claim, by PostgreSQL's clock.
     pub queue_wait_secs: f64,
 }
 
@@ -201,7 +200,8 @@ pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Opt
                   case when callback_url is not null then
                       (select json_build_object(
                            'url', jobs.callback_url,
-                           'status', case when d.delivered_at is not null then 'delivered'
+                           'status', case when jobs.status in ('queued', 'running') then 'waiting'
+                                          when d.delivered_at is not null then 'delivered'
                                           when d.gave_up_at is not null then 'failed'
                                           when d.job_id is not null then 'pending'
                                           else 'waiting' end,
@@ -295,7 +295,7 @@ pub async fn backlog(pool: &PgPool) -> sqlx::Result<Backlog> {
     sqlx::query_as(
         r#"select count(*) filter (where status = 'queued') as queued,
                   count(*) filter (where status = 'running') as running,
-                  coalesce(extract(epoch from now() - min(queued_at) filter (where status = 'queued')),
+                  coalesce(extract(epoch from now() - min(enqueued_at) filter (where status = 'queued')),
                            0)::float8 as oldest_queued_secs
            from jobs where status in ('queued', 'running')"#,
     )

@@ -54,7 +54,7 @@ pub async fn release(
     let status: Option<JobStatus> = sqlx::query_scalar(
         r#"update jobs set
                status = case when attempt < max_attempts then 'queued' else 'failed' end,
-               queued_at = now(),
+               queued_at = now(), enqueued_at = now(),
                finished_at = case when attempt < max_attempts then null else now() end,
                error_code = $3,
                error_message = case when attempt < max_attempts then $4
@@ -129,6 +129,7 @@ pub async fn retry_failed(pool: &PgPool, id: Option<Uuid>) -> sqlx::Result<Vec<U
     let ids: Vec<Uuid> = sqlx::query_scalar(
         r#"update jobs set status = 'queued', attempt = 0, worker = null, error_code = null,
                   error_message = null, started_at = null, finished_at = null, queued_at = now(),
+                  enqueued_at = now(),
                   deadline = now() + (deadline - created_at)
            where status = 'failed' and ($1::uuid is null or id = $1) returning id"#,
     )
