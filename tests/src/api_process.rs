@@ -80,6 +80,11 @@ impl ApiProcess {
         }
     }
 
+    /// Kills the process outright (SIGKILL), as a crash or an OOM kill would end it.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("killing genq-api");
+    }
+
     /// Stops the process (SIGTERM, as an orchestrator does) and returns what it logged.
     pub async fn stop(mut self) -> String {
         if let Some(pid) = self.child.id() {

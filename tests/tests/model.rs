@@ -128,7 +128,9 @@ type Requests = std::sync::Arc<std::sync::Mutex<Vec<Seen>>>;
 /// Stands in for Hugging Face in its URL layout: `/{repo}/resolve/{revision}/{file}` answers a
 /// redirect to `/storage/{file}` with the file's SHA-256 in `X-Linked-Etag` (as the hub does for
 /// LFS files), and the storage serves byte ranges. `linked_etag` is what the hub claims.
-async fn serve_hub(linked_etag: String) -> (String, Requests) {
+/// `resume_early`: the storage resumes that many bytes before where it is asked to (and says so
+/// in `Content-Range`), as a server with a stale cache might.
+async fn serve_hub(linked_etag: String, resume_early: usize) -> (String, Requests) {
     use axum::{
         extract::State,
         http::{HeaderMap, StatusCode, header},
@@ -159,8 +161,8 @@ async fn serve_hub(linked_etag: String) -> (String, Requests) {
                 .into_response()
         }
     };
-    let storage = |State((model, seen)): State<(std::sync::Arc<Vec<u8>>, Requests)>,
-                   headers: HeaderMap| async move {
+    let storage = move |State((model, seen)): State<(std::sync::Arc<Vec<u8>>, Requests)>,
+                        headers: HeaderMap| async move {
         let range = headers
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
@@ -172,7 +174,8 @@ async fn serve_hub(linked_etag: String) -> (String, Requests) {
             .as_deref()
             .and_then(|r| r.strip_prefix("bytes="))
             .and_then(|r| r.strip_suffix('-'))
-            .map_or(0, |n| n.parse().unwrap());
+            .map_or(0, |n: &str| n.parse::<usize>().unwrap())
+            .saturating_sub(resume_early);
         let response: Response = if start == 0 {
             (StatusCode::OK, model[..].to_vec()).into_response()
         } else {
@@ -212,7 +215,7 @@ async fn pull(hub: &str, out: &std::path::Path) -> Output {
 #[tokio::test]
 async fn pull_resumes_a_partial_file_and_checks_it_against_the_hubs_checksum() {
     let model = std::fs::read(tiny_model_path()).unwrap();
-    let (hub, seen) = serve_hub(sha256(&model)).await;
+    let (hub, seen) = serve_hub(sha256(&model), 0).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("models/model.gguf");
     // An earlier try stopped a third of the way.
@@ -247,7 +250,7 @@ async fn pull_resumes_a_partial_file_and_checks_it_against_the_hubs_checksum() {
 
 #[tokio::test]
 async fn pull_refuses_a_file_whose_checksum_differs_from_the_hubs_leaving_nothing() {
-    let (hub, _) = serve_hub("ab".repeat(32)).await;
+    let (hub, _) = serve_hub("ab".repeat(32), 0).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.gguf");
 
@@ -278,4 +281,35 @@ async fn pull_refuses_a_file_whose_checksum_differs_from_the_hubs_leaving_nothin
         0,
         "no partial or bad file is left"
     );
+}
+
+#[tokio::test]
+async fn pull_refuses_a_resume_from_the_wrong_offset_and_drops_the_partial_file() {
+    let model = std::fs::read(tiny_model_path()).unwrap();
+    let (hub, _) = serve_hub(sha256(&model), 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.gguf");
+    let cut = model.len() / 2;
+    std::fs::write(out.with_extension("gguf.partial"), &model[..cut]).unwrap();
+
+    let pulled = pull(&hub, &out).await;
+    let again = pull(&hub, &out).await;
+
+    let stderr = String::from_utf8_lossy(&pulled.stderr);
+    assert_eq!(pulled.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "asked to resume at byte {cut}, the server sent bytes from {}",
+            cut - 7
+        )),
+        "{stderr}"
+    );
+    // Nothing was spliced in: the next run starts over and gets the whole file.
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), model);
 }

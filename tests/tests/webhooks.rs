@@ -24,7 +24,8 @@ struct Call {
     at: tokio::time::Instant,
 }
 
-/// A local HTTP receiver that answers 500 to its first `failures` calls and 204 after.
+/// A local HTTP receiver that answers 500 to its first `failures` calls and 204 after; with
+/// `hang_first`, its first call is never answered.
 struct Receiver {
     url: String,
     calls: mpsc::UnboundedReceiver<Call>,
@@ -34,14 +35,20 @@ struct Receiver {
 #[derive(Clone)]
 struct ReceiverState {
     failures_left: Arc<Mutex<u32>>,
+    hang_next: Arc<Mutex<bool>>,
     calls: mpsc::UnboundedSender<Call>,
 }
 
 impl Receiver {
     async fn start(failures: u32) -> Receiver {
+        Self::start_with(failures, false).await
+    }
+
+    async fn start_with(failures: u32, hang_first: bool) -> Receiver {
         let (sender, calls) = mpsc::unbounded_channel();
         let state = ReceiverState {
             failures_left: Arc::new(Mutex::new(failures)),
+            hang_next: Arc::new(Mutex::new(hang_first)),
             calls: sender,
         };
         let app = Router::new()
@@ -77,6 +84,9 @@ async fn receive(
         body,
         at: tokio::time::Instant::now(),
     });
+    if std::mem::take(&mut *state.hang_next.lock().unwrap()) {
+        std::future::pending::<()>().await;
+    }
     let mut left = state.failures_left.lock().unwrap();
     if *left > 0 {
         *left -= 1;
@@ -84,6 +94,22 @@ async fn receive(
     } else {
         StatusCode::NO_CONTENT
     }
+}
+
+/// Submits through the API at `api` (a process set up for webhooks); the job's task id.
+async fn submit_to(api: &str, key: &str, body: &Value) -> uuid::Uuid {
+    let response = client_with_key(Some(key))
+        .post(format!("{api}/batch"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn header<'a>(call: &'a Call, name: &str) -> &'a str {
@@ -113,24 +139,12 @@ async fn a_refused_webhook_is_retried_across_an_api_restart_and_every_attempt_sh
         ("GENQ_WEBHOOK_RETRY_MIN_MS", "1000"),
     ];
     let first_api = app.spawn_api_process_with(&env).await;
-    let client = client_with_key(Some(&app.key));
     let worker = app.start_worker(2).await;
 
-    let response = client
-        .post(format!("{}/batch", first_api.address))
-        .json(&json!({
-            "prompts": ["Dear receiver,"], "max_tokens": 4, "seed": 3,
-            "callback_url": receiver.url,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id: uuid::Uuid = response.json::<Value>().await.unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let body = json!({
+        "prompts": ["Dear receiver,"], "max_tokens": 4, "seed": 3, "callback_url": receiver.url,
+    });
+    let id = submit_to(&first_api.address, &app.key, &body).await;
     let first = receiver.next_call().await;
     first_api.stop().await;
     let stopped_at = tokio::time::Instant::now();
@@ -184,6 +198,64 @@ async fn a_refused_webhook_is_retried_across_an_api_restart_and_every_attempt_sh
             .is_err(),
         "no call after the delivery"
     );
+
+    second_api.stop().await;
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_in_flight_when_its_api_is_killed_is_made_again_by_another_after_the_lease() {
+    let app = TestApp::spawn_with(AppOptions {
+        extra_args: vec!["--webhook-concurrency=0".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let mut receiver = Receiver::start_with(0, true).await;
+    let env = [
+        ("GENQ_WEBHOOK_SECRET", SECRET),
+        ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("GENQ_WEBHOOK_LEASE_SECS", "2"),
+    ];
+    let first_api = app.spawn_api_process_with(&env).await;
+    let worker = app.start_worker(2).await;
+    let body = json!({
+        "prompts": ["Who will tell them?"], "max_tokens": 4, "seed": 5,
+        "callback_url": receiver.url,
+    });
+    let id = submit_to(&first_api.address, &app.key, &body).await;
+
+    // The first call hangs at the receiver; its API dies before any answer.
+    let first = receiver.next_call().await;
+    first_api.kill().await;
+    let second_api = app.spawn_api_process_with(&env).await;
+    let second = receiver.next_call().await;
+    until("the delivery is recorded", || async {
+        app.view(id)
+            .await
+            .webhook
+            .is_some_and(|w| w.status == WebhookStatus::Delivered)
+    })
+    .await;
+    let webhook = app.view(id).await.webhook.unwrap();
+
+    assert_signed(&first);
+    assert_signed(&second);
+    // The same delivery twice: the receiver tells by its id.
+    assert_eq!(header(&first, "webhook-id"), format!("{id}_1"));
+    assert_eq!(header(&second, "webhook-id"), format!("{id}_1"));
+    assert!(
+        second.at - first.at >= Duration::from_secs(2),
+        "taken again only once the lease ran out: {:?}",
+        second.at - first.at
+    );
+    // The killed API recorded nothing of its attempt; the second one is attempt 2.
+    let attempts: Vec<(i32, Option<i32>)> = webhook
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.status_code))
+        .collect();
+    assert_eq!(attempts, [(2, Some(204))]);
 
     second_api.stop().await;
     worker.stop().await;

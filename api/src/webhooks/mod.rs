@@ -2,8 +2,8 @@
 //! `GET /batch_result` shows it) to that URL, signed, and retries with backoff until the receiver
 //! answers 2xx or `GENQ_WEBHOOK_RETRY_FOR_SECS` has passed. The delivery is owed in PostgreSQL by
 //! the transaction that finalized the job (a trigger), and each API replica's [`Deliverer`] takes
-//! due deliveries under a lease, so none is lost to an API or worker restart; a receiver may see
-//! one twice (after a crash mid-call) and tells by `webhook-id`.
+//! due deliveries under a lease (`GENQ_WEBHOOK_LEASE_SECS`), so none is lost to an API or worker
+//! restart; a receiver may see one twice (after a crash mid-call) and tells by `webhook-id`.
 //!
 //! - [`address`]: which URLs are accepted, and the resolver that keeps calls off private
 //!   addresses.
@@ -28,8 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one call may take, connecting included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// A taken delivery is another deliverer's again after this, should its own die mid-call.
-const LEASE: Duration = Duration::from_secs(60);
 /// How often an idle deliverer looks for due deliveries.
 const POLL: Duration = Duration::from_millis(500);
 /// The longest wait between attempts.
@@ -58,6 +56,10 @@ pub struct WebhookConfig {
     /// How long after the job turns final attempts go on before the delivery is given up.
     #[arg(long, env = "GENQ_WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
     pub webhook_retry_for_secs: u64,
+    /// A taken delivery is another replica's to make after this long, should its own deliverer
+    /// die mid-call; longer than a call may take (10 s).
+    #[arg(long, env = "GENQ_WEBHOOK_LEASE_SECS", default_value_t = 60)]
+    pub webhook_lease_secs: u64,
 }
 
 /// Takes due deliveries and makes them, until stopped.
@@ -69,6 +71,7 @@ pub struct Deliverer {
     concurrency: usize,
     retry_min: Duration,
     retry_for: Duration,
+    lease: Duration,
 }
 
 impl Deliverer {
@@ -96,6 +99,7 @@ impl Deliverer {
             concurrency: config.webhook_concurrency,
             retry_min: Duration::from_millis(config.webhook_retry_min_ms.max(1)),
             retry_for: Duration::from_secs(config.webhook_retry_for_secs),
+            lease: Duration::from_secs(config.webhook_lease_secs.max(1)),
         }))
     }
 
@@ -107,7 +111,7 @@ impl Deliverer {
             let room = this.concurrency - calls.len();
             let taken = match room {
                 0 => Vec::new(),
-                _ => match db::webhooks::take_due(&this.db, room as i64, LEASE).await {
+                _ => match db::webhooks::take_due(&this.db, room as i64, this.lease).await {
                     Ok(taken) => {
                         failing = false;
                         taken
