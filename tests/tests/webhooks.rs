@@ -263,6 +263,55 @@ async fn a_webhook_in_flight_when_its_api_is_killed_is_made_again_by_another_aft
 }
 
 #[tokio::test]
+async fn a_webhook_refused_past_its_retry_window_is_given_up_and_shows_failed() {
+    let app = TestApp::spawn_with(AppOptions {
+        extra_args: vec!["--webhook-concurrency=0".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let mut receiver = Receiver::start(u32::MAX).await;
+    let env = [
+        ("GENQ_WEBHOOK_SECRET", SECRET),
+        ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("GENQ_WEBHOOK_RETRY_MIN_MS", "100"),
+        ("GENQ_WEBHOOK_RETRY_FOR_SECS", "1"),
+    ];
+    let api = app.spawn_api_process_with(&env).await;
+    let worker = app.start_worker(2).await;
+    let body =
+        json!({ "prompts": ["Nobody listens"], "max_tokens": 2, "callback_url": receiver.url });
+    let id = submit_to(&api.address, &app.key, &body).await;
+
+    until("the delivery is given up", || async {
+        app.view(id)
+            .await
+            .webhook
+            .is_some_and(|w| w.status == WebhookStatus::Failed)
+    })
+    .await;
+    let webhook = app.view(id).await.webhook.unwrap();
+    let mut calls = 0;
+    while receiver.calls.try_recv().is_ok() {
+        calls += 1;
+    }
+
+    assert_eq!(webhook.delivered_at, None);
+    assert_eq!(webhook.next_attempt_at, None);
+    assert!(!webhook.attempts.is_empty());
+    assert_eq!(webhook.attempts.len(), calls, "every call is recorded");
+    assert!(webhook.attempts.iter().all(|a| a.status_code == Some(500)));
+    let last = webhook.attempts.last().unwrap();
+    let first = &webhook.attempts[0];
+    // Given up at the attempt whose retry would fall past the 1 s window: each attempt was due
+    // within it, and made at most a poll (0.5 s, and the query) later.
+    assert!((last.attempted_at - first.attempted_at).num_milliseconds() < 1700);
+
+    api.stop().await;
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn callback_urls_must_be_public_and_need_a_signing_secret() {
     let app = TestApp::spawn().await;
     let submit = |url: &str| {
