@@ -109,7 +109,7 @@ say "submitting a sample batch"
 "$bin/genqctl" submit --wait --max-tokens 32 --seed 7 \
     "Once upon a time" "The meaning of life is" "In a distant galaxy"
 
-say "every route but /health and /ready needs an API key; yours is in $key_file (mode 600):"
+say "every route but /health, /ready, /metrics, /docs and /ui needs an API key; yours is in $key_file (mode 600):"
 echo "  export GENQ_API_KEY=\"\$(cat '$key_file')\""
 echo "  curl -s '$GENQ_API_URL/history?limit=5' -H \"Authorization: Bearer \$GENQ_API_KEY\""
 if [ "$serve" -eq 1 ]; then
