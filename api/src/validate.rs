@@ -252,8 +252,10 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
     let callback_url = request
         .callback_url
         .map(|url| {
+            // Kept as parsed: control characters (a NUL, which PostgreSQL text cannot hold) come
+            // out percent-encoded.
             crate::webhooks::address::check_url(&url, limits.webhook_allow_private)
-                .map(|_| url)
+                .map(String::from)
                 .map_err(|message| ApiError::invalid("callback_url", message))
         })
         .transpose()?;

@@ -290,15 +290,7 @@ impl TestApp {
 
     /// Submits a batch and returns its task id, failing the test unless it is accepted.
     pub async fn submit(&self, body: &Value) -> Uuid {
-        let response = self.post("/batch", body).await;
-        assert_eq!(
-            response.status(),
-            202,
-            "submit refused: {}",
-            response.text().await.unwrap_or_default()
-        );
-        let body: Value = response.json().await.unwrap();
-        body["task_id"].as_str().unwrap().parse().unwrap()
+        submit_to(&self.client, &self.address, body).await
     }
 
     /// Submits jobs in one `POST /batches` and returns their task ids in order, failing the test
@@ -442,6 +434,25 @@ impl TestWorker {
                 .expect("worker stopped cleanly");
         }
     }
+}
+
+/// Submits a batch to the API at `base` (this app's, or an [`ApiProcess`]'s) with `client`'s
+/// key; its task id, failing the test unless it is accepted.
+pub async fn submit_to(client: &reqwest::Client, base: &str, body: &Value) -> Uuid {
+    let response = client
+        .post(format!("{base}/batch"))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        202,
+        "submit refused: {}",
+        response.text().await.unwrap_or_default()
+    );
+    let body: Value = response.json().await.unwrap();
+    body["task_id"].as_str().unwrap().parse().unwrap()
 }
 
 /// A connection to the tests' Redis server.

@@ -3,11 +3,11 @@
 
 use std::{net::TcpListener, process::Stdio};
 
-use genq_shared::types::{FinishReason, JobStatus, JobView};
+use genq_shared::types::{FinishReason, JobStatus};
 use genq_tests::{
-    PATIENCE, TestApp, binary, client_with_key,
+    TestApp, binary, client_with_key,
     prometheus::{self, Sample},
-    tiny_model, until,
+    submit_to, tiny_model, until,
 };
 use serde_json::{Value, json};
 
@@ -26,36 +26,6 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("{name}{labels:?} is not exported"))
 }
 
-async fn submit(client: &reqwest::Client, api: &str, body: &Value) -> uuid::Uuid {
-    let response = client
-        .post(format!("{api}/batch"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["task_id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn wait_final(client: &reqwest::Client, api: &str, id: uuid::Uuid) -> JobView {
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let view: JobView = client
-            .get(format!("{api}/batch_result/{id}?wait=60"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if view.status.is_final() {
-            return view;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "job {id} not final");
-    }
-}
-
 #[tokio::test]
 async fn metrics_count_a_known_workload_by_name_and_value() {
     let app = TestApp::spawn().await;
@@ -67,8 +37,8 @@ async fn metrics_count_a_known_workload_by_name_and_value() {
         "seed": 11,
     });
     // Queued before any worker runs: one waits, one is cancelled.
-    let first = submit(&client, &api.address, &seeded).await;
-    let doomed = submit(&client, &api.address, &json!({ "prompts": ["never run"] })).await;
+    let first = submit_to(&client, &api.address, &seeded).await;
+    let doomed = submit_to(&client, &api.address, &json!({ "prompts": ["never run"] })).await;
     let while_queued = scrape(&client, &api.address).await;
     let cancel = client
         .post(format!("{}/batch/{doomed}/cancel", api.address))
@@ -106,10 +76,17 @@ async fn metrics_count_a_known_workload_by_name_and_value() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    let generated = wait_final(&client, &api.address, first).await;
+    let generated = app.wait_final(first).await;
     // The same seeded request again: answered from the result cache, without inference.
-    let repeat = submit(&client, &api.address, &seeded).await;
-    let cached = wait_final(&client, &api.address, repeat).await;
+    let repeat = submit_to(&client, &api.address, &seeded).await;
+    let cached = app.wait_final(repeat).await;
+    // The worker counts a job right after its outcome commits, which is what wakes the wait.
+    until("the worker has counted both jobs", || async {
+        let samples = scrape(&plain, &worker_http).await;
+        let completed = [("status", "completed")];
+        prometheus::value(&samples, "genq_job_duration_seconds_count", &completed) == Some(2.0)
+    })
+    .await;
     let api_metrics = scrape(&client, &api.address).await;
     let worker_metrics = scrape(&plain, &worker_http).await;
     let ready: Value = plain

@@ -11,7 +11,7 @@ use genq_shared::{
     types::{JobStatus, JobView, WebhookStatus},
     webhook_signing,
 };
-use genq_tests::{AppOptions, PATIENCE, TestApp, client_with_key, stdout, until};
+use genq_tests::{AppOptions, PATIENCE, TestApp, client_with_key, stdout, submit_to, until};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -96,20 +96,30 @@ async fn receive(
     }
 }
 
-/// Submits through the API at `api` (a process set up for webhooks); the job's task id.
-async fn submit_to(api: &str, key: &str, body: &Value) -> uuid::Uuid {
-    let response = client_with_key(Some(key))
-        .post(format!("{api}/batch"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    response.json::<Value>().await.unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+/// This test's in-process API makes no deliveries: only the API processes it starts do, set up
+/// with `env`.
+async fn app_that_does_not_deliver() -> TestApp {
+    TestApp::spawn_with(AppOptions {
+        extra_args: vec!["--webhook-concurrency=0".into()],
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// An API process's settings for delivering to the local receiver: the shared secret, private
+/// addresses allowed, and `more`.
+fn delivering<'a>(more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("GENQ_WEBHOOK_SECRET", SECRET),
+        ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
+    ];
+    env.extend_from_slice(more);
+    env
+}
+
+/// Submits through the API process at `api`; the job's task id.
+async fn submit_via(app: &TestApp, api: &str, body: &Value) -> uuid::Uuid {
+    submit_to(&client_with_key(Some(&app.key)), api, body).await
 }
 
 fn header<'a>(call: &'a Call, name: &str) -> &'a str {
@@ -127,24 +137,16 @@ fn assert_signed(call: &Call) {
 #[tokio::test]
 async fn a_refused_webhook_is_retried_across_an_api_restart_and_every_attempt_shows() {
     // Only the API processes below deliver, so the restart is the one that matters.
-    let app = TestApp::spawn_with(AppOptions {
-        extra_args: vec!["--webhook-concurrency=0".into()],
-        ..AppOptions::default()
-    })
-    .await;
+    let app = app_that_does_not_deliver().await;
     let mut receiver = Receiver::start(2).await;
-    let env = [
-        ("GENQ_WEBHOOK_SECRET", SECRET),
-        ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
-        ("GENQ_WEBHOOK_RETRY_MIN_MS", "1000"),
-    ];
+    let env = delivering(&[("GENQ_WEBHOOK_RETRY_MIN_MS", "1000")]);
     let first_api = app.spawn_api_process_with(&env).await;
     let worker = app.start_worker(2).await;
 
     let body = json!({
         "prompts": ["Dear receiver,"], "max_tokens": 4, "seed": 3, "callback_url": receiver.url,
     });
-    let id = submit_to(&first_api.address, &app.key, &body).await;
+    let id = submit_via(&app, &first_api.address, &body).await;
     let first = receiver.next_call().await;
     first_api.stop().await;
     let stopped_at = tokio::time::Instant::now();
@@ -206,24 +208,16 @@ async fn a_refused_webhook_is_retried_across_an_api_restart_and_every_attempt_sh
 
 #[tokio::test]
 async fn a_webhook_in_flight_when_its_api_is_killed_is_made_again_by_another_after_the_lease() {
-    let app = TestApp::spawn_with(AppOptions {
-        extra_args: vec!["--webhook-concurrency=0".into()],
-        ..AppOptions::default()
-    })
-    .await;
+    let app = app_that_does_not_deliver().await;
     let mut receiver = Receiver::start_with(0, true).await;
-    let env = [
-        ("GENQ_WEBHOOK_SECRET", SECRET),
-        ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
-        ("GENQ_WEBHOOK_LEASE_SECS", "2"),
-    ];
+    let env = delivering(&[("GENQ_WEBHOOK_LEASE_SECS", "2")]);
     let first_api = app.spawn_api_process_with(&env).await;
     let worker = app.start_worker(2).await;
     let body = json!({
         "prompts": ["Who will tell them?"], "max_tokens": 4, "seed": 5,
         "callback_url": receiver.url,
     });
-    let id = submit_to(&first_api.address, &app.key, &body).await;
+    let id = submit_via(&app, &first_api.address, &body).await;
 
     // The first call hangs at the receiver; its API dies before any answer.
     let first = receiver.next_call().await;
@@ -264,23 +258,17 @@ async fn a_webhook_in_flight_when_its_api_is_killed_is_made_again_by_another_aft
 
 #[tokio::test]
 async fn a_webhook_refused_past_its_retry_window_is_given_up_and_shows_failed() {
-    let app = TestApp::spawn_with(AppOptions {
-        extra_args: vec!["--webhook-concurrency=0".into()],
-        ..AppOptions::default()
-    })
-    .await;
+    let app = app_that_does_not_deliver().await;
     let mut receiver = Receiver::start(u32::MAX).await;
-    let env = [
-        ("GENQ_WEBHOOK_SECRET", SECRET),
-        ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
+    let env = delivering(&[
         ("GENQ_WEBHOOK_RETRY_MIN_MS", "100"),
         ("GENQ_WEBHOOK_RETRY_FOR_SECS", "1"),
-    ];
+    ]);
     let api = app.spawn_api_process_with(&env).await;
     let worker = app.start_worker(2).await;
     let body =
         json!({ "prompts": ["Nobody listens"], "max_tokens": 2, "callback_url": receiver.url });
-    let id = submit_to(&api.address, &app.key, &body).await;
+    let id = submit_via(&app, &api.address, &body).await;
 
     until("the delivery is given up", || async {
         app.view(id)

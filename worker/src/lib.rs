@@ -33,7 +33,10 @@ use genq_shared::{
     wait::JobWatch,
 };
 
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::TaskTracker,
+};
 
 use crate::{
     cache::ResultCache, consumer::Consumer, http::Probe, live::LiveEvents, registry::HeldJobs,
@@ -132,11 +135,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    genq_shared::metrics::start();
-    let probe = Probe::default();
-    let http_stop = CancellationToken::new();
-    let _stop_http = http_stop.clone().drop_guard();
-    http::start(config.http_addr.as_deref(), probe.clone(), http_stop).await?;
+    let (probe, _stop_http) = start_http(&config).await?;
     let path = config.model.clone();
     let placement = Placement {
         n_gpu_layers: config.n_gpu_layers,
@@ -156,12 +155,17 @@ pub async fn run_with_model(
     model: Arc<Model>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (probe, _stop_http) = start_http(&config).await?;
+    serve(config, model, shutdown, probe).await
+}
+
+/// Starts recording metrics and the worker's HTTP listener, which serves until the guard drops.
+async fn start_http(config: &Config) -> anyhow::Result<(Probe, DropGuard)> {
     genq_shared::metrics::start();
     let probe = Probe::default();
-    let http_stop = CancellationToken::new();
-    let _stop_http = http_stop.clone().drop_guard();
-    http::start(config.http_addr.as_deref(), probe.clone(), http_stop).await?;
-    serve(config, model, shutdown, probe).await
+    let stop = CancellationToken::new();
+    http::start(config.http_addr.as_deref(), probe.clone(), stop.clone()).await?;
+    Ok((probe, stop.drop_guard()))
 }
 
 async fn serve(

@@ -20,6 +20,11 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, String> {
         return Err(format!("callback_url is longer than {MAX_URL_LEN} bytes"));
     }
     let url = Url::parse(raw).map_err(|e| format!("callback_url is not a URL: {e}"))?;
+    if url.as_str().len() > MAX_URL_LEN {
+        return Err(format!(
+            "callback_url is longer than {MAX_URL_LEN} bytes once encoded"
+        ));
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "callback_url must be http or https, not {}",
@@ -156,5 +161,7 @@ mod tests {
         assert!(check_url("https://hooks.example.com/genq?x=1", false).is_ok());
         assert!(check_url("http://93.184.216.34/hook", false).is_ok());
         assert!(check_url("http://127.0.0.1:9000/hook", true).is_ok());
+        let with_nul = check_url("https://hooks.example.com/a\0b", false).unwrap();
+        assert_eq!(with_nul.as_str(), "https://hooks.example.com/a%00b");
     }
 }
