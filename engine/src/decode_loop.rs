@@ -23,9 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use llama_cpp_2::{
-    context::LlamaContext, llama_batch::LlamaBatch, sampling::LlamaSampler, token::LlamaToken,
-};
+use llama_cpp_2::{context::LlamaContext, llama_batch::LlamaBatch, token::LlamaToken};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -34,6 +32,7 @@ use crate::{
         MIN_SHARED_PREFIX, TextSink,
     },
     model::Model,
+    sampler::Sampler,
 };
 
 pub(crate) struct Request {
@@ -70,7 +69,7 @@ struct Sequence {
     /// The token sampled last step, to be fed this step.
     pending: Option<LlamaToken>,
     position: i32,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     output: Vec<u8>,
     /// Output bytes handed to the request's text sink so far.
     streamed: usize,
@@ -206,7 +205,7 @@ impl<'m> DecodeLoop<'m> {
                     <= self.context_per_slot as usize
             );
             let prompt = std::mem::take(&mut request.prompt);
-            let sampler = sampler_for(&request.params);
+            let sampler = Sampler::new(&request.params);
             let borrow = if self.share_prefixes {
                 self.prefix_source(&prompt)
             } else {
@@ -481,7 +480,7 @@ impl<'m> DecodeLoop<'m> {
     fn sample(&mut self, slot: usize) -> Option<Result<Generation, GenerationError>> {
         let sequence = self.slots[slot].as_mut()?;
         let index = sequence.logits_at?;
-        let token = sequence.sampler.sample(&self.context, index);
+        let token = sequence.sampler.sample(self.context.get_logits_ith(index));
         let sampled = self.counters.generated.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(limit) = self.panic_after_tokens
             && sampled >= limit
@@ -602,18 +601,6 @@ impl Sequence {
             finish_reason: reason,
         }
     }
-}
-
-fn sampler_for(params: &GenerationParams) -> LlamaSampler {
-    if params.temperature <= 0.0 {
-        return LlamaSampler::greedy();
-    }
-    LlamaSampler::chain_simple([
-        LlamaSampler::top_k(params.top_k),
-        LlamaSampler::top_p(params.top_p, 1),
-        LlamaSampler::temp(params.temperature),
-        LlamaSampler::dist(params.seed),
-    ])
 }
 
 /// Opens (creating it and its folders if needed) the host-wide decode lock file. A failure is

@@ -7,7 +7,8 @@
 //!   ([`Model::prompt_tokens`], on their own thread) and can watch for it dying
 //!   ([`Engine::stopped`]).
 //! - `decode_loop`: the loop itself: admission, prompt chunks, prefix sharing, slot compaction,
-//!   sampling and stop strings.
+//!   stop strings.
+//! - `sampler`: choosing each next token, with llama.cpp's samplers on a shortlist of logits.
 //! - [`synth`]: writes GPT-2-architecture GGUF files with the real tokenizer and random weights.
 //! - [`gguf`]: the small GGUF writer `synth` uses.
 
@@ -15,6 +16,7 @@ mod decode_loop;
 pub mod engine;
 pub mod gguf;
 pub mod model;
+mod sampler;
 pub mod synth;
 
 pub use engine::{
