@@ -109,11 +109,7 @@ async fn severe_console_entries(browser: &Client) -> Vec<Value> {
 }
 
 async fn row_status(browser: &Client, id: uuid::Uuid) -> Option<String> {
-    let cell = browser
-        .find(Locator::Css(&format!("tr[data-task-id='{id}'] td.status")))
-        .await
-        .ok()?;
-    cell.text().await.ok()
+    text(browser, &format!("tr[data-task-id='{id}'] td.status")).await
 }
 
 async fn text(browser: &Client, css: &str) -> Option<String> {
@@ -162,13 +158,7 @@ async fn the_dashboard_shows_jobs_cancels_one_and_pauses_intake_in_chromium_with
         .send_keys(&admin)
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("#sign-in button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#sign-in button[type=submit]").await;
     let queued_row = format!("tr[data-task-id='{doomed}'] button.cancel");
     browser
         .wait()
@@ -230,13 +220,7 @@ async fn the_dashboard_shows_jobs_cancels_one_and_pauses_intake_in_chromium_with
             .unwrap()
     })
     .await;
-    let queued_figure = browser
-        .find(Locator::Css("#queued"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let queued_figure = text(&browser, "#queued").await.expect("the queued figure");
     let png = browser.screenshot().await.expect("a screenshot");
     let path = screenshot_path();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

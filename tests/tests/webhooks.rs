@@ -122,6 +122,18 @@ async fn submit_via(app: &TestApp, api: &str, body: &Value) -> uuid::Uuid {
     submit_to(&client_with_key(Some(&app.key)), api, body).await
 }
 
+/// The job once its webhook delivery shows `status`.
+async fn view_once_webhook_is(app: &TestApp, id: uuid::Uuid, status: WebhookStatus) -> JobView {
+    until(&format!("the webhook delivery is {status:?}"), || async {
+        app.view(id)
+            .await
+            .webhook
+            .is_some_and(|w| w.status == status)
+    })
+    .await;
+    app.view(id).await
+}
+
 fn header<'a>(call: &'a Call, name: &str) -> &'a str {
     call.headers[name].to_str().unwrap()
 }
@@ -153,14 +165,7 @@ async fn a_refused_webhook_is_retried_across_an_api_restart_and_every_attempt_sh
     let second_api = app.spawn_api_process_with(&env).await;
     let second = receiver.next_call().await;
     let third = receiver.next_call().await;
-    until("the delivery is recorded", || async {
-        app.view(id)
-            .await
-            .webhook
-            .is_some_and(|w| w.status == WebhookStatus::Delivered)
-    })
-    .await;
-    let view = app.view(id).await;
+    let view = view_once_webhook_is(&app, id, WebhookStatus::Delivered).await;
 
     assert_eq!(view.status, JobStatus::Completed);
     assert!(
@@ -224,14 +229,10 @@ async fn a_webhook_in_flight_when_its_api_is_killed_is_made_again_by_another_aft
     first_api.kill().await;
     let second_api = app.spawn_api_process_with(&env).await;
     let second = receiver.next_call().await;
-    until("the delivery is recorded", || async {
-        app.view(id)
-            .await
-            .webhook
-            .is_some_and(|w| w.status == WebhookStatus::Delivered)
-    })
-    .await;
-    let webhook = app.view(id).await.webhook.unwrap();
+    let webhook = view_once_webhook_is(&app, id, WebhookStatus::Delivered)
+        .await
+        .webhook
+        .unwrap();
 
     assert_signed(&first);
     assert_signed(&second);
@@ -270,14 +271,10 @@ async fn a_webhook_refused_past_its_retry_window_is_given_up_and_shows_failed() 
         json!({ "prompts": ["Nobody listens"], "max_tokens": 2, "callback_url": receiver.url });
     let id = submit_via(&app, &api.address, &body).await;
 
-    until("the delivery is given up", || async {
-        app.view(id)
-            .await
-            .webhook
-            .is_some_and(|w| w.status == WebhookStatus::Failed)
-    })
-    .await;
-    let webhook = app.view(id).await.webhook.unwrap();
+    let webhook = view_once_webhook_is(&app, id, WebhookStatus::Failed)
+        .await
+        .webhook
+        .unwrap();
     let mut calls = 0;
     while receiver.calls.try_recv().is_ok() {
         calls += 1;
