@@ -89,7 +89,8 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<Done> {
                 bearer: None,
                 resume: false,
             };
-            let (digest, size) = fetch(&client()?, request).await?;
+            let (digest, size) =
+                fetch(&client(reqwest::redirect::Policy::default())?, request).await?;
             println!(
                 "downloaded {} ({:.1} MB, sha256 {digest})",
                 out.display(),
@@ -124,7 +125,8 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<Done> {
                 bearer: token.as_deref(),
                 resume: true,
             };
-            let (digest, size) = fetch(&client()?, request).await?;
+            let (digest, size) =
+                fetch(&client(reqwest::redirect::Policy::default())?, request).await?;
             println!(
                 "pulled {repo}/{file}@{revision} to {} ({:.1} MB, sha256 {digest})",
                 out.display(),
@@ -139,11 +141,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<Done> {
 /// (LFS) file to its storage, as huggingface_hub reads it; `ETag` for a small one, when it is a
 /// SHA-256 and not a git hash.
 async fn hub_sha256(url: &str, token: Option<&str>) -> anyhow::Result<Option<String>> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let mut request = client.head(url);
+    let mut request = client(reqwest::redirect::Policy::none())?.head(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -173,8 +171,9 @@ async fn hub_sha256(url: &str, token: Option<&str>) -> anyhow::Result<Option<Str
     Ok(etag.filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit())))
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+fn client(redirects: reqwest::redirect::Policy) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(redirects)
         .build()?)
 }

@@ -195,13 +195,6 @@ impl Deliverer {
 
     /// One call; `Err` only when there is nothing to send: the job is gone, or PostgreSQL failed.
     async fn call(&self, due: &DueDelivery, id: &str) -> anyhow::Result<AttemptOutcome> {
-        let job = db::jobs::view(&self.db, due.job_id, Scope::All)
-            .await?
-            .context("the job is gone")?;
-        let secret = due
-            .key_secret
-            .clone()
-            .or_else(|| self.secret.as_ref().map(|s| s.expose().to_owned()));
         // reqwest does not resolve an address written in the URL: check it here, at each call, as
         // the setting may have changed since the job was accepted.
         if let Err(reason) = address::check_url(&due.url, self.allow_private) {
@@ -212,6 +205,13 @@ impl Deliverer {
                 delivered: false,
             });
         }
+        let job = db::jobs::view(&self.db, due.job_id, Scope::All)
+            .await?
+            .context("the job is gone")?;
+        let secret = due
+            .key_secret
+            .clone()
+            .or_else(|| self.secret.as_ref().map(|s| s.expose().to_owned()));
         let Some(secret) = secret else {
             // Submission refuses this; the secret was removed since. Recorded, and retried.
             return Ok(AttemptOutcome {

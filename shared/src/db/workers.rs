@@ -10,6 +10,14 @@ use sqlx::PgPool;
 /// A worker is live while its heartbeat is younger than this many seconds.
 pub const LIVE_WITHIN_SECS: i32 = 15;
 
+/// The condition on `workers` for a live worker, with [`LIVE_WITHIN_SECS`] bound as `$1`: one
+/// text for every query, so the dashboard and the registry agree on who is live.
+macro_rules! live_where {
+    () => {
+        "stopped_at is null and last_seen > now() - make_interval(secs => $1)"
+    };
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct WorkerRow {
     pub name: String,
@@ -68,15 +76,17 @@ pub async fn heartbeat(pool: &PgPool, name: &str, figures: Figures) -> sqlx::Res
 
 /// Live workers with their figures and running jobs, for the dashboard.
 pub async fn overview(pool: &PgPool) -> sqlx::Result<Vec<WorkerOverview>> {
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         r#"select w.name, w.hostname, w.model, w.slots, w.slots_busy, w.generated_tokens,
                   (select count(*) from jobs j where j.status = 'running' and j.worker = w.name)
                       as jobs_running,
                   extract(epoch from now() - w.last_seen)::float8 as heartbeat_age_secs
            from workers w
-           where w.stopped_at is null and w.last_seen > now() - make_interval(secs => $1)
-           order by w.name"#,
-    )
+           where "#,
+        live_where!(),
+        r#"
+           order by w.name"#
+    ))
     .bind(LIVE_WITHIN_SECS as f64)
     .fetch_all(pool)
     .await
@@ -91,11 +101,13 @@ pub async fn mark_stopped(pool: &PgPool, name: &str) -> sqlx::Result<()> {
 }
 
 pub async fn live(pool: &PgPool) -> sqlx::Result<Vec<WorkerRow>> {
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         r#"select name, hostname, pid, model, slots, started_at, last_seen from workers
-           where stopped_at is null and last_seen > now() - make_interval(secs => $1)
-           order by name"#,
-    )
+           where "#,
+        live_where!(),
+        r#"
+           order by name"#
+    ))
     .bind(LIVE_WITHIN_SECS as f64)
     .fetch_all(pool)
     .await
