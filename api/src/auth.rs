@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use genq_shared::db::{
-    self, Scope,
+    Scope,
     keys::{KeyRecord, LOCAL_TENANT},
 };
 
@@ -67,7 +67,7 @@ pub async fn authenticate(
     }
     let key = match presented_key(request.headers()) {
         None => None,
-        Some(presented) => match db::keys::authenticate(&state.db, presented).await {
+        Some(presented) => match state.key_cache.authenticate(&state.db, presented).await {
             Ok(key) => key,
             Err(e) => return ApiError::from(e).into_response(),
         },

@@ -6,7 +6,8 @@
 //! - [`Application`]: build -> port -> run_until_stopped; `main` and the tests drive the same code.
 //! - `routes`: one module per resource (batch, generate, history, admin, health, metrics); `bulk`
 //!   takes many jobs in one request; `events` follows a job as Server-Sent Events.
-//! - `auth`: API keys, tenants, admin rights; `rate_limit`: the per-key token bucket in Redis.
+//! - `auth`: API keys, tenants, admin rights; `key_cache`: keys checked lately, so a poll costs
+//!   one query; `rate_limit`: the per-key token bucket in Redis.
 //! - `validate`: request checks; `extract`: the JSON body extractor; [`error`]: the error type.
 //! - `serve`: the HTTP server loop with its slow-client limits; `detach`: requests run to their
 //!   end when their client leaves.
@@ -17,6 +18,7 @@ mod auth;
 mod detach;
 pub mod error;
 mod extract;
+mod key_cache;
 mod moderation;
 mod openapi;
 mod rate_limit;
@@ -61,6 +63,11 @@ pub struct Config {
     /// API keys (`genqctl keys create`) required on every route but /health, /ready and /docs.
     #[arg(long, env = "GENQ_AUTH", value_enum, default_value = "on")]
     pub auth: AuthMode,
+    /// How long a key that authenticated is trusted without asking PostgreSQL again. A revoked
+    /// key is refused as soon as PostgreSQL tells this replica (milliseconds), or after this long
+    /// should that notice be lost; 0 asks PostgreSQL on every request.
+    #[arg(long, env = "GENQ_KEY_CACHE_SECS", default_value_t = 10)]
+    pub key_cache_secs: u64,
     #[command(flatten)]
     pub database: DatabaseConfig,
     #[command(flatten)]
@@ -144,6 +151,7 @@ pub struct AppState {
     generate_wait: Duration,
     model_name: Option<String>,
     auth_enabled: bool,
+    key_cache: Arc<key_cache::KeyCache>,
     rate_limiter: rate_limit::RateLimiter,
     body_timeout: Duration,
     /// Whether `GENQ_WEBHOOK_SECRET` is set (else a callback needs its key's own secret).
@@ -224,6 +232,10 @@ impl Application {
             queue_name: config.queue.queue.clone(),
             rate_limiter: rate_limit::RateLimiter::new(redis.clone(), &config.queue.queue),
             auth_enabled: config.auth == AuthMode::On,
+            key_cache: Arc::new(key_cache::KeyCache::new(
+                Duration::from_secs(config.key_cache_secs),
+                watch.key_changes(),
+            )),
             body_timeout: Duration::from_secs(config.request_body_timeout_secs),
             webhook_secret_configured: config.webhooks.webhook_secret.is_some(),
             redis,

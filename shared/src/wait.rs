@@ -2,9 +2,11 @@
 //! API, one Redis subscription for job events) wakes exactly the waiters of the job that changed.
 //! Long-polls, event streams, `POST /generate` and a running job's cancel watch all wait here.
 //!
+//! The same PostgreSQL connection hears of every change to the API keys, for the API's key cache.
+//!
 //! A notification can be missed while a connection is down, so after every (re)connection each
-//! waiter is woken to re-read what it waits on; a slow safety re-read covers a connection that
-//! died without the listener noticing.
+//! waiter is woken to re-read what it waits on, and the keys count as changed; a slow safety
+//! re-read covers a connection that died without the listener noticing.
 
 use std::{
     collections::HashMap,
@@ -38,6 +40,8 @@ pub struct Changes {
 pub struct JobWatch {
     pool: PgPool,
     watched: Arc<Watched>,
+    /// Counts changes to `api_keys` (and reconnections, which may have missed some).
+    key_changes: watch::Receiver<u64>,
 }
 
 /// Jobs someone waits on, each with the number of its waiters.
@@ -132,12 +136,24 @@ impl JobWatch {
     pub async fn listen(pool: PgPool) -> sqlx::Result<JobWatch> {
         let listener = connect_listener(&pool).await?;
         let watched = Arc::new(Watched::default());
+        let (key_change_count, key_changes) = watch::channel(0);
         tokio::spawn(listen_to_postgres(
             pool.clone(),
             listener,
             Arc::clone(&watched),
+            key_change_count,
         ));
-        Ok(JobWatch { pool, watched })
+        Ok(JobWatch {
+            pool,
+            watched,
+            key_changes,
+        })
+    }
+
+    /// A count that goes up whenever `api_keys` may have changed: a revocation, or a reconnection
+    /// of the listener (a change made meanwhile was not announced).
+    pub fn key_changes(&self) -> watch::Receiver<u64> {
+        self.key_changes.clone()
     }
 
     /// Also wakes waiters when a worker announces new entries in a job's event stream (see
@@ -194,17 +210,30 @@ impl JobWatch {
 
 async fn connect_listener(pool: &PgPool) -> sqlx::Result<PgListener> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(db::STATUS_CHANNEL).await?;
+    listener
+        .listen_all([db::STATUS_CHANNEL, db::KEY_CHANNEL])
+        .await?;
     Ok(listener)
 }
 
-async fn listen_to_postgres(pool: PgPool, mut listener: PgListener, watched: Arc<Watched>) {
+async fn listen_to_postgres(
+    pool: PgPool,
+    mut listener: PgListener,
+    watched: Arc<Watched>,
+    key_change_count: watch::Sender<u64>,
+) {
     loop {
         // `try_recv` says when the connection is lost (`Ok(None)`), which `recv` hides.
         match listener.try_recv().await {
             Ok(Some(note)) => {
-                if let Ok(id) = note.payload().parse::<Uuid>() {
-                    watched.bump(Some(id), |c| c.status += 1);
+                match note.channel() {
+                    db::KEY_CHANNEL => key_change_count.send_modify(|n| *n += 1),
+                    db::STATUS_CHANNEL => {
+                        if let Ok(id) = note.payload().parse::<Uuid>() {
+                            watched.bump(Some(id), |c| c.status += 1);
+                        }
+                    }
+                    _ => {}
                 }
                 continue;
             }
@@ -219,8 +248,10 @@ async fn listen_to_postgres(pool: PgPool, mut listener: PgListener, watched: Arc
             }
         };
         tracing::info!("the job status listener is back");
-        // Whatever changed meanwhile was not announced: every waiter looks again.
+        // Whatever changed meanwhile was not announced: every waiter looks again, and every
+        // cached key is checked again.
         watched.bump(None, |c| c.status += 1);
+        key_change_count.send_modify(|n| *n += 1);
     }
 }
 

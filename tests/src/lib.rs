@@ -213,6 +213,13 @@ impl TestApp {
         new_key(&self.pool, name, true).await
     }
 
+    /// Counts the changes to `api_keys` the API hears of from now on (see [`key_change_heard`]).
+    pub fn key_changes_from_now(&self) -> tokio::sync::watch::Receiver<u64> {
+        let mut changes = self.api_watch.key_changes();
+        changes.mark_unchanged();
+        changes
+    }
+
     /// Starts a second API, the real `genq-api` binary, on this app's database and queue.
     pub async fn spawn_api_process(&self) -> ApiProcess {
         self.spawn_api_process_with(&[]).await
@@ -475,6 +482,16 @@ where
         assert!(tokio::time::Instant::now() < give_up, "{what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the API hears of a change to `api_keys` that `changes` (from
+/// [`TestApp::key_changes_from_now`]) has not seen yet: its key cache then holds nothing read
+/// before.
+pub async fn key_change_heard(changes: &mut tokio::sync::watch::Receiver<u64>) {
+    tokio::time::timeout(PATIENCE, changes.changed())
+        .await
+        .expect("the API heard of no change to the keys")
+        .expect("the API's listener is gone");
 }
 
 /// A workspace binary next to the test executable (target/<profile>/).

@@ -1,7 +1,7 @@
 //! API keys, tenants and admin rights, against the real API, PostgreSQL and Redis.
 
 use genq_shared::db::keys::NewKey;
-use genq_tests::{AppOptions, TestApp, client_with_key, stdout};
+use genq_tests::{AppOptions, TestApp, client_with_key, key_change_heard, stdout};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -354,8 +354,11 @@ async fn genqctl_keys_create_prints_only_the_key_and_stores_only_its_hash() {
         (output.status.code(), stdout(&output).as_str()),
         (Some(1), "")
     );
+    // The API has alice's key cached; the revocation reaches it as a notification.
+    let mut key_changes = app.key_changes_from_now();
     let output = app.genqctl(&["keys", "revoke", "alice"]).await;
     assert_eq!(output.status.code(), Some(0));
+    key_change_heard(&mut key_changes).await;
     let output = app.genqctl(&["keys", "revoke", "alice"]).await;
     assert_eq!(output.status.code(), Some(1));
     let response = client_with_key(Some(key))

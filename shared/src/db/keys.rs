@@ -62,8 +62,9 @@ fn generate() -> String {
     format!("{KEY_PREFIX}{hex}")
 }
 
-fn hash(key: &str) -> Vec<u8> {
-    Sha256::digest(key.as_bytes()).to_vec()
+/// What is stored of a key: its SHA-256.
+pub fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// The stored prefix of a well-formed key; `None` for anything that cannot be a key.
@@ -89,7 +90,7 @@ pub async fn create(pool: &PgPool, new: &NewKey) -> Result<(KeyRecord, String), 
     .bind(&new.name)
     .bind(new.tenant.as_deref().unwrap_or(&new.name))
     .bind(prefix)
-    .bind(hash(&key))
+    .bind(hash(&key).as_slice())
     .bind(new.admin)
     .bind(new.rate_per_min)
     .bind(new.max_queued)
@@ -152,7 +153,7 @@ pub async fn authenticate(pool: &PgPool, presented: &str) -> sqlx::Result<Option
     let presented = hash(presented);
     Ok(candidates
         .into_iter()
-        .find(|(stored, _)| bool::from(stored.as_slice().ct_eq(&presented)))
+        .find(|(stored, _)| bool::from(stored.as_slice().ct_eq(presented.as_slice())))
         .map(|(_, record)| record))
 }
 

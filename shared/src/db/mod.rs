@@ -47,6 +47,10 @@ impl<'a> Scope<'a> {
 /// the migration `job_status_notify`).
 pub const STATUS_CHANNEL: &str = "genq_job_status";
 
+/// Notification channel told of every change to `api_keys` (a trigger does it; see the migration
+/// `key_changes_notify`), so that an API drops the keys it has cached.
+pub const KEY_CHANNEL: &str = "genq_key_changes";
+
 /// Connects, creating the database first if it does not exist. Does not migrate.
 pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<PgPool> {
     let exists = Postgres::database_exists(url.expose())
