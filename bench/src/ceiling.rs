@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, anyhow};
-use genq_engine::{Model, model::backend};
+use genq_engine::{AttentionKernel, Model, model::backend, use_attention_kernel};
 use llama_cpp_2::{
     context::params::LlamaContextParams, llama_batch::LlamaBatch, sampling::LlamaSampler,
     token::LlamaToken,
@@ -40,8 +40,26 @@ struct Sequence {
     logits_at: Option<i32>,
 }
 
+/// Selects ggml's attention kernel while it lives: this row is llama.cpp as it ships, while genq
+/// rows run genq's kernel (README, "Engine settings").
+struct ShippedAttention;
+
+impl ShippedAttention {
+    fn select() -> ShippedAttention {
+        use_attention_kernel(AttentionKernel::LlamaCpp);
+        ShippedAttention
+    }
+}
+
+impl Drop for ShippedAttention {
+    fn drop(&mut self) {
+        use_attention_kernel(AttentionKernel::default());
+    }
+}
+
 pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result<Run> {
     const BATCH_TOKENS: u32 = 512;
+    let _shipped_attention = ShippedAttention::select();
     let llama = model.llama();
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(shape.slots * shape.context_per_slot))

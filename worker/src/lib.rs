@@ -26,7 +26,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use genq_engine::{Engine, EngineConfig, Model, Placement, Tuning};
+use genq_engine::{AttentionKernel, Engine, EngineConfig, Model, Placement, Tuning};
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, queue,
@@ -94,6 +94,16 @@ pub struct Config {
     /// Most tokens llama.cpp computes at once within a decode step (its ubatch).
     #[arg(long, env = "GENQ_UBATCH_TOKENS", default_value_t = 512)]
     pub ubatch_tokens: u32,
+    /// Attention kernel on decode steps: `genq` (genq's own, compiled into llama.cpp; see
+    /// README, "Engine settings") or `llama-cpp` (ggml's). Seeded results differ slightly
+    /// between the two.
+    #[arg(
+        long,
+        env = "GENQ_ATTENTION_KERNEL",
+        value_enum,
+        default_value = "genq"
+    )]
+    pub attention_kernel: AttentionKernel,
     /// Jobs taken at a time; defaults to the number of slots.
     #[arg(long, env = "GENQ_MAX_JOBS")]
     pub max_jobs: Option<usize>,
@@ -194,6 +204,7 @@ async fn serve(
         },
         ..EngineConfig::default()
     };
+    genq_engine::use_attention_kernel(config.attention_kernel);
     if engine_config.tuning.kv_unified {
         tracing::warn!(
             "GENQ_KV_UNIFIED=on: seeded results now depend on the batch around them (not reproducible, and the result cache may answer with results another batch would not give)"
