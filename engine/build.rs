@@ -1,18 +1,36 @@
 //! llama-cpp-sys-2 rebuilds llama.cpp when a GGML_* variable changes, not when genq's kernel
-//! under ggml/ does, so `.cargo/config.toml` sets GGML_GENQ_OVERRIDES to a digest of those files.
+//! under ggml/ does, so `.cargo/config.toml` sets GGML_GENQ_OVERRIDES to a digest of those files
+//! (every file there, in name order).
 //! This stops a build whose digest is stale (or missing: cargo run from outside the workspace
 //! reads no `.cargo/config.toml`, and llama.cpp would be built without the kernel).
 
 use sha2::{Digest, Sha256};
 
-const KERNEL_FILES: [&str; 2] = ["ggml/flash_attn_decode.cpp", "ggml/overrides.cmake"];
+const KERNEL_DIR: &str = "ggml";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=GGML_GENQ_OVERRIDES");
+    println!("cargo:rerun-if-changed={KERNEL_DIR}");
+    // What `cat engine/ggml/*` reads: visible files (not an editor's swap files).
+    let mut files: Vec<_> = std::fs::read_dir(KERNEL_DIR)
+        .and_then(|entries| {
+            entries
+                .map(|entry| Ok(entry?.path()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_else(|e| panic!("listing {KERNEL_DIR}: {e}"))
+        .into_iter()
+        .filter(|path| {
+            path.is_file() && !path.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .collect();
+    files.sort();
     let mut digest = Sha256::new();
-    for file in KERNEL_FILES {
-        println!("cargo:rerun-if-changed={file}");
-        digest.update(std::fs::read(file).unwrap_or_else(|e| panic!("reading {file}: {e}")));
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+        let bytes =
+            std::fs::read(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        digest.update(bytes);
     }
     let expected: String = digest.finalize()[..8]
         .iter()

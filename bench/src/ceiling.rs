@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, anyhow};
-use genq_engine::{AttentionKernel, Model, model::backend, use_attention_kernel};
+use genq_engine::{Kernel, Model, model::backend, use_attention_kernel, use_matmul_kernel};
 use llama_cpp_2::{
     context::params::LlamaContextParams, llama_batch::LlamaBatch, sampling::LlamaSampler,
     token::LlamaToken,
@@ -40,26 +40,28 @@ struct Sequence {
     logits_at: Option<i32>,
 }
 
-/// Selects ggml's attention kernel while it lives: this row is llama.cpp as it ships, while genq
-/// rows run genq's kernel (README, "Engine settings").
-struct ShippedAttention;
+/// Selects ggml's attention and matrix kernels while it lives: this row is llama.cpp as it ships,
+/// while genq rows run genq's kernels (README, "Engine settings").
+struct ShippedKernels;
 
-impl ShippedAttention {
-    fn select() -> ShippedAttention {
-        use_attention_kernel(AttentionKernel::LlamaCpp);
-        ShippedAttention
+impl ShippedKernels {
+    fn select() -> ShippedKernels {
+        use_attention_kernel(Kernel::LlamaCpp);
+        use_matmul_kernel(Kernel::LlamaCpp);
+        ShippedKernels
     }
 }
 
-impl Drop for ShippedAttention {
+impl Drop for ShippedKernels {
     fn drop(&mut self) {
-        use_attention_kernel(AttentionKernel::default());
+        use_attention_kernel(Kernel::default());
+        use_matmul_kernel(Kernel::default());
     }
 }
 
 pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result<Run> {
     const BATCH_TOKENS: u32 = 512;
-    let _shipped_attention = ShippedAttention::select();
+    let _shipped_kernels = ShippedKernels::select();
     let llama = model.llama();
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(shape.slots * shape.context_per_slot))

@@ -9,25 +9,25 @@
 //! - `decode_loop`: the loop itself: admission, prompt chunks, prefix sharing, slot compaction,
 //!   stop strings.
 //! - `sampler`: choosing each next token, with llama.cpp's samplers on a shortlist of logits.
-//! - [`attention`]: which attention kernel llama.cpp's CPU backend runs: genq's (`engine/ggml/`)
-//!   or ggml's.
+//! - [`kernels`]: which attention and Q8_0 matrix kernels llama.cpp's CPU backend runs: genq's
+//!   (`engine/ggml/`) or ggml's.
 //! - [`synth`]: writes GPT-2-architecture GGUF files with the real tokenizer and random weights.
 //! - [`gguf`]: the small GGUF writer `synth` uses.
 
-pub mod attention;
 mod decode_loop;
 pub mod engine;
 pub mod gguf;
+pub mod kernels;
 pub mod model;
 mod sampler;
 pub mod synth;
 
-pub use attention::{AttentionKernel, use_attention_kernel};
 pub use engine::{
     DEFAULT_CONTEXT_PER_SLOT, Engine, EngineConfig, EngineStats, FinishReason, Generation,
     GenerationError, GenerationParams, MIN_SHARED_PREFIX, TextSink, Tuning, context_per_slot,
     default_slots,
 };
+pub use kernels::{Kernel, genq_kernels_available, use_attention_kernel, use_matmul_kernel};
 pub use model::{Model, Placement};
 
 /// A token id of the loaded model's vocabulary, as [`Model::prompt_tokens`] returns and

@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 
-use genq_engine::{AttentionKernel, Model, Placement, model::backend, synth, use_attention_kernel};
+use genq_engine::{Kernel, Model, Placement, model::backend, synth, use_attention_kernel};
 use llama_cpp_2::{
     context::params::LlamaContextParams, llama_batch::LlamaBatch, token::LlamaToken,
 };
@@ -33,10 +33,10 @@ fn genq_attention_kernel_is_no_further_from_ggmls_plain_attention_than_ggmls_own
         },
     )
     .unwrap();
-    let genq = decode_logits(&model, AttentionKernel::Genq, FlashAttention::On);
-    let ggml = decode_logits(&model, AttentionKernel::LlamaCpp, FlashAttention::On);
-    let ggml_plain = decode_logits(&model, AttentionKernel::LlamaCpp, FlashAttention::Off);
-    use_attention_kernel(AttentionKernel::default());
+    let genq = decode_logits(&model, Kernel::Genq, FlashAttention::On);
+    let ggml = decode_logits(&model, Kernel::LlamaCpp, FlashAttention::On);
+    let ggml_plain = decode_logits(&model, Kernel::LlamaCpp, FlashAttention::Off);
+    use_attention_kernel(Kernel::default());
 
     let (genq_worst, genq_mean) = differences(&genq, &ggml_plain);
     let (ggml_worst, ggml_mean) = differences(&ggml, &ggml_plain);
@@ -72,11 +72,7 @@ enum FlashAttention {
 
 /// Every sequence's logits after its prompt and after each of STEPS fixed next tokens, four
 /// sequences decoding together with a KV cache each.
-fn decode_logits(
-    model: &Model,
-    kernel: AttentionKernel,
-    flash_attention: FlashAttention,
-) -> Vec<Vec<f32>> {
+fn decode_logits(model: &Model, kernel: Kernel, flash_attention: FlashAttention) -> Vec<Vec<f32>> {
     use_attention_kernel(kernel);
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(PROMPTS.len() as u32 * 128))

@@ -6,7 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{engine, generate, params};
+use common::{
+    engine, generate,
+    logits::{Together, decode_logits, differing_logits, tiny_cpu_model},
+    params,
+};
 use futures::{StreamExt, future::join_all, stream::FuturesUnordered};
 use genq_engine::{Engine, Generation, GenerationParams};
 
@@ -154,5 +158,30 @@ async fn a_sequence_moved_to_a_lower_slot_keeps_its_results() {
     );
     for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(got, expected, "request {i} differs");
+    }
+}
+
+/// Why the engine keeps a KV cache per sequence: with one unified cache, a sequence's logits
+/// depend on the sequences decoding beside it, which decide where its cells fall in the shared
+/// cache and which rows share its steps. (Seeded tokens can come out the same all the same, as the
+/// engine-level version of this test found after genq's matrix kernel came in, so logits are
+/// compared.) Should they ever come out identical, kv_unified may be reconsidered by measurement
+/// (README, "Engine settings").
+#[test]
+fn a_unified_kv_cache_makes_logits_depend_on_the_batch_and_a_cache_per_sequence_does_not() {
+    const PROMPTS: [usize; 6] = [70, 90, 100, 120, 65, 80];
+    let (_dir, model) = tiny_cpu_model();
+    for kv_unified in [false, true] {
+        let together = decode_logits(&model, &PROMPTS, 6, Together::Yes, kv_unified);
+        let alone = decode_logits(&model, &PROMPTS, 6, Together::No, kv_unified);
+        let differing = differing_logits(&together, &alone);
+        if kv_unified {
+            assert_ne!(
+                differing, 0,
+                "a unified cache gave the same logits in and out of the batch"
+            );
+        } else {
+            assert_eq!(differing, 0, "logits differ with a KV cache per sequence");
+        }
     }
 }

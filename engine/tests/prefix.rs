@@ -198,23 +198,3 @@ async fn prompt_tokens_reach(engine: &Engine, tokens: u64) {
     .await
     .expect("the engine's next step never came");
 }
-
-/// Why the engine keeps a KV cache per sequence: with one unified cache, seeded results depend on
-/// the batch around them. The prompts are doubled: with this test's usual ones the results came
-/// out identical under genq's attention kernel. The longer ones make more steps hold 64 tokens or
-/// more (with one cache, counted over every sequence in the step), which go to ggml's tiled
-/// kernel, whose KV tiles the whole batch lays out. Should the results ever come out identical,
-/// kv_unified may be reconsidered by measurement (README, "Engine settings").
-#[tokio::test]
-async fn a_unified_kv_cache_makes_results_depend_on_the_batch() {
-    let requests: Vec<_> = requests()
-        .into_iter()
-        .map(|(prompt, params)| (format!("{prompt} {prompt}"), params))
-        .collect();
-    let (expected, _) = alone(&requests).await;
-
-    let unified = engine(4, false, true);
-    let got = together(&unified, &requests).await;
-
-    assert_ne!(got, expected);
-}

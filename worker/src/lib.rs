@@ -26,7 +26,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use genq_engine::{AttentionKernel, Engine, EngineConfig, Model, Placement, Tuning};
+use genq_engine::{Engine, EngineConfig, Kernel, Model, Placement, Tuning};
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, queue,
@@ -103,7 +103,12 @@ pub struct Config {
         value_enum,
         default_value = "genq"
     )]
-    pub attention_kernel: AttentionKernel,
+    pub attention_kernel: Kernel,
+    /// Matrix kernel for Q8_0 weights: `genq` (genq's own, compiled into llama.cpp; see README,
+    /// "Engine settings") or `llama-cpp` (llamafile's tinyBLAS and ggml's). Seeded results
+    /// differ slightly between the two.
+    #[arg(long, env = "GENQ_MATMUL_KERNEL", value_enum, default_value = "genq")]
+    pub matmul_kernel: Kernel,
     /// Jobs taken at a time; defaults to the number of slots.
     #[arg(long, env = "GENQ_MAX_JOBS")]
     pub max_jobs: Option<usize>,
@@ -205,6 +210,14 @@ async fn serve(
         ..EngineConfig::default()
     };
     genq_engine::use_attention_kernel(config.attention_kernel);
+    genq_engine::use_matmul_kernel(config.matmul_kernel);
+    let genq_kernels_chosen =
+        [config.attention_kernel, config.matmul_kernel].contains(&Kernel::Genq);
+    if genq_kernels_chosen && !genq_engine::genq_kernels_available() {
+        tracing::warn!(
+            "genq's attention and matrix kernels need AVX2, FMA and F16C, which this build lacks: ggml's run instead"
+        );
+    }
     if engine_config.tuning.kv_unified {
         tracing::warn!(
             "GENQ_KV_UNIFIED=on: seeded results now depend on the batch around them (not reproducible, and the result cache may answer with results another batch would not give)"

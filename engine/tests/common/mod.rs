@@ -2,6 +2,8 @@
 // Each test file uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod logits;
+
 use std::{
     path::PathBuf,
     sync::{Arc, OnceLock},

@@ -1,0 +1,114 @@
+//! Logits straight from a llama.cpp context on the tiny model, for tests that compare kernels or
+//! batch layouts bit for bit, below the engine and its sampling.
+
+use std::num::NonZeroU32;
+
+use genq_engine::{Model, Placement, model::backend, synth};
+use llama_cpp_2::{
+    context::params::LlamaContextParams, llama_batch::LlamaBatch, token::LlamaToken,
+};
+
+/// The tiny model on the CPU: a cuda build would otherwise run the layers on the GPU, through
+/// none of the CPU kernels these tests are about.
+pub fn tiny_cpu_model() -> (tempfile::TempDir, Model) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    synth::write_model(&path, synth::Shape::Tiny, 1).unwrap();
+    let placement = Placement {
+        n_gpu_layers: Some(0),
+    };
+    let model = Model::load(&path, placement).unwrap();
+    (dir, model)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Together {
+    /// Every sequence in each step.
+    Yes,
+    /// One sequence after another in the same context, each in steps of its own: with a KV cache
+    /// per sequence, exactly as if alone.
+    No,
+}
+
+/// Per sequence (one per prompt length), its logits after its prompt and after each of `steps`
+/// fixed next tokens. Each sequence has a KV cache of its own unless `kv_unified`.
+pub fn decode_logits(
+    model: &Model,
+    prompts: &[usize],
+    steps: usize,
+    together: Together,
+    kv_unified: bool,
+) -> Vec<Vec<Vec<f32>>> {
+    let batch_size = 1024;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(prompts.len() as u32 * 128))
+        .with_n_seq_max(prompts.len() as u32)
+        .with_n_batch(batch_size as u32)
+        .with_n_ubatch(batch_size as u32)
+        .with_n_threads(2)
+        .with_n_threads_batch(2)
+        .with_kv_unified(kv_unified);
+    let token = |seq: usize, i: usize| LlamaToken::new(((seq * 131 + i * 17) % 5000) as i32 + 100);
+    let groups: Vec<Vec<usize>> = match together {
+        Together::Yes => vec![(0..prompts.len()).collect()],
+        Together::No => (0..prompts.len()).map(|seq| vec![seq]).collect(),
+    };
+
+    let mut logits = vec![Vec::new(); prompts.len()];
+    let mut batch = LlamaBatch::new(batch_size, 1);
+    // One context throughout: with a KV cache per sequence, the others' caches are never read.
+    let mut context = model.llama().new_context(backend(), params).unwrap();
+    for group in groups {
+        batch.clear();
+        for &seq in &group {
+            for i in 0..prompts[seq] {
+                let last = i + 1 == prompts[seq];
+                batch
+                    .add(token(seq, i), i as i32, &[seq as i32], last)
+                    .unwrap();
+            }
+        }
+        context.decode(&mut batch).unwrap();
+        let mut rows: Vec<i32> = group
+            .iter()
+            .scan(0, |end, &seq| {
+                *end += prompts[seq] as i32;
+                Some(*end - 1)
+            })
+            .collect();
+        for step in 0..=steps {
+            for (&seq, &row) in group.iter().zip(&rows) {
+                logits[seq].push(context.get_logits_ith(row).to_vec());
+            }
+            if step == steps {
+                break;
+            }
+            batch.clear();
+            for &seq in &group {
+                let position = prompts[seq] + step;
+                batch
+                    .add(token(seq, position), position as i32, &[seq as i32], true)
+                    .unwrap();
+            }
+            context.decode(&mut batch).unwrap();
+            rows = (0..group.len() as i32).collect();
+        }
+    }
+    logits
+}
+
+/// How many logits differ in their bits between two runs.
+pub fn differing_logits(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter()
+                .zip(y)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count()
+        })
+        .sum()
+}
