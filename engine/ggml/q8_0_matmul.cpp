@@ -282,37 +282,30 @@ void q8_0_matmul(int ith, int nth, int64_t m, int64_t n, int64_t k, const block_
 
 } // namespace
 
+#define GENQ_KERNELS_COMPILED 1
+#endif
+
 // Whether genq's kernels are in this build: they need AVX2, FMA and F16C (flash_attn_decode.cpp
 // has the same condition), and elsewhere ggml's run whatever the settings say.
 extern "C" bool genq_kernels_compiled() {
+#ifdef GENQ_KERNELS_COMPILED
     return true;
-}
-
-extern "C" bool llamafile_sgemm(const ggml_compute_params * params, int64_t m, int64_t n,
-                                int64_t k, const void * A, int64_t lda, const void * B,
-                                int64_t ldb, void * C, int64_t ldc, int Atype, int Btype,
-                                int Ctype) {
-    if (genq_use_upstream_matmul.load(std::memory_order_relaxed) || Atype != GGML_TYPE_Q8_0 ||
-        Btype != GGML_TYPE_Q8_0 || Ctype != GGML_TYPE_F32) {
-        return llamafile_sgemm_upstream(params, m, n, k, A, lda, B, ldb, C, ldc, Atype, Btype,
-                                        Ctype);
-    }
-    q8_0_matmul(params->ith, params->nth, m, n, k, static_cast<const block_q8_0 *>(A), lda,
-                static_cast<const block_q8_0 *>(B), ldb, static_cast<float *>(C), ldc);
-    return true;
-}
-
 #else
-
-extern "C" bool genq_kernels_compiled() {
     return false;
+#endif
 }
 
 extern "C" bool llamafile_sgemm(const ggml_compute_params * params, int64_t m, int64_t n,
                                 int64_t k, const void * A, int64_t lda, const void * B,
                                 int64_t ldb, void * C, int64_t ldc, int Atype, int Btype,
                                 int Ctype) {
+#ifdef GENQ_KERNELS_COMPILED
+    if (!genq_use_upstream_matmul.load(std::memory_order_relaxed) && Atype == GGML_TYPE_Q8_0 &&
+        Btype == GGML_TYPE_Q8_0 && Ctype == GGML_TYPE_F32) {
+        q8_0_matmul(params->ith, params->nth, m, n, k, static_cast<const block_q8_0 *>(A), lda,
+                    static_cast<const block_q8_0 *>(B), ldb, static_cast<float *>(C), ldc);
+        return true;
+    }
+#endif
     return llamafile_sgemm_upstream(params, m, n, k, A, lda, B, ldb, C, ldc, Atype, Btype, Ctype);
 }
-
-#endif
