@@ -1,8 +1,8 @@
-//! llama-cpp-sys-2 rebuilds llama.cpp when a GGML_* variable changes, not when genq's kernel
-//! under ggml/ does, so `.cargo/config.toml` sets GGML_GENQ_OVERRIDES to a digest of those files
+//! llama-cpp-sys-2 rebuilds llama.cpp when a GGML_* variable changes, not when genq's kernels
+//! under ggml/ do, so `.cargo/config.toml` sets GGML_GENQ_OVERRIDES to a digest of those files
 //! (every file there, in name order).
 //! This stops a build whose digest is stale (or missing: cargo run from outside the workspace
-//! reads no `.cargo/config.toml`, and llama.cpp would be built without the kernel).
+//! reads no `.cargo/config.toml`, and llama.cpp would be built without the kernels).
 
 use sha2::{Digest, Sha256};
 
@@ -41,6 +41,6 @@ fn main() {
         configured == expected,
         "GGML_GENQ_OVERRIDES is {configured:?}, the digest of engine/ggml/ is {expected:?}: set \
          `GGML_GENQ_OVERRIDES = \"{expected}\"` in .cargo/config.toml (and build from inside the \
-         workspace) so that llama.cpp is rebuilt with genq's kernel as it is now"
+         workspace) so that llama.cpp is rebuilt with genq's kernels as they are now"
     );
 }

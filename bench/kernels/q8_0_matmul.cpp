@@ -167,6 +167,10 @@ double seconds_per_op(Matmul & mm, int threads, bool upstream) {
 
 int main(int argc, char ** argv) {
     const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
+    if (threads < 1 || threads > 64) {
+        std::fprintf(stderr, "usage: %s [threads, 1 to 64]\n", argv[0]);
+        return 2;
+    }
     ggml_cpu_init();
     std::mt19937 rng(20261127);
     genq_set_upstream_matmul(false);

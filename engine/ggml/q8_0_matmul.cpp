@@ -2,11 +2,10 @@
 // compiled in by overrides.cmake (see README, "Engine settings", "Matrix kernel").
 //
 // Every weight matrix of a Q8_0 model is multiplied by the step's activations, quantized to Q8_0
-// by ggml first, and that product is most of a decode step's time. tinyBLAS (AVX2) spends six
-// vector instructions on each 32-element block pair, four of them on the two ports that do the
-// multiplying: a sign trick to feed signed bytes to an unsigned multiply, a widening add, an int
-// to float conversion and a fused multiply-add per block, for every weight row and every
-// activation row. Here eight weight rows are repacked once per call into 16-bit pairs, interleaved
+// by ggml first, and that product is most of a decode step's time. tinyBLAS (AVX2) spends about
+// six vector instructions on each 32-element block pair: a sign trick to feed signed bytes to an
+// unsigned multiply, the multiply, a widening add, an int to float conversion and a fused
+// multiply-add per block, for every weight row and every activation row. Here eight weight rows are repacked once per call into 16-bit pairs, interleaved
 // so that one register holds the same two columns of all eight rows; each activation pair is then
 // broadcast and a single multiply-add gives eight rows' partial dot products, summed exactly in
 // 32-bit integers over the block. A block costs two instructions per 32 elements and activation

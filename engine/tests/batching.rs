@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     engine, generate,
-    logits::{Together, decode_logits, differing_logits, tiny_cpu_model},
+    logits::{Together, context_params, decode_logits, differing_logits, tiny_cpu_model},
     params,
 };
 use futures::{StreamExt, future::join_all, stream::FuturesUnordered};
@@ -172,8 +172,9 @@ fn a_unified_kv_cache_makes_logits_depend_on_the_batch_and_a_cache_per_sequence_
     const PROMPTS: [usize; 6] = [70, 90, 100, 120, 65, 80];
     let (_dir, model) = tiny_cpu_model();
     for kv_unified in [false, true] {
-        let together = decode_logits(&model, &PROMPTS, 6, Together::Yes, kv_unified);
-        let alone = decode_logits(&model, &PROMPTS, 6, Together::No, kv_unified);
+        let params = || context_params(PROMPTS.len()).with_kv_unified(kv_unified);
+        let together = decode_logits(&model, &PROMPTS, 6, Together::Yes, params());
+        let alone = decode_logits(&model, &PROMPTS, 6, Together::No, params());
         let differing = differing_logits(&together, &alone);
         if kv_unified {
             assert_ne!(

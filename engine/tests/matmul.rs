@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::logits::{Together, decode_logits, differing_logits, tiny_cpu_model};
+use common::logits::{Together, context_params, decode_logits, differing_logits, tiny_cpu_model};
 use genq_engine::{Kernel, use_matmul_kernel};
 
 /// Prompt lengths of the sequences, each with a KV cache of its own. 16 decoding together put 16
@@ -19,11 +19,20 @@ const STEPS: usize = 6;
 #[test]
 fn genq_matmul_kernel_gives_a_sequence_the_same_logits_alone_as_in_a_batch_and_stays_near_ggmls() {
     let (_dir, model) = tiny_cpu_model();
+    let logits = |together| {
+        decode_logits(
+            &model,
+            &PROMPTS,
+            STEPS,
+            together,
+            context_params(PROMPTS.len()),
+        )
+    };
     use_matmul_kernel(Kernel::Genq);
-    let together = decode_logits(&model, &PROMPTS, STEPS, Together::Yes, false);
-    let alone = decode_logits(&model, &PROMPTS, STEPS, Together::No, false);
+    let together = logits(Together::Yes);
+    let alone = logits(Together::No);
     use_matmul_kernel(Kernel::LlamaCpp);
-    let ggml = decode_logits(&model, &PROMPTS, STEPS, Together::Yes, false);
+    let ggml = logits(Together::Yes);
     use_matmul_kernel(Kernel::default());
 
     assert_eq!(

@@ -211,7 +211,14 @@ async fn a_lapsed_lease_is_taken_back_although_its_worker_heartbeats() {
 #[tokio::test]
 async fn a_working_worker_renews_the_leases_of_the_jobs_it_runs() {
     let app = TestApp::spawn().await;
-    let worker = app.start_worker(1).await;
+    // The test holds the worker's decode lock, so the job stays running however fast the engine
+    // is: it has to outlast the next heartbeat (up to 5 s), which a long job alone did not always.
+    let lock_dir = tempfile::tempdir().unwrap();
+    let lock_path = lock_dir.path().join("decode.lock");
+    let held = std::fs::File::create(&lock_path).unwrap();
+    held.lock().unwrap();
+    let lock_flag = format!("--decode-lock={}", lock_path.display());
+    let worker = app.start_worker_with(1, &[&lock_flag]).await;
     let id = app.submit(&long_job()).await;
     until_running(&app, id).await;
     set_lease_age(&app, id, 60).await;
@@ -230,6 +237,7 @@ async fn a_working_worker_renews_the_leases_of_the_jobs_it_runs() {
     .await;
     assert_eq!(reconcile(&app).await["requeued"], 0);
     assert_eq!(app.status(id).await, JobStatus::Running);
+    drop(held);
     app.post(&format!("/batch/{id}/cancel"), &json!({})).await;
     worker.stop().await;
     app.stop().await;

@@ -26,28 +26,34 @@ pub enum Together {
     /// Every sequence in each step.
     Yes,
     /// One sequence after another in the same context, each in steps of its own: with a KV cache
-    /// per sequence, exactly as if alone.
+    /// per sequence (not `with_kv_unified`), exactly as if alone.
     No,
 }
 
+/// Most tokens in one call to decode: every prompt of a test at once.
+const BATCH_TOKENS: usize = 1024;
+
+/// A context for `sequences` sequences of up to 128 positions, each with a KV cache of its own;
+/// tests change what they compare (`with_kv_unified`, `with_flash_attention_policy`).
+pub fn context_params(sequences: usize) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(sequences as u32 * 128))
+        .with_n_seq_max(sequences as u32)
+        .with_n_batch(BATCH_TOKENS as u32)
+        .with_n_ubatch(BATCH_TOKENS as u32)
+        .with_n_threads(2)
+        .with_n_threads_batch(2)
+}
+
 /// Per sequence (one per prompt length), its logits after its prompt and after each of `steps`
-/// fixed next tokens. Each sequence has a KV cache of its own unless `kv_unified`.
+/// fixed next tokens, in a context made with `params` (from [`context_params`]).
 pub fn decode_logits(
     model: &Model,
     prompts: &[usize],
     steps: usize,
     together: Together,
-    kv_unified: bool,
+    params: LlamaContextParams,
 ) -> Vec<Vec<Vec<f32>>> {
-    let batch_size = 1024;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(prompts.len() as u32 * 128))
-        .with_n_seq_max(prompts.len() as u32)
-        .with_n_batch(batch_size as u32)
-        .with_n_ubatch(batch_size as u32)
-        .with_n_threads(2)
-        .with_n_threads_batch(2)
-        .with_kv_unified(kv_unified);
     let token = |seq: usize, i: usize| LlamaToken::new(((seq * 131 + i * 17) % 5000) as i32 + 100);
     let groups: Vec<Vec<usize>> = match together {
         Together::Yes => vec![(0..prompts.len()).collect()],
@@ -55,7 +61,7 @@ pub fn decode_logits(
     };
 
     let mut logits = vec![Vec::new(); prompts.len()];
-    let mut batch = LlamaBatch::new(batch_size, 1);
+    let mut batch = LlamaBatch::new(BATCH_TOKENS, 1);
     // One context throughout: with a KV cache per sequence, the others' caches are never read.
     let mut context = model.llama().new_context(backend(), params).unwrap();
     for group in groups {
