@@ -1,21 +1,13 @@
-//! A minimal GGUF (version 3) writer: enough to write the metadata, tokenizer and F32/Q8_0 tensors
-//! of a GPT-2 model. llama.cpp's own writer is Python (gguf-py) and the `llama-cpp-2` crate only
-//! reads GGUF, so genq carries this small one.
+//! Writing a whole GGUF file: metadata, tensor descriptions and F32/Q8_0 tensor data, enough for
+//! a GPT-2 model.
 
 use std::io::{self, Write};
+
+use super::{MAGIC, TYPE_ARRAY, TYPE_STRING, VERSION, Value};
 
 const ALIGNMENT: u64 = 32;
 /// Values per Q8_0 block; a block is an f16 scale followed by 32 signed bytes.
 pub const Q8_0_BLOCK: usize = 32;
-
-#[derive(Debug, Clone)]
-pub enum Value {
-    U32(u32),
-    F32(f32),
-    Str(String),
-    StrArray(Vec<String>),
-    I32Array(Vec<i32>),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorType {
@@ -83,8 +75,8 @@ pub fn write(
     tensors: &[Tensor],
 ) -> io::Result<()> {
     let mut header = Vec::new();
-    header.extend_from_slice(b"GGUF");
-    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
     header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
     for (key, value) in metadata {
@@ -121,40 +113,36 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
-// Type ids from ggml's gguf.h.
-const GGUF_U32: u32 = 4;
-const GGUF_I32: u32 = 5;
-const GGUF_F32: u32 = 6;
-const GGUF_STRING: u32 = 8;
-const GGUF_ARRAY: u32 = 9;
-
 fn put_value(buf: &mut Vec<u8>, value: &Value) {
+    buf.extend_from_slice(&value.type_id().to_le_bytes());
+    put_bare(buf, value);
+}
+
+/// A value without its type id, as array items are written.
+fn put_bare(buf: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::U32(v) => {
-            buf.extend_from_slice(&GGUF_U32.to_le_bytes());
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        Value::F32(v) => {
-            buf.extend_from_slice(&GGUF_F32.to_le_bytes());
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        Value::Str(s) => {
-            buf.extend_from_slice(&GGUF_STRING.to_le_bytes());
-            put_str(buf, s);
-        }
-        Value::StrArray(items) => {
-            buf.extend_from_slice(&GGUF_ARRAY.to_le_bytes());
-            buf.extend_from_slice(&GGUF_STRING.to_le_bytes());
+        Value::U8(v) => buf.push(*v),
+        Value::I8(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::U16(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::I16(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::U32(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::I32(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::U64(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::I64(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::F32(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::F64(v) => buf.extend_from_slice(&v.to_le_bytes()),
+        Value::Bool(v) => buf.push(u8::from(*v)),
+        Value::Str(s) => put_str(buf, s),
+        Value::Array(items) => {
+            // An empty array still needs an item type; a string list is the common empty one.
+            let item_type = items.first().map_or(TYPE_STRING, Value::type_id);
+            assert!(
+                item_type != TYPE_ARRAY && items.iter().all(|v| v.type_id() == item_type),
+                "a GGUF array holds values of one type, and no arrays"
+            );
+            buf.extend_from_slice(&item_type.to_le_bytes());
             buf.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            items.iter().for_each(|s| put_str(buf, s));
-        }
-        Value::I32Array(items) => {
-            buf.extend_from_slice(&GGUF_ARRAY.to_le_bytes());
-            buf.extend_from_slice(&GGUF_I32.to_le_bytes());
-            buf.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            items
-                .iter()
-                .for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            items.iter().for_each(|v| put_bare(buf, v));
         }
     }
 }

@@ -77,9 +77,12 @@ pub fn write_model(out: &Path, shape: Shape, seed: u64) -> anyhow::Result<()> {
         ("gpt2.attention.layer_norm_epsilon", Value::F32(1e-5)),
         ("tokenizer.ggml.model", Value::Str("gpt2".into())),
         ("tokenizer.ggml.pre", Value::Str("gpt-2".into())),
-        ("tokenizer.ggml.tokens", Value::StrArray(tokens)),
-        ("tokenizer.ggml.token_type", Value::I32Array(token_types)),
-        ("tokenizer.ggml.merges", Value::StrArray(merges)),
+        ("tokenizer.ggml.tokens", Value::strings(tokens)),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(token_types.into_iter().map(Value::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges", Value::strings(merges)),
         ("tokenizer.ggml.bos_token_id", Value::U32(END_OF_TEXT)),
         ("tokenizer.ggml.eos_token_id", Value::U32(END_OF_TEXT)),
     ];
