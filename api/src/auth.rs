@@ -1,6 +1,6 @@
-//! Who is calling. Every route but `/health`, `/ready` and the docs needs an API key, in
-//! `Authorization: Bearer <key>` or `X-API-Key: <key>`; the key names the caller's tenant, its
-//! rights and its limits. A missing, unknown or revoked key gets one and the same 401, so the
+//! Who is calling. Every route but `/health`, `/ready`, `/metrics`, the docs and `/ui` needs an API
+//! key, in `Authorization: Bearer <key>` or `X-API-Key: <key>`; the key names the caller's tenant,
+//! its rights and its limits. A missing, unknown or revoked key gets one and the same 401, so the
 //! answer tells a guesser nothing.
 
 use axum::{

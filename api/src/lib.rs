@@ -32,7 +32,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::http::{HeaderValue, Method, header};
 use axum::{Router, extract::DefaultBodyLimit};
-use genq_engine::Model;
+use genq_model::ModelFile;
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, events, queue,
@@ -60,7 +60,8 @@ pub enum AuthMode {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "genq-api", about = "genq's HTTP API")]
 pub struct Config {
-    /// API keys (`genqctl keys create`) required on every route but /health, /ready and /docs.
+    /// API keys (`genqctl keys create`) required on every route but /health, /ready, /metrics, the
+    /// docs (/docs, /openapi.json) and the dashboard's page (/ui).
     #[arg(long, env = "GENQ_AUTH", value_enum, default_value = "on")]
     pub auth: AuthMode,
     /// How long a key that authenticated is trusted without asking PostgreSQL again. A revoked
@@ -190,10 +191,9 @@ impl Application {
         let context = match &config.model {
             Some(path) => {
                 let path = path.clone();
-                let model =
-                    tokio::task::spawn_blocking(move || Model::load_vocabulary(&path)).await??;
+                let model = tokio::task::spawn_blocking(move || ModelFile::read(&path)).await??;
                 let context =
-                    genq_engine::context_per_slot(model.context_length(), config.context_per_slot);
+                    genq_model::context_per_slot(model.context_length(), config.context_per_slot);
                 Some((Arc::new(model), context))
             }
             None => None,

@@ -1,9 +1,11 @@
 //! The OpenAPI 3.1 document of the HTTP API, served at `GET /openapi.json`. The operations come
-//! from the `#[utoipa::path]` attributes on the handlers, the shapes from the shared types; what
-//! only exists as `json!` in the code (error bodies, health answers) is described here.
+//! from the `#[utoipa::path]` attributes on the handlers, registered with their routes
+//! (`routes::api_router`), the shapes from the shared types; what only exists as `json!` in the
+//! code (error bodies, health answers) is described here.
 //!
 //! # Layout
-//! - [`ApiDoc`]: the document: operations, schemas, security schemes, tags.
+//! - [`ApiDoc`]: the document's frame: schemas, security schemes, tags (the router adds the
+//!   operations).
 //! - Error answers shared by many routes, as reusable responses ([`Unauthorized`],
 //!   [`TooManyRequests`], [`Unavailable`], ...), and the shapes the code builds with `json!`
 //!   ([`ErrorBody`], [`HealthStatus`], ...).
@@ -23,10 +25,7 @@ use utoipa::{
     openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{
-    routes::{admin, batch, bulk, events, generate, health, history, metrics},
-    validate::{BatchRequest, Stop},
-};
+use crate::validate::{BatchRequest, Stop};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,28 +33,13 @@ use crate::{
         title = "genq",
         description = "Batch text generation: submit prompts, then wait for the results (a long \
             poll, `?wait=`), follow them as Server-Sent Events, or poll.\n\n\
-            Every route but `/health`, `/ready`, `/docs` and `/openapi.json` needs an API key \
+            Every route but `/health`, `/ready`, `/metrics`, `/docs`, `/openapi.json` and the \
+            dashboard's page `/ui` needs an API key \
             (`genqctl keys create`), sent as `Authorization: Bearer <key>` or \
             `X-API-Key: <key>`. A key with a rate limit gets \
             `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` on every answer. \
             Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}`.",
         license(name = "MIT"),
-    ),
-    paths(
-        batch::submit_batch,
-        bulk::submit_batches,
-        batch::batch_result,
-        events::job_events,
-        batch::cancel_batch,
-        generate::generate,
-        history::history,
-        health::health,
-        health::ready,
-        metrics::metrics,
-        admin::pause,
-        admin::resume,
-        admin::queue,
-        admin::overview,
     ),
     components(
         schemas(
@@ -117,9 +101,9 @@ const ALWAYS_SENT: &[(&str, &str)] = &[
     ("Unavailable", "Retry-After"),
 ];
 
-/// The document as served.
-pub fn document() -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document is JSON");
+/// The document as served: `api`, the router's, with what utoipa cannot say added.
+pub fn document(api: utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(api).expect("the OpenAPI document is JSON");
     for (response, header) in ALWAYS_SENT {
         let pointer = format!("/components/responses/{response}/headers/{header}");
         let header = doc
@@ -149,6 +133,10 @@ pub struct ErrorObject {
     /// The request field at fault: only with `invalid_field`, and never `null`.
     #[schema(value_type = String, required = false)]
     pub field: Option<String>,
+    /// `POST /batches` only: the index in `jobs` of the job refused (`field` names it too, as
+    /// `jobs[3].max_tokens`); never `null`.
+    #[schema(value_type = u64, required = false)]
+    pub job_index: Option<usize>,
 }
 
 /// `GET /health`.
@@ -237,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_document_is_openapi_3_1_with_its_required_headers() {
-        let doc = document();
+        let doc = document(ApiDoc::openapi());
         assert!(
             doc["openapi"].as_str().unwrap().starts_with("3.1"),
             "{}",

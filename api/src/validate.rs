@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use genq_engine::Model;
+use genq_model::ModelFile;
 use genq_shared::types::JobParams;
 use serde::Deserialize;
 
@@ -52,7 +52,7 @@ pub struct BatchRequest {
     #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<u64>,
     /// Called once the job is final: a signed `POST` of the job as `GET /batch_result` answers
-    /// it, retried until the receiver answers 2xx (see the README's Webhooks). http or https, at
+    /// it, retried until the receiver answers 2xx (see docs/api.md, Webhooks). http or https, at
     /// most 2,048 bytes, no credentials, not a private or loopback address.
     #[schema(max_length = 2048)]
     pub callback_url: Option<String>,
@@ -77,7 +77,7 @@ pub struct Limits {
     pub max_job_tokens: u64,
     pub forbidden_words: ForbiddenWords,
     /// The model's vocabulary and each sequence's context, when the API was given the model.
-    pub context: Option<(Arc<Model>, u32)>,
+    pub context: Option<(Arc<ModelFile>, u32)>,
     pub default_timeout_secs: u64,
     pub max_timeout_secs: u64,
     /// Whether callback URLs may point to private and loopback addresses.

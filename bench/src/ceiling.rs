@@ -41,7 +41,7 @@ struct Sequence {
 }
 
 /// Selects ggml's attention and matrix kernels while it lives: this row is llama.cpp as it ships,
-/// while genq rows run genq's kernels (README, "Engine settings").
+/// while genq rows run genq's kernels (docs/performance.md, "Engine settings").
 struct ShippedKernels;
 
 impl ShippedKernels {

@@ -17,20 +17,6 @@ use crate::{
     workload::{Request, at_arrivals},
 };
 
-/// Worker settings that change what is measured: removed from the environment the processes
-/// inherit, so only the benchmark's own (`Options::worker_env`) apply, whatever the shell exports.
-const DEFAULTED: [&str; 9] = [
-    "GENQ_SLOTS",
-    "GENQ_THREADS",
-    "GENQ_MAX_JOBS",
-    "GENQ_CONTEXT_PER_SLOT",
-    "GENQ_N_GPU_LAYERS",
-    "GENQ_POLL_INTERVAL_MS",
-    "GENQ_RESULT_CACHE_TTL_SECS",
-    "GENQ_DECODE_LOCK",
-    "GENQ_PREFIX_SHARING",
-];
-
 pub struct Options {
     pub bin_dir: PathBuf,
     pub model: PathBuf,
@@ -62,7 +48,6 @@ impl Genq {
         );
         config.api_name = "genq-api".into();
         config.worker_names = vec!["genq-worker".into()];
-        config.unset = DEFAULTED.iter().map(|name| name.to_string()).collect();
         // Seeds are fresh every repetition anyway; with the cache off a repeated seed could not
         // be answered from PostgreSQL either: this measures inference.
         config.worker_env = vec![("GENQ_RESULT_CACHE_TTL_SECS".into(), "0".into())];

@@ -30,7 +30,8 @@ mod workload;
 use std::{path::PathBuf, sync::Arc};
 
 use clap::Parser;
-use genq_engine::{Model, Placement, synth};
+use genq_engine::{Model, Placement};
+use genq_model::synth;
 use systems::{Bench, Plan, System};
 use workload::Workload;
 

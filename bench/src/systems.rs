@@ -18,9 +18,18 @@ use crate::{
     measure::{Run, Summary, summarize},
     peer::{self, LlamaServer, Peer},
     python::Python,
-    table::Row,
     workload::{Request, Workload},
 };
+
+/// One line of the results table (`table::print`): a system on a workload, and its medians or
+/// why there are none.
+pub struct Row {
+    pub workload: Workload,
+    pub system: System,
+    pub label: String,
+    pub outcome: Result<Summary, String>,
+    pub note: String,
+}
 
 /// A row of the table, as `--systems` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

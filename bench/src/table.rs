@@ -1,15 +1,7 @@
 //! The printed table (markdown): one row per system and workload, with ratios to llama.cpp alone
 //! and to llama-server on the same workload; a row that could not run says why.
 
-use crate::{measure::Summary, systems::System, workload::Workload};
-
-pub struct Row {
-    pub workload: Workload,
-    pub system: System,
-    pub label: String,
-    pub outcome: Result<Summary, String>,
-    pub note: String,
-}
+use crate::systems::{Row, System};
 
 pub fn print(rows: &[Row]) {
     println!(

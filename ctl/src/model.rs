@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use genq_engine::synth::{self, Shape};
+use genq_model::synth::{self, Shape};
 
 use crate::{
     Done,

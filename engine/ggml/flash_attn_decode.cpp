@@ -1,5 +1,5 @@
 // genq's replacement for ggml's CPU flash attention on decode steps, compiled into llama.cpp's
-// CPU backend by overrides.cmake (see README, "Engine settings", "Attention kernel").
+// CPU backend by overrides.cmake (see docs/performance.md, "Attention kernel").
 //
 // ggml's row kernel walks the KV cache one cell at a time: an f16 dot product against a query
 // converted to f16, then an online-softmax update that converts the whole f16 accumulator to f32

@@ -1,5 +1,5 @@
 // genq's replacement for llamafile's Q8_0 matrix kernel (tinyBLAS) in llama.cpp's CPU backend,
-// compiled in by overrides.cmake (see README, "Engine settings", "Matrix kernel").
+// compiled in by overrides.cmake (see docs/performance.md, "Matrix kernel").
 //
 // Every weight matrix of a Q8_0 model is multiplied by the step's activations, quantized to Q8_0
 // by ggml first, and that product is most of a decode step's time. tinyBLAS (AVX2) spends about

@@ -8,7 +8,7 @@
 //! 21 tokens spread over 9 passes 125 ms. So newcomers take slots next to the running sequences,
 //! a hole left among them is filled by moving the highest one down ([`DecodeLoop::pack_slots`]),
 //! and the batch is laid out in slot order. On workload (c) of the benchmark that raised tokens/s
-//! by 13-15% (README, "Engine settings").
+//! by 13-15% (docs/performance.md, "Slot packing").
 
 use std::{
     collections::VecDeque,
@@ -27,13 +27,16 @@ use llama_cpp_2::{context::LlamaContext, llama_batch::LlamaBatch, token::LlamaTo
 use tokio::sync::oneshot;
 
 use crate::{
-    engine::{
-        DECODE_LOCK_PATIENCE, FinishReason, Generation, GenerationError, GenerationParams,
-        MIN_SHARED_PREFIX, TextSink,
-    },
     model::Model,
+    request::{FinishReason, Generation, GenerationError, GenerationParams, TextSink},
     sampler::Sampler,
 };
+
+/// Longest wait for the decode lock; see `DecodeLoop::lock_decode`.
+pub const DECODE_LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The shortest common prompt prefix worth copying rather than decoding.
+pub const MIN_SHARED_PREFIX: usize = 16;
 
 pub(crate) struct Request {
     pub prompt: Vec<LlamaToken>,
@@ -98,6 +101,7 @@ pub(crate) struct LoopConfig<'a> {
     pub counters: Arc<Counters>,
     /// Keep the running sequences in consecutive slots; pointless with one KV cache for all.
     pub pack_slots: bool,
+    #[cfg(feature = "fault-injection")]
     pub panic_after_tokens: Option<u64>,
     pub decode_lock: Option<&'a Path>,
     pub share_prefixes: bool,
@@ -138,6 +142,7 @@ pub(crate) struct DecodeLoop<'m> {
     context_per_slot: u32,
     counters: Arc<Counters>,
     pack_slots: bool,
+    #[cfg(feature = "fault-injection")]
     panic_after_tokens: Option<u64>,
     decode_lock: Option<File>,
     share_prefixes: bool,
@@ -157,6 +162,7 @@ impl<'m> DecodeLoop<'m> {
             context_per_slot: config.context_per_slot,
             counters: config.counters,
             pack_slots: config.pack_slots,
+            #[cfg(feature = "fault-injection")]
             panic_after_tokens: config.panic_after_tokens,
             decode_lock: config.decode_lock.and_then(open_decode_lock),
             share_prefixes: config.share_prefixes,
@@ -482,6 +488,7 @@ impl<'m> DecodeLoop<'m> {
         let index = sequence.logits_at?;
         let token = sequence.sampler.sample(self.context.get_logits_ith(index));
         let sampled = self.counters.generated.fetch_add(1, Ordering::Relaxed) + 1;
+        #[cfg(feature = "fault-injection")]
         if let Some(limit) = self.panic_after_tokens
             && sampled >= limit
         {

@@ -21,79 +21,18 @@ use std::{
     path::PathBuf,
     sync::{Arc, atomic::Ordering, mpsc},
     thread,
-    time::Duration,
 };
 
 use anyhow::{Context as _, anyhow};
+use genq_model::context_per_slot;
 use llama_cpp_2::{context::params::LlamaContextParams, token::LlamaToken};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
     decode_loop::{Counters, DecodeLoop, LoopConfig, Request},
     model::{CONTEXT_CREATION, Model, backend},
+    request::{Generation, GenerationError, GenerationParams, TextSink},
 };
-
-/// How one prompt is sampled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationParams {
-    pub max_tokens: u32,
-    /// 0 samples greedily.
-    pub temperature: f32,
-    /// 0 disables top-k.
-    pub top_k: i32,
-    pub top_p: f32,
-    pub seed: u32,
-    /// Generation ends before the first of these appears; it is not part of the text.
-    pub stop: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FinishReason {
-    /// max_tokens were generated.
-    Length,
-    /// A stop string or the end-of-text token.
-    Stop,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Generation {
-    pub text: String,
-    pub completion_tokens: u32,
-    pub finish_reason: FinishReason,
-}
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
-pub enum GenerationError {
-    #[error(
-        "the prompt is {prompt_tokens} tokens; with max_tokens {max_tokens} it exceeds the context of {context} tokens"
-    )]
-    PromptTooLong {
-        prompt_tokens: usize,
-        max_tokens: u32,
-        context: u32,
-    },
-    #[error("llama.cpp failed to decode: {0}")]
-    Decode(String),
-    #[error("the inference engine has stopped")]
-    EngineStopped,
-}
-
-/// Longest wait for the decode lock; see `DecodeLoop::lock_decode`.
-pub const DECODE_LOCK_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Context per sequence unless asked for more: room for a prompt and the API's default
-/// max_tokens limit without reserving GPT-2's whole 1,024 positions in every slot.
-pub const DEFAULT_CONTEXT_PER_SLOT: u32 = 512;
-
-/// The context each sequence gets: what was asked for, else [`DEFAULT_CONTEXT_PER_SLOT`], and never
-/// more than the model has positions for. The API uses it too, to refuse prompts up front.
-pub fn context_per_slot(model_context: u32, asked: Option<u32>) -> u32 {
-    asked
-        .unwrap_or(DEFAULT_CONTEXT_PER_SLOT)
-        .min(model_context)
-        .max(1)
-}
 
 /// Sequences decoded together by default. On CPU, throughput grows with the batch until about 16
 /// sequences per core (measured on 2 cores: 87 tok/s alone, 338 at 32) and then flattens while
@@ -120,18 +59,21 @@ pub struct EngineConfig {
     /// processes each using every core ran at 0.24x the throughput of one. Created if missing;
     /// if it cannot be opened the engine logs a warning and decodes without it.
     pub decode_lock: Option<PathBuf>,
-    /// Fault injection, for tests and the fault-injection suite only: the decode loop panics
-    /// once the engine has sampled this many tokens in total.
+    /// Fault injection, for tests and the fault-injection suite only (the `fault-injection`
+    /// feature, which release builds leave off): the decode loop panics once the engine has
+    /// sampled this many tokens in total.
+    #[cfg(feature = "fault-injection")]
     pub panic_after_tokens: Option<u64>,
     /// A prompt that begins as a running sequence's prompt does (a few-shot template, a shared
     /// system prompt) copies that sequence's KV cache for the common part instead of decoding it
-    /// again, when the common part is at least [`MIN_SHARED_PREFIX`] tokens.
+    /// again, when the common part is at least [`MIN_SHARED_PREFIX`](crate::MIN_SHARED_PREFIX)
+    /// tokens.
     pub share_prefixes: bool,
-    /// llama.cpp settings, chosen by measurement (README, "Engine settings").
+    /// llama.cpp settings, chosen by measurement (docs/performance.md, "Engine settings").
     pub tuning: Tuning,
 }
 
-/// llama.cpp context settings, chosen by measurement (README, "Engine settings"). Any of them
+/// llama.cpp context settings, chosen by measurement (docs/performance.md, "Engine settings"). Any of them
 /// may change the floating-point results, so a seeded result is reproducible only under the same
 /// settings; with `kv_unified` it is not reproducible at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,9 +98,6 @@ impl Default for Tuning {
     }
 }
 
-/// The shortest common prompt prefix worth copying rather than decoding.
-pub const MIN_SHARED_PREFIX: usize = 16;
-
 impl Default for EngineConfig {
     fn default() -> Self {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
@@ -168,18 +107,13 @@ impl Default for EngineConfig {
             context_per_slot: None,
             batch_tokens: 512,
             decode_lock: None,
+            #[cfg(feature = "fault-injection")]
             panic_after_tokens: None,
             share_prefixes: true,
             tuning: Tuning::default(),
         }
     }
 }
-
-/// Receives a sequence's output bytes as they are decoded, on the engine thread: it must not
-/// block. Bytes that may turn out to begin a stop string are held back until they cannot, so what
-/// it receives is always a prefix of the final text's bytes. Its first call, with no bytes, comes
-/// as the first token is sampled, so that a caller can time it.
-pub type TextSink = Box<dyn FnMut(&[u8]) + Send>;
 
 /// A handle to the engine thread. Dropping it lets the thread finish the requests it holds and exit.
 pub struct Engine {
@@ -259,6 +193,7 @@ impl Engine {
                             batch_tokens,
                             counters: thread_counters,
                             pack_slots: !config.tuning.kv_unified,
+                            #[cfg(feature = "fault-injection")]
                             panic_after_tokens: config.panic_after_tokens,
                             decode_lock: config.decode_lock.as_deref(),
                             share_prefixes: config.share_prefixes,

@@ -1,5 +1,5 @@
 //! Which kernels llama.cpp's CPU backend runs for decode-step attention and for Q8_0 matrix
-//! products. genq compiles its own into llama.cpp (`engine/ggml/`, README "Engine settings");
+//! products. genq compiles its own into llama.cpp (`engine/ggml/`, docs/performance.md, "Engine settings");
 //! ggml's stay in the binary for every case genq's do not handle and for comparison.
 
 /// A kernel choice. Process-wide: llama.cpp's operators have no per-context hook.

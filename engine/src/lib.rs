@@ -1,5 +1,5 @@
-//! genq's use of llama.cpp: loading GGUF models, the continuous-batching inference engine, and the
-//! synthesizer of GPT-2-shaped test models.
+//! genq's use of llama.cpp: loading GGUF models and the continuous-batching inference engine. What
+//! needs no llama.cpp (GGUF metadata, token counting, writing test models) is in `genq-model`.
 //!
 //! # Layout
 //! - [`model`]: the process-wide backend, loading a model or only its vocabulary.
@@ -8,27 +8,25 @@
 //!   ([`Engine::stopped`]).
 //! - `decode_loop`: the loop itself: admission, prompt chunks, prefix sharing, slot compaction,
 //!   stop strings.
+//! - `request`: what a caller hands the engine for one prompt and gets back ([`GenerationParams`],
+//!   [`Generation`]), shared by the handle, the loop and the sampler.
 //! - `sampler`: choosing each next token, with llama.cpp's samplers on a shortlist of logits.
 //! - [`kernels`]: which attention and Q8_0 matrix kernels llama.cpp's CPU backend runs: genq's
 //!   (`engine/ggml/`) or ggml's.
-//! - [`synth`]: writes GPT-2-architecture GGUF files with the real tokenizer and random weights.
-//! - [`gguf`]: the small GGUF writer `synth` uses.
 
 mod decode_loop;
 pub mod engine;
-pub mod gguf;
 pub mod kernels;
 pub mod model;
+mod request;
 mod sampler;
-pub mod synth;
 
-pub use engine::{
-    DEFAULT_CONTEXT_PER_SLOT, Engine, EngineConfig, EngineStats, FinishReason, Generation,
-    GenerationError, GenerationParams, MIN_SHARED_PREFIX, TextSink, Tuning, context_per_slot,
-    default_slots,
-};
+pub use decode_loop::MIN_SHARED_PREFIX;
+pub use engine::{Engine, EngineConfig, EngineStats, Tuning, default_slots};
+pub use genq_model::{DEFAULT_CONTEXT_PER_SLOT, context_per_slot};
 pub use kernels::{Kernel, genq_kernels_available, use_attention_kernel, use_matmul_kernel};
 pub use model::{Model, Placement};
+pub use request::{FinishReason, Generation, GenerationError, GenerationParams, TextSink};
 
 /// A token id of the loaded model's vocabulary, as [`Model::prompt_tokens`] returns and
 /// [`Engine::generate`] takes.

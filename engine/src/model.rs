@@ -1,5 +1,5 @@
-//! Loading GGUF models: the full model for a worker, or only its vocabulary for the API, which
-//! counts prompt tokens to refuse requests that cannot fit the context before they are queued.
+//! Loading GGUF models into llama.cpp for a worker. (The API reads only the metadata, with
+//! `genq_model::ModelFile`.)
 
 use std::{
     path::{Path, PathBuf},
@@ -65,11 +65,6 @@ impl Model {
         Self::load_with(path, &params)
     }
 
-    /// Loads only the vocabulary and metadata: enough to tokenize, cheap in memory.
-    pub fn load_vocabulary(path: &Path) -> anyhow::Result<Model> {
-        Self::load_with(path, &LlamaModelParams::default().with_vocab_only(true))
-    }
-
     fn load_with(path: &Path, params: &LlamaModelParams) -> anyhow::Result<Model> {
         let file_size = std::fs::metadata(path)
             .with_context(|| format!("model file {} cannot be read", path.display()))?
@@ -80,17 +75,8 @@ impl Model {
                 path.display()
             )
         })?;
-        let name = inner
-            .meta_val_str("general.name")
-            .ok()
-            .filter(|n| !n.is_empty())
-            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
-        let context_length = match inner.n_ctx_train() {
-            // A vocabulary-only load skips the hyperparameters; the metadata still has them.
-            0 => context_length_from_metadata(&inner).unwrap_or(0),
-            n => n,
-        };
+        let name = genq_model::model_name(inner.meta_val_str("general.name").ok().as_deref(), path);
+        let context_length = inner.n_ctx_train();
         if context_length == 0 {
             bail!("{} declares no context length", path.display());
         }
@@ -147,13 +133,4 @@ impl Model {
     pub fn count_prompt_tokens(&self, prompt: &str) -> usize {
         self.prompt_tokens(prompt).len()
     }
-}
-
-fn context_length_from_metadata(model: &LlamaModel) -> Option<u32> {
-    let arch = model.meta_val_str("general.architecture").ok()?;
-    model
-        .meta_val_str(&format!("{arch}.context_length"))
-        .ok()?
-        .parse()
-        .ok()
 }

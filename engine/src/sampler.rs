@@ -15,7 +15,7 @@ use llama_cpp_2::{
     token::{LlamaToken, data::LlamaTokenData, data_array::LlamaTokenDataArray},
 };
 
-use crate::engine::GenerationParams;
+use crate::request::GenerationParams;
 
 pub(crate) struct Sampler {
     chain: LlamaSampler,
@@ -156,7 +156,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::{CHUNK, Highest, Sampler};
-    use crate::engine::GenerationParams;
+    use crate::request::GenerationParams;
 
     const VOCAB: usize = 50_257;
 

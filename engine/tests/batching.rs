@@ -2,11 +2,9 @@
 //! other, a cancelled one leaves the rest alone and frees its slot, slots are reused, and a
 //! sequence moved to a lower slot (to keep the running ones in consecutive slots) decodes as before.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     engine, generate,
     logits::{Together, context_params, decode_logits, differing_logits, tiny_cpu_model},
     params,
@@ -166,7 +164,7 @@ async fn a_sequence_moved_to_a_lower_slot_keeps_its_results() {
 /// cache and which rows share its steps. (Seeded tokens can come out the same all the same, as the
 /// engine-level version of this test found after genq's matrix kernel came in, so logits are
 /// compared.) Should they ever come out identical, kv_unified may be reconsidered by measurement
-/// (README, "Engine settings").
+/// (docs/performance.md, "Engine settings").
 #[test]
 fn a_unified_kv_cache_makes_logits_depend_on_the_batch_and_a_cache_per_sequence_does_not() {
     const PROMPTS: [usize; 6] = [70, 90, 100, 120, 65, 80];

@@ -1,16 +1,14 @@
-//! The host-wide decode lock: engines sharing one lock file take turns without deadlocking, and an
-//! engine waits while another holder has the lock.
-
-mod common;
+//! The host-wide decode lock: engines sharing one lock file all finish (none deadlocks or starves),
+//! and an engine does not decode while another holder has the lock: together, the turns.
 
 use std::{fs::File, time::Duration};
 
-use common::{engine_with, generate, params, test_config};
+use crate::common::{engine_with, generate, params, test_config};
 use futures::future::join_all;
 use genq_engine::EngineConfig;
 
 #[tokio::test]
-async fn two_engines_sharing_a_lock_file_both_finish() {
+async fn two_engines_sharing_a_lock_file_both_finish_without_deadlock() {
     let dir = tempfile::tempdir().unwrap();
     // A folder that does not exist yet: the engine creates it.
     let lock = dir.path().join("locks").join("decode.lock");

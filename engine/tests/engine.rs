@@ -1,9 +1,7 @@
 //! The engine on a synthesized tiny GPT-2: real llama.cpp, no mocks.
 
-mod common;
-
-use common::{engine, generate, params, tiny_model};
-use genq_engine::{FinishReason, GenerationError, GenerationParams, Model, Token, synth};
+use crate::common::{engine, generate, params, tiny_model};
+use genq_engine::{FinishReason, GenerationError, GenerationParams, Token};
 
 #[test]
 fn tokenizes_like_gpt2() {
@@ -93,15 +91,4 @@ async fn refuses_tokens_outside_the_vocabulary_before_queueing_them() {
         .unwrap_err();
     assert!(matches!(err, GenerationError::Decode(_)), "{err:?}");
     assert_eq!(engine.generated_tokens(), 0);
-}
-
-#[test]
-fn a_vocabulary_only_load_knows_the_context_and_tokens() {
-    let full = tiny_model();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    synth::write_model(&path, synth::Shape::Tiny, 1).unwrap();
-    let vocab = Model::load_vocabulary(&path).unwrap();
-    assert_eq!(vocab.context_length(), full.context_length());
-    assert_eq!(vocab.count_prompt_tokens("Hello, my name is"), 5);
 }

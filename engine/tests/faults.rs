@@ -1,11 +1,9 @@
 //! A dead engine is observable: a panic in the decode loop (injected here) ends every request with
 //! EngineStopped, `stopped()` says why, and later requests fail at once instead of hanging.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{engine_with, generate, params, test_config};
+use crate::common::{engine_with, generate, params, test_config};
 use futures::{FutureExt, future::join_all};
 use genq_engine::{EngineConfig, GenerationError};
 

@@ -1,9 +1,7 @@
 //! Prompts sharing a prefix: the common part is decoded once and its KV cache copied into the
 //! other sequences, and every result stays identical to decoding the prompt alone.
 
-mod common;
-
-use common::{engine_with, generate, params, test_config};
+use crate::common::{engine_with, generate, params, test_config};
 use futures::future::join_all;
 use genq_engine::{Engine, EngineConfig, Generation, GenerationParams, Tuning};
 

@@ -49,9 +49,6 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     /// Set for the workers only, after `env`.
     pub worker_env: Vec<(String, String)>,
-    /// Removed from the environment the processes inherit, so a setting exported in the caller's
-    /// shell cannot change what is measured.
-    pub unset: Vec<String>,
     /// How long [`Cluster::start`] waits for `/ready`.
     pub ready_within: Duration,
     /// How long [`Cluster::stop`] waits after SIGTERM before SIGKILL.
@@ -80,7 +77,6 @@ impl Config {
             worker_names: vec!["worker".into()],
             env: Vec::new(),
             worker_env: Vec::new(),
-            unset: Vec::new(),
             ready_within: Duration::from_secs(60),
             stop_grace: Duration::from_secs(30),
         }
@@ -114,19 +110,41 @@ impl Cluster {
     pub async fn start(config: Config) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(&config.logs)
             .with_context(|| format!("creating {}", config.logs.display()))?;
+        // The port is free now and the API binds it a moment later: another process may take it
+        // in between, and the API then exits saying so. The start is then made again on another.
+        let mut config = config;
+        for attempt in 1.. {
+            let mut cluster = Self::start_once(config)?;
+            match cluster.wait_ready(cluster.config.ready_within).await {
+                Ok(()) => {
+                    cluster.api_key = create_api_key(&cluster.config).await?;
+                    return Ok(cluster);
+                }
+                Err(e) if attempt < 5 && cluster.api_lost_its_port() => {
+                    eprintln!("{e:#}: its port was taken; starting again on another");
+                    config = cluster.config.clone();
+                    cluster.stop().await;
+                }
+                Err(e) => {
+                    cluster.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn start_once(config: Config) -> anyhow::Result<Cluster> {
         // Logs append across restarts within a run, so an earlier run's go first.
         for name in std::iter::once(&config.api_name).chain(&config.worker_names) {
             let _ = std::fs::remove_file(config.log(name));
         }
-        // The port is free now and the API binds it a moment later. Another process could take
-        // it in between (unlikely: the OS hands out ephemeral ports in turn); the API would then
-        // exit, and `wait_ready` says so at once.
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let api = spawn_api(&config, addr)?;
         let workers = (0..config.worker_names.len())
             .map(|index| spawn_worker(&config, addr, index))
             .collect::<anyhow::Result<_>>()?;
-        let mut cluster = Cluster {
+        Ok(Cluster {
             config,
             addr,
             api,
@@ -135,12 +153,16 @@ impl Cluster {
                 // A readiness answer takes milliseconds; a hung one must not stall the wait.
                 .timeout(Duration::from_secs(2))
                 .build()?,
-            // Made below, once the API has migrated the database; nothing reads it before.
+            // Made once the API has migrated the database; nothing reads it before.
             api_key: String::new(),
-        };
-        cluster.wait_ready(cluster.config.ready_within).await?;
-        cluster.api_key = create_api_key(&cluster.config).await?;
-        Ok(cluster)
+        })
+    }
+
+    /// Whether the API exited because its port was taken before it could bind it.
+    fn api_lost_its_port(&mut self) -> bool {
+        self.api.exited().is_some()
+            && std::fs::read_to_string(self.api_log())
+                .is_ok_and(|log| log.contains("Address already in use"))
     }
 
     pub fn base_url(&self) -> String {
@@ -324,7 +346,6 @@ fn spawn_api(config: &Config, addr: SocketAddr) -> anyhow::Result<Process> {
         .collect();
     Process::spawn(Spawn {
         binary: &binary,
-        unset: &config.unset,
         env,
         log: &config.log(&config.api_name),
     })
@@ -341,7 +362,6 @@ fn spawn_worker(config: &Config, addr: SocketAddr, index: usize) -> anyhow::Resu
         .collect();
     Process::spawn(Spawn {
         binary: &binary,
-        unset: &config.unset,
         env,
         log: &config.log(name),
     })

@@ -13,16 +13,14 @@ use anyhow::Context;
 use nix::{sys::signal, unistd::Pid};
 use tokio::{process::Child, time::Instant};
 
-pub(crate) struct Process {
+pub struct Process {
     child: Child,
     pid: u32,
 }
 
-/// What to start: the binary, variables to remove from the inherited environment, variables to
-/// set (later ones win), and the log file.
-pub(crate) struct Spawn<'a> {
+/// What to start: the binary, variables to set (later ones win), and the log file.
+pub struct Spawn<'a> {
     pub binary: &'a Path,
-    pub unset: &'a [String],
     pub env: Vec<(&'a str, &'a OsStr)>,
     pub log: &'a Path,
 }
@@ -35,8 +33,12 @@ impl Process {
             .open(spec.log)
             .with_context(|| format!("opening {}", spec.log.display()))?;
         let mut command = tokio::process::Command::new(spec.binary);
-        for name in spec.unset {
-            command.env_remove(name);
+        // No genq setting is inherited from the caller's shell: a GENQ_SLOTS exported there would
+        // silently change what a benchmark measures. Only `spec.env` configures the process.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("GENQ_") {
+                command.env_remove(name);
+            }
         }
         command
             .envs(spec.env)

@@ -4,44 +4,29 @@
 use std::{fmt, str::FromStr};
 
 use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
 
-/// A secret setting (a signing key): never printed, in logs or `--help`.
+/// A secret setting (a signing key): never printed, in logs, `Debug` output or `--help`
+/// (`hide_env_values`), and zeroed when dropped. Clap parses it with this.
+pub fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
+
+/// A connection URL whose password never reaches logs or `Debug` output; only the password is
+/// hidden, so a log still says where genq connects.
 #[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// A connection URL whose password never reaches logs or `Debug` output.
-#[derive(Clone)]
-pub struct SecretUrl(String);
+pub struct SecretUrl(SecretString);
 
 impl SecretUrl {
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
 
 impl FromStr for SecretUrl {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(SecretUrl(s.to_owned()))
+        Ok(SecretUrl(SecretString::from(s)))
     }
 }
 
@@ -53,9 +38,10 @@ impl fmt::Debug for SecretUrl {
 
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match url_password_span(&self.0) {
-            Some((start, end)) => write!(f, "{}***{}", &self.0[..start], &self.0[end..]),
-            None => f.write_str(&self.0),
+        let url = self.expose();
+        match url_password_span(url) {
+            Some((start, end)) => write!(f, "{}***{}", &url[..start], &url[end..]),
+            None => f.write_str(url),
         }
     }
 }

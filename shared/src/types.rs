@@ -119,7 +119,7 @@ pub struct Counts {
     pub failed: i32,
 }
 
-/// Every error code a job or an HTTP error answer carries. README's error table lists each one
+/// Every error code a job or an HTTP error answer carries. docs/api.md's error table lists each one
 /// (a test checks that it does), so clients can rely on the set.
 #[derive(
     Debug,
@@ -337,11 +337,11 @@ mod tests {
     }
 
     #[test]
-    fn readme_lists_every_error_code() {
-        let readme = include_str!("../../README.md");
+    fn the_api_doc_lists_every_error_code() {
+        let doc = include_str!("../../docs/api.md");
         let missing: Vec<_> = ErrorCode::iter()
-            .filter(|c| !readme.contains(&format!("| `{}` |", c.as_str())))
+            .filter(|c| !doc.contains(&format!("| `{}` |", c.as_str())))
             .collect();
-        assert!(missing.is_empty(), "README.md lacks {missing:?}");
+        assert!(missing.is_empty(), "docs/api.md lacks {missing:?}");
     }
 }

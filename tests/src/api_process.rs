@@ -1,8 +1,11 @@
 //! A second API as a real process, and HTTP clients that carry a key.
 
-use std::time::Duration;
+use std::{ffi::OsStr, time::Duration};
 
-use crate::{PATIENCE, binary, redis_url};
+use genq_harness::process::{Process, Spawn};
+use tokio::time::Instant;
+
+use crate::{PATIENCE, binary, free_port, redis_url};
 
 /// A client that sends `key` (if any) as `Authorization: Bearer`.
 pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
@@ -20,44 +23,63 @@ pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
 }
 
 /// The `genq-api` binary on a free port, killed when this is dropped (also when the test fails);
-/// its stderr goes to a file of its own ([`ApiProcess::log`]).
+/// its stderr goes to a file of its own, which [`ApiProcess::stop`] returns. Started as the
+/// benchmark and the fault suite start theirs (`genq_harness::process`): no `GENQ_*` setting is
+/// inherited.
 pub struct ApiProcess {
     pub address: String,
-    child: tokio::process::Child,
+    process: Process,
     log: tempfile::NamedTempFile,
 }
 
 impl ApiProcess {
     pub(crate) async fn spawn(database_url: &str, queue: &str, env: &[(&str, &str)]) -> ApiProcess {
+        // A port free now may be taken by another test's process before the API binds it; the
+        // API then exits saying so, and another port is tried.
+        for _ in 0..5 {
+            match Self::try_spawn(database_url, queue, env).await {
+                Ok(api) => return api,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("genq-api exited before it was ready\n{log}"),
+            }
+        }
+        panic!("genq-api found no free port in 5 tries");
+    }
+
+    /// The API once it answers `/ready`, or its log if it exited before.
+    async fn try_spawn(
+        database_url: &str,
+        queue: &str,
+        env: &[(&str, &str)],
+    ) -> Result<ApiProcess, String> {
         let log = tempfile::NamedTempFile::new().expect("a log file");
-        // Free now; the API binds it a moment later (the OS hands ephemeral ports out in turn).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let address = format!("http://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(binary("genq-api"))
-            .env("DATABASE_URL", database_url)
-            .env("REDIS_URL", redis_url())
-            .env("GENQ_QUEUE", queue)
-            .env("GENQ_API_ADDR", format!("127.0.0.1:{port}"))
-            .env("GENQ_RECONCILE_INTERVAL_SECS", "0")
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log.reopen().expect("the log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting genq-api");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let redis = redis_url();
+        let settings: Vec<(&str, &str)> = [
+            ("DATABASE_URL", database_url),
+            ("REDIS_URL", &redis),
+            ("GENQ_QUEUE", queue),
+            ("GENQ_API_ADDR", &addr),
+            ("GENQ_RECONCILE_INTERVAL_SECS", "0"),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+        let mut process = Process::spawn(Spawn {
+            binary: &binary("genq-api"),
+            env: settings.iter().map(|&(k, v)| (k, OsStr::new(v))).collect(),
+            log: log.path(),
+        })
+        .expect("starting genq-api");
         // A separate process can only say it is up by answering.
+        let address = format!("http://{addr}");
         let ready = format!("{address}/ready");
         let client = reqwest::Client::new();
-        let give_up = tokio::time::Instant::now() + PATIENCE;
+        let give_up = Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = child.try_wait().expect("checking genq-api") {
-                let log = std::fs::read_to_string(log.path()).unwrap_or_default();
-                panic!("genq-api exited before it was ready: {status}\n{log}");
+            if process.exited().is_some() {
+                return Err(std::fs::read_to_string(log.path()).unwrap_or_default());
             }
             if client
                 .get(&ready)
@@ -68,35 +90,31 @@ impl ApiProcess {
                 break;
             }
             assert!(
-                tokio::time::Instant::now() < give_up,
+                Instant::now() < give_up,
                 "genq-api not ready after {PATIENCE:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ApiProcess {
+        Ok(ApiProcess {
             address,
-            child,
+            process,
             log,
-        }
+        })
     }
 
     /// Kills the process outright (SIGKILL), as a crash or an OOM kill would end it.
     pub async fn kill(mut self) {
-        self.child.kill().await.expect("killing genq-api");
+        self.process.kill().await;
     }
 
     /// Stops the process (SIGTERM, as an orchestrator does) and returns what it logged.
     pub async fn stop(mut self) -> String {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let stopped = tokio::time::timeout(PATIENCE, self.child.wait()).await;
+        self.process.terminate();
+        self.process.wait_or_kill(Instant::now() + PATIENCE).await;
+        let status = self.process.exited();
         assert!(
-            matches!(stopped, Ok(Ok(status)) if status.success()),
-            "genq-api did not stop cleanly on SIGTERM: {stopped:?}"
+            status.is_some_and(|s| s.success()),
+            "genq-api did not stop cleanly on SIGTERM: {status:?}"
         );
         std::fs::read_to_string(self.log.path()).expect("reading the API's log")
     }

@@ -27,7 +27,8 @@ use std::{
 };
 
 use clap::Parser;
-use genq_engine::{Model, Placement, synth};
+use genq_engine::{Model, Placement};
+use genq_model::synth;
 use genq_shared::{
     db::{self, keys::NewKey},
     types::{JobStatus, JobView},
@@ -512,4 +513,70 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Fails the test unless the process exited with `code` (not by a signal); shows its stderr.
+pub fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "exit status {}; stderr:\n{}",
+        output.status,
+        stderr(output)
+    );
+}
+
+/// A port no listener has at the moment. Whoever is handed it may find it taken by another
+/// process by the time it binds: see [`on_free_port`].
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts something that must bind a port it is given: `start` gets a free port and answers
+/// `Err(why)` if what it started exited before it was up (its port taken meanwhile, say). Up to
+/// five ports are tried.
+pub async fn on_free_port<T, Fut>(mut start: impl FnMut(u16) -> Fut) -> T
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    for _ in 0..5 {
+        match start(free_port()).await {
+            Ok(started) => return started,
+            Err(why) => last = why,
+        }
+    }
+    panic!("nothing started in 5 tries on free ports; the last: {last}");
+}
+
+/// Waits until `url` answers 200, while `child` runs; `Err` if it exits first. Fails the test
+/// after [`PATIENCE`].
+pub async fn until_answers(child: &mut tokio::process::Child, url: &str) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("checking the child") {
+            return Err(format!("exited ({status}) before {url} answered"));
+        }
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(());
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{url} not answering after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -3,7 +3,7 @@
 //! command's output; Redis is best effort where PostgreSQL holds the change; exit codes tell
 //! success (0), failure (1) and usage errors (2) apart.
 
-use std::{net::TcpListener, process::Output};
+use std::process::Output;
 
 use genq_shared::{db, queue, types::JobStatus, types::QueueStats};
 use genq_tests::{TestApp, Throwaway, binary, postgres_base, redis_url, stdout};
@@ -47,12 +47,15 @@ async fn genqctl(env: &Env<'_>, args: &[&str]) -> Output {
         .expect("running genqctl")
 }
 
-/// A Redis URL nobody answers at: a port that was free a moment ago.
-fn dead_redis_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a port");
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("redis://127.0.0.1:{port}")
+/// A Redis URL nobody answers at, while the socket it returns is kept: a port bound but not
+/// listening refuses every connection, and no other process can take it meanwhile.
+fn dead_redis_url() -> (String, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("binding a port");
+    let port = socket.local_addr().unwrap().port();
+    (format!("redis://127.0.0.1:{port}"), socket)
 }
 
 async fn database_exists(name: &str) -> bool {
@@ -174,7 +177,7 @@ async fn a_database_behind_this_build_is_refused_and_one_ahead_is_warned_about()
 async fn cancel_is_recorded_and_exits_0_when_redis_is_down() {
     let app = TestApp::spawn().await;
     let id = app.submit(&json!({ "prompts": ["cancel me"] })).await;
-    let dead = dead_redis_url();
+    let (dead, _held) = dead_redis_url();
 
     let cancelled = genqctl(&Env::of(&app, &dead), &["jobs", "cancel", &id.to_string()]).await;
 
@@ -196,7 +199,7 @@ async fn purge_and_retry_are_recorded_and_exit_0_when_redis_is_down() {
         app.submit(&json!({ "prompts": ["a"] })).await,
         app.submit(&json!({ "prompts": ["b"] })).await,
     ];
-    let dead = dead_redis_url();
+    let (dead, _held) = dead_redis_url();
     let env = Env::of(&app, &dead);
 
     let purged = genqctl(&env, &["queue", "purge", "--yes"]).await;
@@ -343,7 +346,7 @@ async fn finished_long_ago(app: &TestApp) -> Uuid {
 async fn reconcile_runs_its_postgresql_steps_while_redis_is_down() {
     let app = TestApp::spawn().await;
     let old = finished_long_ago(&app).await;
-    let dead_redis = dead_redis_url();
+    let (dead_redis, _held) = dead_redis_url();
     let env = Env {
         database_url: &app.database_url,
         redis_url: &dead_redis,

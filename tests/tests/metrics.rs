@@ -1,13 +1,13 @@
 //! Prometheus metrics of the API and a worker, scraped after a known workload. Both run as their
 //! binaries, so each process's figures are its own (the `metrics` recorder is per process).
 
-use std::{net::TcpListener, process::Stdio};
+use std::process::Stdio;
 
 use genq_shared::types::{FinishReason, JobStatus};
 use genq_tests::{
-    TestApp, binary, client_with_key,
+    TestApp, binary, client_with_key, on_free_port,
     prometheus::{self, Sample},
-    submit_to, tiny_model, until,
+    submit_to, tiny_model, until, until_answers,
 };
 use serde_json::{Value, json};
 
@@ -54,28 +54,25 @@ async fn metrics_count_a_known_workload_by_name_and_value() {
         .unwrap();
     assert_eq!(refused.status(), 422);
 
-    let worker_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let worker_http = format!("http://127.0.0.1:{worker_port}");
-    let mut worker = tokio::process::Command::new(binary("genq-worker"))
-        .args(&app.worker_args(4)[1..])
-        .env("GENQ_WORKER_HTTP_ADDR", format!("127.0.0.1:{worker_port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting genq-worker");
-    let plain = reqwest::Client::new();
-    until("the worker's /ready answers 200", || async {
-        plain
-            .get(format!("{worker_http}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
+    let worker_args = app.worker_args(4);
+    let (mut worker, worker_http) = on_free_port(|port| {
+        let args = worker_args[1..].to_vec();
+        async move {
+            let mut worker = tokio::process::Command::new(binary("genq-worker"))
+                .args(&args)
+                .env("GENQ_WORKER_HTTP_ADDR", format!("127.0.0.1:{port}"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("starting genq-worker");
+            let http = format!("http://127.0.0.1:{port}");
+            until_answers(&mut worker, &format!("{http}/ready")).await?;
+            Ok((worker, http))
+        }
     })
     .await;
+    let plain = reqwest::Client::new();
     let generated = app.wait_final(first).await;
     // The same seeded request again: answered from the result cache, without inference.
     let repeat = submit_to(&client, &api.address, &seeded).await;

@@ -5,7 +5,7 @@
 use std::process::Output;
 
 use axum::{Router, routing::get};
-use genq_engine::synth::{Shape, write_model};
+use genq_model::synth::{Shape, write_model};
 use genq_tests::{binary, tiny_model_path};
 use sha2::{Digest, Sha256};
 

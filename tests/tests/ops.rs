@@ -5,21 +5,21 @@ use genq_shared::{
     db, queue,
     types::{JobStatus, QueueStats},
 };
-use genq_tests::{TestApp, redis_url, stdout};
+use genq_tests::{TestApp, assert_exit, redis_url, stderr, stdout};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn paused_intake_answers_503_with_retry_after_until_resumed() {
     let app = TestApp::spawn().await;
 
-    assert!(app.genqctl(&["queue", "pause"]).await.status.success());
+    assert_exit(&app.genqctl(&["queue", "pause"]).await, 0);
     let response = app.post("/batch", &json!({ "prompts": ["hello"] })).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "intake_paused");
 
-    assert!(app.genqctl(&["queue", "resume"]).await.status.success());
+    assert_exit(&app.genqctl(&["queue", "resume"]).await, 0);
     assert_eq!(
         app.post("/batch", &json!({ "prompts": ["hello"] }))
             .await
@@ -46,13 +46,17 @@ async fn purge_cancels_every_queued_job_and_empties_redis() {
         .unwrap();
     assert_eq!(queue::waiting(&mut redis, &app.queue).await.unwrap(), 3);
 
+    let refused = app.genqctl(&["queue", "purge"]).await;
+    assert_exit(&refused, 2);
     assert!(
-        !app.genqctl(&["queue", "purge"]).await.status.success(),
-        "purge must insist on --yes"
+        stderr(&refused).contains("run again with --yes"),
+        "{}",
+        stderr(&refused)
     );
+    assert_eq!(queue::waiting(&mut redis, &app.queue).await.unwrap(), 3);
     let purged = app.genqctl(&["queue", "purge", "--yes"]).await;
 
-    assert!(purged.status.success());
+    assert_exit(&purged, 0);
     assert!(
         stdout(&purged).contains("purged 3 queued jobs"),
         "{}",
@@ -92,7 +96,7 @@ async fn drain_pauses_intake_and_returns_once_everything_has_run() {
 
     let drained = app.genqctl(&["queue", "drain", "--timeout", "120"]).await;
 
-    assert!(drained.status.success(), "{}", stdout(&drained));
+    assert_exit(&drained, 0);
     for id in ids {
         assert_eq!(app.status(id).await, JobStatus::Completed);
     }
@@ -114,7 +118,12 @@ async fn drain_fails_when_work_outlasts_its_timeout() {
 
     let drained = app.genqctl(&["queue", "drain", "--timeout", "1"]).await;
 
-    assert!(!drained.status.success());
+    assert_exit(&drained, 1);
+    assert!(
+        stderr(&drained).contains("drain timed out after 1 s with work left"),
+        "{}",
+        stderr(&drained)
+    );
     app.stop().await;
 }
 
@@ -160,7 +169,7 @@ async fn a_cancelled_queued_job_never_runs_and_finished_jobs_cannot_be_cancelled
     let queued = app.submit(&json!({ "prompts": ["cancel me"] })).await;
 
     let cancelled = app.genqctl(&["jobs", "cancel", &queued.to_string()]).await;
-    assert!(cancelled.status.success());
+    assert_exit(&cancelled, 0);
     let shown: Value = serde_json::from_slice(
         &app.genqctl(&["jobs", "show", &queued.to_string()])
             .await
@@ -177,11 +186,12 @@ async fn a_cancelled_queued_job_never_runs_and_finished_jobs_cannot_be_cancelled
     assert_eq!(app.view(queued).await.started_at, None);
     let again = app.post(&format!("/batch/{done}/cancel"), &json!({})).await;
     assert_eq!(again.status(), 409);
+    let refused = app.genqctl(&["jobs", "cancel", &done.to_string()]).await;
+    assert_exit(&refused, 1);
     assert!(
-        !app.genqctl(&["jobs", "cancel", &done.to_string()])
-            .await
-            .status
-            .success()
+        stderr(&refused).contains(&format!("job {done} is already completed")),
+        "{}",
+        stderr(&refused)
     );
     worker.stop().await;
     app.stop().await;
@@ -204,11 +214,7 @@ async fn genqctl_submit_waits_and_prints_the_generated_text() {
         ])
         .await;
 
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_exit(&output, 0);
     let printed = stdout(&output);
     assert!(
         printed.contains("completed on gpt2-tiny-synthetic"),

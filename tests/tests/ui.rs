@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Stdio};
 
 use fantoccini::{Client, ClientBuilder, Locator, wd::WebDriverCompatibleCommand};
 use genq_shared::types::JobStatus;
-use genq_tests::{PATIENCE, TestApp, until};
+use genq_tests::{PATIENCE, TestApp, on_free_port, until, until_answers};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
@@ -36,25 +36,24 @@ impl Driver {
             std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
             "Chromium and ChromeDriver are missing: run scripts/test.sh (it installs Debian's chromium and chromium-driver)"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting chromedriver");
-        let url = format!("http://127.0.0.1:{port}");
-        let status = format!("{url}/status");
-        until("chromedriver answers", || async {
-            reqwest::get(&status).await.is_ok_and(|r| r.status() == 200)
+        on_free_port(|port| async move {
+            let child = tokio::process::Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("starting chromedriver");
+            // Made at once, so that a failed start is killed with its process group too.
+            let mut driver = Driver {
+                url: format!("http://127.0.0.1:{port}"),
+                child,
+            };
+            until_answers(&mut driver.child, &format!("{}/status", driver.url)).await?;
+            Ok(driver)
         })
-        .await;
-        Driver { url, child }
+        .await
     }
 
     async fn browser(&self) -> Client {

@@ -69,8 +69,9 @@ pub struct Config {
     /// explicit thread budget per worker).
     #[arg(long, env = "GENQ_DECODE_LOCK")]
     pub decode_lock: Option<String>,
-    /// Fault injection (tests, the fault suite): the engine panics after generating this many
-    /// tokens, as a llama.cpp crash would end it.
+    /// Fault injection (tests, the fault suite; only in builds with the `fault-injection`
+    /// feature): the engine panics after generating this many tokens, as a llama.cpp crash would.
+    #[cfg(feature = "fault-injection")]
     #[arg(long, env = "GENQ_FAULT_ENGINE_PANIC_AFTER_TOKENS", hide = true)]
     pub fault_engine_panic_after_tokens: Option<u64>,
     /// Layers to offload to the GPU (cuda builds); defaults to all.
@@ -95,7 +96,7 @@ pub struct Config {
     #[arg(long, env = "GENQ_UBATCH_TOKENS", default_value_t = 512)]
     pub ubatch_tokens: u32,
     /// Attention kernel on decode steps: `genq` (genq's own, compiled into llama.cpp; see
-    /// README, "Engine settings") or `llama-cpp` (ggml's). Seeded results differ slightly
+    /// docs/performance.md, "Attention kernel") or `llama-cpp` (ggml's). Seeded results differ slightly
     /// between the two.
     #[arg(
         long,
@@ -104,9 +105,9 @@ pub struct Config {
         default_value = "genq"
     )]
     pub attention_kernel: Kernel,
-    /// Matrix kernel for Q8_0 weights: `genq` (genq's own, compiled into llama.cpp; see README,
-    /// "Engine settings") or `llama-cpp` (llamafile's tinyBLAS and ggml's). Seeded results
-    /// differ slightly between the two.
+    /// Matrix kernel for Q8_0 weights: `genq` (genq's own, compiled into llama.cpp; see
+    /// docs/performance.md, "Matrix kernel") or `llama-cpp` (llamafile's tinyBLAS and ggml's).
+    /// Seeded results differ slightly between the two.
     #[arg(long, env = "GENQ_MATMUL_KERNEL", value_enum, default_value = "genq")]
     pub matmul_kernel: Kernel,
     /// Jobs taken at a time; defaults to the number of slots.
@@ -196,6 +197,7 @@ async fn serve(
         threads: config.threads.unwrap_or(EngineConfig::default().threads),
         context_per_slot: config.context_per_slot,
         decode_lock: decode_lock(&config),
+        #[cfg(feature = "fault-injection")]
         panic_after_tokens: config.fault_engine_panic_after_tokens,
         share_prefixes: config.prefix_sharing == Switch::On,
         tuning: Tuning {

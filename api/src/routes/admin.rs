@@ -2,29 +2,26 @@
 //! cancelling any tenant's job goes through the ordinary job routes, whose scope for an admin key
 //! is every tenant.
 
-use axum::{
-    Json, Router,
-    extract::State,
-    routing::{get, post},
-};
+use axum::{Json, extract::State};
 use genq_shared::{
     db,
     types::{JobSummary, QueueStats, WorkerOverview},
 };
 use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::openapi::{
     Forbidden, IntakeState, Internal, TooManyRequests, Unauthorized, Unavailable,
 };
 use crate::{AppState, error::Result};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/intake/pause", post(pause))
-        .route("/admin/intake/resume", post(resume))
-        .route("/admin/queue", get(queue))
-        .route("/admin/overview", get(overview))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(queue))
+        .routes(routes!(overview))
 }
 
 /// Pause intake

@@ -3,14 +3,13 @@
 use std::{collections::HashMap, time::Duration};
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{
         Path, Query, State,
         rejection::{PathRejection, QueryRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use genq_shared::{
     db::{
@@ -23,6 +22,7 @@ use genq_shared::{
     types::{Accepted, JobStatus, JobView},
 };
 use sha2::{Digest, Sha256};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{parse_task_id, query_map};
@@ -38,15 +38,11 @@ use crate::{
     validate::{BatchRequest, ValidJob, validate},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/batch", post(submit_batch))
-        .route("/batch_result/{task_id}", get(batch_result))
-        .route(
-            "/batch_result/{task_id}/events",
-            get(super::events::job_events),
-        )
-        .route("/batch/{task_id}/cancel", post(cancel_batch))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit_batch))
+        .routes(routes!(batch_result))
+        .routes(routes!(cancel_batch))
 }
 
 /// Longest `Idempotency-Key` accepted.

@@ -3,11 +3,10 @@
 //! job; each job is then read, waited on and cancelled like any other.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{DefaultBodyLimit, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::post,
 };
 use genq_shared::{
     db::{
@@ -19,6 +18,7 @@ use genq_shared::{
     types::JobStatus,
 };
 use serde::{Deserialize, Serialize};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::openapi::{
@@ -39,9 +39,9 @@ pub const MAX_BULK_JOBS: usize = 10_000;
 /// Largest `POST /batches` body: 10,000 jobs of a few KB each.
 pub const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/batches", post(submit_batches))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit_batches))
         .route_layer(DefaultBodyLimit::max(BULK_BODY_LIMIT))
         .route_layer(Extension(BodyLimit(BULK_BODY_LIMIT)))
 }

@@ -2,8 +2,6 @@
 //! Swagger UI at `/docs`, served from the binary (api/assets/swagger-ui, vendored by
 //! scripts/vendor-swagger-ui.sh) so the page works with no network.
 
-use std::sync::LazyLock;
-
 use axum::{
     Router,
     body::Bytes,
@@ -33,14 +31,12 @@ const BUNDLE_JS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bund
 const CSS: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
 const FAVICON: &[u8] = include_bytes!("../../assets/swagger-ui/favicon-32x32.png");
 
-/// Built once: the document does not change while the process runs.
-static OPENAPI_JSON: LazyLock<Bytes> = LazyLock::new(|| {
-    Bytes::from(serde_json::to_vec(&crate::openapi::document()).expect("a JSON value serializes"))
-});
-
-pub fn router() -> Router<AppState> {
+/// The docs' routes; `document` is the OpenAPI document the API's router was built with.
+pub fn router(document: serde_json::Value) -> Router<AppState> {
+    // Serialized once: the document does not change while the process runs.
+    let json = Bytes::from(serde_json::to_vec(&document).expect("a JSON value serializes"));
     Router::new()
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(move || openapi_json(json.clone())))
         .route("/docs", get(index))
         .route("/docs/", get(index))
         .route(
@@ -61,13 +57,13 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-async fn openapi_json() -> Response {
+async fn openapi_json(json: Bytes) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, NO_CACHE),
         ],
-        OPENAPI_JSON.clone(),
+        json,
     )
         .into_response()
 }

@@ -27,6 +27,7 @@ use genq_shared::{
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::Instrument;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
@@ -42,6 +43,10 @@ use crate::{
 
 /// Stream entries read from Redis per round trip.
 const READ_BATCH: usize = 500;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(job_events))
+}
 
 /// Follow a job
 ///

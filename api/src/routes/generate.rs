@@ -2,15 +2,15 @@
 //! Python GPT-2 services, or with `202` and the task id if the wait runs out.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::State,
     response::{IntoResponse, Response},
-    routing::post,
 };
 use genq_shared::{
     db,
     types::{ErrorCode, GenerationRecord, JobStatus},
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::batch::{accepted, submit, unknown};
 use crate::openapi::{
@@ -25,8 +25,8 @@ use crate::{
     validate::BatchRequest,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/generate", post(generate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(generate))
 }
 
 /// Generate and wait

@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{Query, State, rejection::QueryRejection},
-    routing::get,
 };
 use genq_shared::{
     db::{self, Scope},
     types::HistoryPage,
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::openapi::{ErrorBody, Internal, TooManyRequests, Unauthorized, Unavailable};
 use crate::{
@@ -22,8 +22,8 @@ use crate::{
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/history", get(history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(history))
 }
 
 /// List generations

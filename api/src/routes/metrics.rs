@@ -4,25 +4,24 @@
 use std::time::{Duration, Instant};
 
 use axum::{
-    Router,
     extract::{MatchedPath, Request, State},
     http::{Method, header},
     middleware::Next,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use genq_shared::{
     db,
     metrics::{self as genq_metrics, names},
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
 
 /// A scrape answers even when PostgreSQL does not: the cluster gauges then keep their last value.
 const BACKLOG_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
 /// Prometheus metrics

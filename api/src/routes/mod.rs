@@ -19,30 +19,21 @@ use axum::{
     http::{Method, Uri},
     middleware,
 };
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::{AppState, auth, error::ApiError};
 
-/// Health, readiness, metrics, the docs and the dashboard's page are open; every other route needs a key, admin routes an admin
-/// key.
+/// Health, readiness, metrics, the docs and the dashboard's page are open; every other route needs
+/// a key, admin routes an admin key.
 pub fn router(state: AppState) -> Router {
-    let admin = admin::router().route_layer(middleware::from_fn(auth::require_admin));
-    let keyed = Router::new()
-        .merge(batch::router())
-        .merge(bulk::router())
-        .merge(generate::router())
-        .merge(history::router())
-        .merge(admin)
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+    let (api, document) = api_router(state.clone()).split_for_parts();
+    // Only the documentation and the dashboard's page are outside the OpenAPI document.
     Router::new()
-        .merge(keyed)
-        .merge(health::router())
-        .merge(metrics::router())
+        .merge(api)
         .merge(ui::router())
-        .merge(docs::router())
+        .merge(docs::router(crate::openapi::document(document)))
         .with_state(state)
         .fallback(
             |uri: Uri| async move { ApiError::NotFound(format!("no route for {}", uri.path())) },
@@ -50,6 +41,24 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::MethodNotAllowed(format!("{method} is not served on {}", uri.path()))
         })
+}
+
+/// The API's routes and their OpenAPI description, built together by utoipa-axum: each route is
+/// registered from its handler's `#[utoipa::path]`, so none is served undescribed.
+pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
+    let admin = admin::router().route_layer(middleware::from_fn(auth::require_admin));
+    let keyed = OpenApiRouter::new()
+        .merge(batch::router())
+        .merge(events::router())
+        .merge(bulk::router())
+        .merge(generate::router())
+        .merge(history::router())
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(state, auth::authenticate));
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .merge(keyed)
+        .merge(health::router())
+        .merge(metrics::router())
 }
 
 fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {

@@ -14,7 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use genq_shared::{
-    config::Secret,
+    config::secret,
     db::{
         self, Scope,
         webhooks::{AttemptOutcome, DueDelivery, Standing},
@@ -22,6 +22,7 @@ use genq_shared::{
     metrics::{self as genq_metrics, names},
     webhook_signing,
 };
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +42,8 @@ pub struct WebhookConfig {
     /// Signs every webhook (Standard Webhooks, HMAC-SHA256) unless the job's key has its own
     /// secret (`genqctl keys webhook-secret`); `whsec_<base64>` or any string. Without either, a
     /// `callback_url` is refused.
-    #[arg(long, env = "GENQ_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<Secret>,
+    #[arg(long, env = "GENQ_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret)]
+    pub webhook_secret: Option<SecretString>,
     /// Allow callback URLs to private, loopback and link-local addresses (refused by default: the
     /// API would call into its own network).
     #[arg(long, env = "GENQ_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
@@ -66,7 +67,7 @@ pub struct WebhookConfig {
 pub struct Deliverer {
     db: PgPool,
     client: reqwest::Client,
-    secret: Option<Secret>,
+    secret: Option<SecretString>,
     allow_private: bool,
     concurrency: usize,
     retry_min: Duration,
@@ -211,7 +212,7 @@ impl Deliverer {
         let secret = due
             .key_secret
             .clone()
-            .or_else(|| self.secret.as_ref().map(|s| s.expose().to_owned()));
+            .or_else(|| self.secret.as_ref().map(|s| s.expose_secret().to_owned()));
         let Some(secret) = secret else {
             // Submission refuses this; the secret was removed since. Recorded, and retried.
             return Ok(AttemptOutcome {

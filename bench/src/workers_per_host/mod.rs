@@ -15,8 +15,8 @@ mod client;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use genq_engine::synth;
 use genq_harness::{Cluster, Config, Database, fresh_queue};
+use genq_model::synth;
 use genq_shared::db::jobs::report;
 
 use crate::{Services, measure::median};
@@ -27,19 +27,6 @@ const MAX_TOKENS: u32 = 64;
 /// The target: this many workers reach `TARGET_RATIO` x one worker's tokens/s.
 const TARGET_WORKERS: usize = 3;
 const TARGET_RATIO: f64 = 0.8;
-
-/// Worker settings that change what is measured: removed from the environment the processes
-/// inherit, so every worker runs with its defaults whatever the caller's shell exports.
-const DEFAULTED: [&str; 8] = [
-    "GENQ_SLOTS",
-    "GENQ_THREADS",
-    "GENQ_MAX_JOBS",
-    "GENQ_CONTEXT_PER_SLOT",
-    "GENQ_N_GPU_LAYERS",
-    "GENQ_POLL_INTERVAL_MS",
-    "GENQ_RESULT_CACHE_TTL_SECS",
-    "GENQ_DECODE_LOCK",
-];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -177,7 +164,6 @@ async fn once(
         args.logs.join(setup.slug()),
     );
     config.worker_names = (0..setup.workers).map(|i| format!("worker-{i}")).collect();
-    config.unset = DEFAULTED.iter().map(|name| name.to_string()).collect();
     if setup.lock_off {
         config.worker_env = vec![("GENQ_DECODE_LOCK".into(), "off".into())];
     }

@@ -3,7 +3,8 @@
 
 use std::num::NonZeroU32;
 
-use genq_engine::{Model, Placement, model::backend, synth};
+use genq_engine::{Model, Placement, model::backend};
+use genq_model::synth;
 use llama_cpp_2::{
     context::params::LlamaContextParams, llama_batch::LlamaBatch, token::LlamaToken,
 };

@@ -10,8 +10,9 @@ use std::{
 };
 
 use genq_engine::{
-    Engine, EngineConfig, Generation, GenerationError, GenerationParams, Model, Placement, synth,
+    Engine, EngineConfig, Generation, GenerationError, GenerationParams, Model, Placement,
 };
+use genq_model::synth;
 
 pub fn tiny_model() -> Arc<Model> {
     static MODEL: OnceLock<(tempfile::TempDir, Arc<Model>)> = OnceLock::new();

@@ -1,5 +1,5 @@
 //! genq's decode attention kernel (`engine/ggml/`) against ggml's, on the same decode steps. The
-//! only test in this file: the kernel choice is process-wide.
+//! kernel choice is process-wide, so it holds `kernel_settings()` (see main.rs).
 //!
 //! f16 rounding makes any two attention kernels disagree a little, and this 2-layer random model
 //! amplifies it, so the yardstick is ggml's other attention path (the plain matrix products,
@@ -7,9 +7,7 @@
 //! does. The test model's heads are 16 wide; GPT-2's 64 are covered by the benchmark's check
 //! that seeded results are identical alone and in a batch.
 
-mod common;
-
-use common::logits::{Together, context_params, decode_logits, tiny_cpu_model};
+use crate::common::logits::{Together, context_params, decode_logits, tiny_cpu_model};
 use genq_engine::{Kernel, Model, use_attention_kernel};
 
 /// Prompt lengths, four sequences with a KV cache each: llama.cpp decodes their prompts in
@@ -20,6 +18,7 @@ const STEPS: usize = 12;
 
 #[test]
 fn genq_attention_kernel_is_no_further_from_ggmls_plain_attention_than_ggmls_own_kernel() {
+    let _settings = crate::kernel_settings();
     let (_dir, model) = tiny_cpu_model();
     let genq = logits_with(&model, Kernel::Genq, FlashAttention::On);
     let ggml = logits_with(&model, Kernel::LlamaCpp, FlashAttention::On);

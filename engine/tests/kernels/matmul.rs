@@ -1,13 +1,13 @@
 //! genq's Q8_0 matrix kernel (`engine/ggml/q8_0_matmul.cpp`) against itself alone and in a
-//! batch, and against ggml's. The only test in this file: the kernel choice is process-wide.
+//! batch, and against ggml's. The kernel choice is process-wide: it holds `kernel_settings()`.
 //!
 //! The kernel multiplies a batch of 12 rows or more with weights it repacks, and fewer rows with
 //! the weights as stored; both must give every row exactly the same result, or a sequence's
 //! seeded output would depend on what else is decoding.
 
-mod common;
-
-use common::logits::{Together, context_params, decode_logits, differing_logits, tiny_cpu_model};
+use crate::common::logits::{
+    Together, context_params, decode_logits, differing_logits, tiny_cpu_model,
+};
 use genq_engine::{Kernel, use_matmul_kernel};
 
 /// Prompt lengths of the sequences, each with a KV cache of its own. 16 decoding together put 16
@@ -18,6 +18,7 @@ const STEPS: usize = 6;
 
 #[test]
 fn genq_matmul_kernel_gives_a_sequence_the_same_logits_alone_as_in_a_batch_and_stays_near_ggmls() {
+    let _settings = crate::kernel_settings();
     let (_dir, model) = tiny_cpu_model();
     let logits = |together| {
         decode_logits(

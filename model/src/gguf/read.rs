@@ -96,29 +96,27 @@ impl Metadata {
     }
 
     pub fn string_list(&self, key: &str) -> anyhow::Result<Vec<&str>> {
-        match self.required(key)? {
-            Value::Array(items) => items
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .ok_or_else(|| anyhow!("{key} is not a list of strings"))
-                })
-                .collect(),
-            _ => bail!("{key} is not a list"),
-        }
+        self.list(key, "strings", Value::as_str)
     }
 
     pub fn int_list(&self, key: &str) -> anyhow::Result<Vec<i64>> {
-        match self.required(key)? {
-            Value::Array(items) => items
-                .iter()
-                .map(|v| {
-                    v.as_i64()
-                        .ok_or_else(|| anyhow!("{key} is not a list of integers"))
-                })
-                .collect(),
-            _ => bail!("{key} is not a list"),
-        }
+        self.list(key, "integers", Value::as_i64)
+    }
+
+    /// An array key's items, each converted by `item` (`None`: not a list of `what`).
+    fn list<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        item: impl Fn(&'a Value) -> Option<T>,
+    ) -> anyhow::Result<Vec<T>> {
+        let Value::Array(items) = self.required(key)? else {
+            bail!("{key} is not a list");
+        };
+        items
+            .iter()
+            .map(|v| item(v).ok_or_else(|| anyhow!("{key} is not a list of {what}")))
+            .collect()
     }
 }
 
