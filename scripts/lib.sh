@@ -109,10 +109,13 @@ ensure_services() {
     ensure_redis
 }
 
-# With no arguments builds every binary; otherwise passes its arguments (`-p genq-api ...`).
+# With no arguments builds every binary and test, as scripts/test.sh does: cargo resolves
+# dependencies' features per invocation and dev-dependencies change some, so test.sh, fuzz.sh,
+# chaos.sh and bench/run.sh all build the same way and none rebuilds (llama.cpp included) after
+# another. Otherwise passes its arguments (`-p genq-api ...`, as up.sh does).
 build_release() {
     say "building genq (release; the first build compiles llama.cpp and takes several minutes)"
     local what=("$@")
-    [ "${#what[@]}" -gt 0 ] || what=(--workspace --bins)
+    [ "${#what[@]}" -gt 0 ] || what=(--workspace --bins --tests)
     (cd "$GENQ_ROOT" && cargo build --release --locked "${what[@]}")
 }

@@ -24,10 +24,8 @@ redis-cli --scan --pattern 'genq_test_*' | xargs -r redis-cli del >/dev/null
 # Every environment variable the binaries read is in .env.sample and docs/configuration.md.
 "$GENQ_ROOT/scripts/check-docs.sh"
 
-# The binaries the tests start and the tests themselves, in one cargo invocation: dev-dependencies
-# change some dependencies' features, and a second invocation without them would build those (and
-# llama.cpp after them) again.
-build_release --workspace --bins --tests
+# The binaries the tests start and the tests themselves, in one cargo invocation (see lib.sh).
+build_release
 say "running the tests"
 cd "$GENQ_ROOT"
 cargo test --release --workspace --locked --no-fail-fast "$@"
