@@ -24,6 +24,11 @@ redis-cli --scan --pattern 'genq_test_*' | xargs -r redis-cli del >/dev/null
 # Every environment variable the binaries read is in .env.sample and docs/configuration.md.
 "$GENQ_ROOT/scripts/check-docs.sh"
 
+# The API's tokenizer classes are those of the llama.cpp that Cargo.lock pins: regenerated, unchanged.
+"$GENQ_ROOT/scripts/gen-unicode-classes.sh"
+git -C "$GENQ_ROOT" diff --exit-code -- model/src/bpe/classes.rs ||
+    { warn "model/src/bpe/classes.rs differs from llama.cpp's tables: commit the regenerated file"; exit 1; }
+
 # The binaries the tests start and the tests themselves, in one cargo invocation (see lib.sh).
 build_release
 say "running the tests"
