@@ -129,8 +129,4 @@ impl Model {
             tokens
         }
     }
-
-    pub fn count_prompt_tokens(&self, prompt: &str) -> usize {
-        self.prompt_tokens(prompt).len()
-    }
 }

@@ -11,7 +11,7 @@ pub mod bpe;
 pub mod gguf;
 pub mod synth;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 
@@ -45,7 +45,6 @@ pub fn model_name(general_name: Option<&str>, path: &Path) -> String {
 pub struct ModelFile {
     name: String,
     context_length: u32,
-    path: PathBuf,
     tokenizer: Gpt2Tokenizer,
 }
 
@@ -67,7 +66,6 @@ impl ModelFile {
         Ok(ModelFile {
             name: model_name(metadata.str("general.name").ok(), path),
             context_length,
-            path: path.to_owned(),
             tokenizer,
         })
     }
@@ -79,10 +77,6 @@ impl ModelFile {
     /// The context the model was trained with: GPT-2's position embeddings end there.
     pub fn context_length(&self) -> u32 {
         self.context_length
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn tokenizer(&self) -> &Gpt2Tokenizer {
