@@ -35,6 +35,11 @@ impl Caller {
         }
     }
 
+    /// The key's id; `None` with `GENQ_AUTH=off`.
+    pub fn key_id(&self) -> Option<uuid::Uuid> {
+        self.key.as_ref().map(|k| k.id)
+    }
+
     /// Which jobs and results this caller may see: an admin's reach is every tenant.
     pub fn scope(&self) -> Scope<'_> {
         if self.admin {

@@ -37,6 +37,14 @@ pub enum ApiError {
     Forbidden(String),
     #[error("this key's rate limit is spent; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error(
+        "this key may submit {per_minute} jobs a minute and has submitted that many; retry in \
+         {retry_after_secs} s"
+    )]
+    JobRateLimited {
+        per_minute: u32,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     QuotaExceeded(String),
     #[error("the request body did not arrive within {secs} s")]
@@ -85,7 +93,9 @@ impl ApiError {
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::RateLimited { .. } | ApiError::JobRateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+            }
             ApiError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QuotaExceeded),
             ApiError::RequestTimeout { .. } => {
                 (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout)
@@ -152,7 +162,10 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static(r#"Bearer realm="genq""#),
                 );
             }
-            ApiError::RateLimited { retry_after_secs } => {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::JobRateLimited {
+                retry_after_secs, ..
+            } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}

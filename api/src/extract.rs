@@ -45,32 +45,47 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 other.body_text()
             )),
         })?;
-        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(deserializer) {
-            Ok(value) => Ok(JsonBody(value)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if inner.is_data() {
-                    let message = inner.to_string();
-                    let field = match (path.as_str(), missing_field(&message)) {
-                        (".", _) => field_in_message(&message),
-                        (_, Some(missing)) => format!("{path}.{missing}"),
-                        (_, None) => path,
-                    };
-                    Err(ApiError::invalid(
-                        field,
-                        format!("invalid request body: {inner}"),
-                    ))
-                } else {
-                    Err(ApiError::MalformedJson(format!(
-                        "the body is not valid JSON: {inner}"
-                    )))
-                }
-            }
-        }
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(refusal)?;
+        // Text after the value (`{...} xx`, `{...}{}`) is a malformed body, not one to ignore.
+        deserializer
+            .end()
+            .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+        Ok(JsonBody(value))
     }
 }
+
+/// Why a body that is not the request it should be is refused: a wrong value (422, naming the
+/// field), a value nested deeper than JSON parsing allows (422 too: the syntax is valid), or
+/// broken JSON (400).
+fn refusal(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let message = inner.to_string();
+    if inner.is_data() {
+        let field = match (path.as_str(), missing_field(&message)) {
+            (".", _) => field_in_message(&message),
+            (_, Some(missing)) => format!("{path}.{missing}"),
+            (_, None) => path,
+        };
+        ApiError::invalid(field, format!("invalid request body: {inner}"))
+    } else if message.starts_with("recursion limit exceeded") {
+        // The field the nesting is in, not the 128 levels of `[0]` below it.
+        let field = match path.split('[').next() {
+            Some(".") | Some("") | None => "body".to_owned(),
+            Some(field) => field.to_owned(),
+        };
+        ApiError::invalid(
+            field,
+            format!("invalid request body: JSON nested more than {MAX_DEPTH} levels deep"),
+        )
+    } else {
+        ApiError::MalformedJson(format!("the body is not valid JSON: {inner}"))
+    }
+}
+
+/// serde_json's recursion limit, which no genq request comes near.
+const MAX_DEPTH: usize = 128;
 
 /// serde names the field of "missing field `prompts`" or "unknown field `x`" only in its message.
 fn field_in_message(message: &str) -> String {

@@ -79,6 +79,32 @@ impl KeyCache {
         Ok(found)
     }
 
+    /// Resolves once the key `key_id` is revoked or deleted; never for `None` (no key: auth off).
+    /// Checked whenever the keys change, and at least every `ttl` (every second with the cache
+    /// off), should a change go unannounced: what holds a request open (a long poll, an event
+    /// stream) ends within the bound a cached key is trusted for.
+    pub async fn until_revoked(&self, pool: &PgPool, key_id: Option<uuid::Uuid>) {
+        let Some(key_id) = key_id else {
+            return std::future::pending().await;
+        };
+        let mut changes = self.changes.clone();
+        let every = self.ttl.max(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                // A listener gone for good leaves the periodic check.
+                Ok(()) = changes.changed() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+            match db::keys::is_live(pool, key_id).await {
+                Ok(false) => return,
+                Ok(true) => {}
+                // PostgreSQL is down: the request keeps what it was given, as one that started
+                // a moment earlier would have.
+                Err(e) => tracing::debug!(error = %e, "could not check whether a key is live"),
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Cached> {
         // Poisoned only by a panic while the lock is held, and neither `get` nor `insert` can stop
         // half-way through a change to the map.
@@ -151,6 +177,7 @@ mod tests {
             prefix: "genq_00000000".into(),
             admin: false,
             rate_per_min: None,
+            jobs_per_min: None,
             max_queued: None,
             tokens_per_day: None,
             created_at: Utc::now(),

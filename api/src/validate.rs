@@ -54,7 +54,7 @@ pub struct BatchRequest {
     /// Called once the job is final: a signed `POST` of the job as `GET /batch_result` answers
     /// it, retried until the receiver answers 2xx (see docs/api.md, Webhooks). http or https, at
     /// most 2,048 bytes, no credentials, not a private or loopback address.
-    #[schema(max_length = 2048)]
+    #[schema(min_length = 1, max_length = 2048)]
     pub callback_url: Option<String>,
 }
 

@@ -38,6 +38,10 @@ enum KeysCommand {
         /// Requests per minute, shared by every API replica (default: unlimited).
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
         rate_per_min: Option<i32>,
+        /// Jobs per minute over every submission route, a bulk request counting each of its
+        /// jobs; shared by every API replica (default: unlimited).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        jobs_per_min: Option<i32>,
         /// Jobs this key may have queued or running at once (default: unlimited).
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
         max_queued: Option<i32>,
@@ -71,6 +75,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<Done> {
             tenant,
             admin,
             rate_per_min,
+            jobs_per_min,
             max_queued,
             tokens_per_day,
         } => {
@@ -83,6 +88,7 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<Done> {
                 tenant,
                 admin,
                 rate_per_min,
+                jobs_per_min,
                 max_queued,
                 tokens_per_day,
             };
@@ -134,17 +140,26 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<Done> {
 fn print_table(keys: &[KeyRecord]) {
     let limit = |v: Option<i64>| v.map_or("-".to_owned(), |n| n.to_string());
     println!(
-        "{:<20} {:<16} {:<14} {:<5} {:>8} {:>8} {:>12} {:<8} ID",
-        "NAME", "TENANT", "PREFIX", "ADMIN", "RATE/MIN", "QUEUED", "TOKENS/DAY", "STATE"
+        "{:<20} {:<16} {:<14} {:<5} {:>8} {:>8} {:>8} {:>12} {:<8} ID",
+        "NAME",
+        "TENANT",
+        "PREFIX",
+        "ADMIN",
+        "RATE/MIN",
+        "JOBS/MIN",
+        "QUEUED",
+        "TOKENS/DAY",
+        "STATE"
     );
     for k in keys {
         println!(
-            "{:<20} {:<16} {:<14} {:<5} {:>8} {:>8} {:>12} {:<8} {}",
+            "{:<20} {:<16} {:<14} {:<5} {:>8} {:>8} {:>8} {:>12} {:<8} {}",
             k.name,
             k.tenant,
             k.prefix,
             if k.admin { "yes" } else { "no" },
             limit(k.rate_per_min.map(i64::from)),
+            limit(k.jobs_per_min.map(i64::from)),
             limit(k.max_queued.map(i64::from)),
             limit(k.tokens_per_day),
             if k.revoked_at.is_some() {

@@ -46,5 +46,19 @@ function(genq_apply_ggml_overrides)
     message(STATUS "genq: decode attention and Q8_0 matrix kernels added to ggml-cpu")
 endfunction()
 
+# llama-cpp-2 always has llama-cpp-sys-2 build llama.cpp's `common` library (argument parsing,
+# chat templates, model downloads over the vendored cpp-httplib) and link it, though genq calls
+# none of it: every function genq runs is in llama and ggml. Those two targets are over half of
+# what llama.cpp compiles, and unoptimized they compile in a third of the time (a later -O wins
+# over CMAKE_CXX_FLAGS_RELEASE's -O3).
+function(genq_compile_unused_libraries_unoptimized)
+    foreach(target llama-common cpp-httplib)
+        if(TARGET ${target})
+            target_compile_options(${target} PRIVATE -O0)
+        endif()
+    endforeach()
+endfunction()
+
 set(GENQ_GGML_DIR ${CMAKE_CURRENT_LIST_DIR})
 cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL genq_apply_ggml_overrides)
+cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL genq_compile_unused_libraries_unoptimized)

@@ -36,6 +36,7 @@ pub mod names {
         RECONCILER_ERRORS = "genq_reconciler_errors_total";
         WEBHOOK_ATTEMPTS = "genq_webhook_attempts_total";
         WEBHOOKS_OWED = "genq_webhooks_owed";
+        WEBHOOK_DESTINATIONS_PAUSED = "genq_webhook_destinations_paused_total";
         // The API, the reconciler and the worker: each counts the final statuses it writes.
         JOBS_FINISHED = "genq_jobs_finished_total";
         POSTGRES_ERRORS = "genq_postgres_errors_total";
@@ -145,6 +146,10 @@ fn describe() {
     describe_gauge!(
         WEBHOOKS_OWED,
         "Webhook deliveries owed (not yet delivered nor given up), the whole cluster"
+    );
+    describe_counter!(
+        WEBHOOK_DESTINATIONS_PAUSED,
+        "Times a webhook destination was paused for failing calls in a row (this replica)"
     );
     describe_counter!(
         JOBS_FINISHED,

@@ -278,7 +278,7 @@ impl TestApp {
             .expect("request")
     }
 
-    pub async fn post_raw(&self, path: &str, body: &'static str) -> reqwest::Response {
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client
             .post(format!("{}{path}", self.address))
             .header("content-type", "application/json")

@@ -363,6 +363,47 @@ async fn an_idempotency_key_returns_the_original_job_or_409() {
 }
 
 #[tokio::test]
+async fn generate_with_an_idempotency_key_answers_a_repeat_from_the_original_job() {
+    let app = TestApp::spawn().await;
+    let _worker = app.start_worker(2).await;
+    let body = json!({ "prompts": ["once only"], "max_tokens": 4, "seed": 5 });
+    let send = |body: Value| {
+        app.client
+            .post(format!("{}/generate", app.address))
+            .header("Idempotency-Key", "gen-1")
+            .json(&body)
+            .send()
+    };
+
+    let first = send(body.clone()).await.unwrap();
+    let first_status = first.status().as_u16();
+    let first_body: Value = first.json().await.unwrap();
+    let repeat = send(body).await.unwrap();
+    let repeat_status = repeat.status().as_u16();
+    let repeat_body: Value = repeat.json().await.unwrap();
+    let other = send(json!({ "prompts": ["something else"] }))
+        .await
+        .unwrap();
+    let other_status = other.status();
+    let other_body: Value = other.json().await.unwrap();
+
+    assert_eq!(
+        (first_status, repeat_status),
+        (200, 200),
+        "{first_body} {repeat_body}"
+    );
+    // The same record, id included: the repeat made no second job.
+    assert_eq!(repeat_body, first_body);
+    assert_eq!(app.job_count().await, 1);
+    assert_eq!(other_status, 409);
+    assert_eq!(
+        other_body["error"]["message"],
+        "this Idempotency-Key was already used with a different request"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn finished_jobs_past_retention_are_deleted_and_redis_keeps_nothing() {
     let app = TestApp::spawn().await;
     let worker = app.start_worker(2).await;

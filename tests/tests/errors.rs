@@ -1,7 +1,11 @@
 //! Every error class of the HTTP contract: a clear JSON error, never a 500.
 
-use genq_tests::{AppOptions, TestApp};
+use genq_tests::{AppOptions, PATIENCE, TestApp};
 use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -21,6 +25,30 @@ async fn malformed_json_is_400() {
         assert_eq!(status, 400, "{body:?}");
         assert_eq!(error["code"], "malformed_json");
     }
+    // Text after the body is not ignored, on either submission route.
+    for (path, body, column) in [
+        ("/batch", r#"{"prompts": ["x"]} xx"#, 20),
+        ("/batch", r#"{"prompts": ["x"]}{}"#, 19),
+        ("/generate", r#"{"prompts": ["x"]}]"#, 19),
+        ("/batches", r#"{"jobs": [{"prompts": ["x"]}]} 1"#, 32),
+    ] {
+        let (status, error) = error_of(app.post_raw(path, body).await).await;
+        assert_eq!(
+            (status, error["code"].as_str(), error["message"].as_str()),
+            (
+                400,
+                Some("malformed_json"),
+                Some(
+                    format!(
+                        "the body is not valid JSON: trailing characters at line 1 column {column}"
+                    )
+                    .as_str()
+                )
+            ),
+            "{path} {body:?}"
+        );
+    }
+    assert_eq!(app.job_count().await, 0, "no job was recorded");
     app.stop().await;
 }
 
@@ -28,10 +56,15 @@ async fn malformed_json_is_400() {
 async fn forbidden_words_are_400_inappropriate_content_as_whole_words_only() {
     let app = TestApp::spawn().await;
     let disguised = [
-        "I h\u{200b}ate this",     // zero-width space
-        "I ｈａｔｅ this",         // fullwidth letters
-        "I h\u{0430}te this",      // Cyrillic a
-        "so much vio\u{0406}ence", // Cyrillic I for l
+        "I h\u{200b}ate this",              // zero-width space
+        "I ｈａｔｅ this",                  // fullwidth letters
+        "I h\u{0430}te this",               // Cyrillic a
+        "so much vio\u{0406}ence",          // Cyrillic I for l
+        "h\u{336}a\u{336}t\u{336}e\u{336}", // strikethrough overlay
+        "ha\u{301}te",                      // combining acute
+        "\u{29C}\u{1D00}\u{1D1B}\u{1D07}",  // small capitals
+        "\u{127}ate",                       // h with stroke
+        "vio\u{140}ence",                   // l with middle dot
     ];
     for prompt in ["I hate rainy days", "VIOLENCE!", "so much hate."]
         .into_iter()
@@ -354,5 +387,81 @@ async fn limits_are_named_and_deep_nesting_is_a_client_error() {
         (status, error["code"].as_str(), error["field"].as_str()),
         (422, Some("invalid_field"), Some("[0][0]"))
     );
+    // Where a field takes more than one shape (`stop`), the value is read whole first, and
+    // serde_json stops at 128 levels: 422 as well, naming the field.
+    let deep_stop = format!(
+        r#"{{"prompts": ["x"], "stop": {}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let (status, error) = error_of(app.post_raw("/batch", deep_stop).await).await;
+    assert_eq!(
+        (status, error["code"].as_str(), error["field"].as_str()),
+        (422, Some("invalid_field"), Some("stop"))
+    );
+    assert_eq!(
+        error["message"],
+        "invalid request body: JSON nested more than 128 levels deep"
+    );
+    app.stop().await;
+}
+
+/// The whole answer to `request`, sent as raw bytes on a connection of its own.
+async fn raw_answer(app: &TestApp, request: &str) -> String {
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the API answered and closed")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
+async fn a_request_that_parses_gets_json_and_the_security_headers_and_one_that_does_not_a_bare_status()
+ {
+    let app = TestApp::spawn().await;
+    let parsed = [
+        "GET /no-such-route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "POST /batch HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        "DELETE /batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ];
+    for request in parsed {
+        let answer = raw_answer(&app, request).await.to_lowercase();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains("\r\nx-content-type-options: nosniff\r\n"),
+            "{answer}"
+        );
+        assert!(
+            head.contains(
+                "\r\ncontent-security-policy: default-src 'none'; frame-ancestors 'none'"
+            ),
+            "{answer}"
+        );
+        assert!(
+            head.contains("\r\ncontent-type: application/json"),
+            "{answer}"
+        );
+        let error: Value = serde_json::from_str(body).unwrap();
+        assert!(error["error"]["code"].is_string(), "{answer}");
+    }
+    // hyper answers what it cannot parse as HTTP/1.1 itself, before genq sees a request: as
+    // docs/api.md says, with the bare status and an empty body.
+    let unparsed = [
+        "NOT AN HTTP REQUEST\r\n\r\n",
+        "POST /batch HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+    ];
+    for request in unparsed {
+        let answer = raw_answer(&app, request).await.to_lowercase();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("http/1.1 400 bad request\r\n"), "{answer}");
+        assert!(head.contains("\r\ncontent-length: 0"), "{answer}");
+        assert_eq!(body, "", "{request:?}");
+    }
     app.stop().await;
 }

@@ -1,8 +1,9 @@
 //! What genq must never let out: keys, passwords, prompts and generated text stay out of logs and
 //! error bodies, even at the most verbose log level.
 
-use genq_tests::{PATIENCE, TestApp, binary, client_with_key};
+use genq_tests::{AppOptions, PATIENCE, TestApp, binary, client_with_key, free_port, until};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 /// The `genq-worker` binary at `RUST_LOG=trace`, its stderr in a file of its own.
 fn spawn_worker(app: &TestApp) -> (tokio::process::Child, tempfile::NamedTempFile) {
@@ -112,4 +113,88 @@ async fn turning_auth_off_is_said_in_the_log_at_start() {
         log.contains("GENQ_AUTH=off: no API key is asked for"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn callbacks_are_logged_as_scheme_and_host_and_idempotency_keys_as_hashes() {
+    // Only the API process below delivers webhooks.
+    let app = TestApp::spawn_with(AppOptions {
+        extra_args: vec!["--webhook-concurrency=0".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let _worker = app.start_worker(2).await;
+    let api = app
+        .spawn_api_process_with(&[
+            (
+                "GENQ_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("GENQ_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("RUST_LOG", "trace"),
+        ])
+        .await;
+    // Nothing listens there: the call fails to connect, and reqwest's error names the URL.
+    let port = free_port();
+    let (path, token) = ("hooks-path-7345", "token-must-not-leak-8812");
+    let callback = format!("http://127.0.0.1:{port}/{path}?token={token}");
+    let idempotency_key = "idem-must-not-leak-3319";
+    let client = client_with_key(Some(&app.key));
+    let submit = |prompt: &str| {
+        client
+            .post(format!("{}/batch", api.address))
+            .header("idempotency-key", idempotency_key)
+            .json(&json!({ "prompts": [prompt], "max_tokens": 2, "callback_url": callback }))
+            .send()
+    };
+
+    let first = submit("once").await.unwrap();
+    assert_eq!(first.status(), 202);
+    let id: uuid::Uuid = first.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let repeat = submit("once").await.unwrap();
+    assert_eq!(repeat.status(), 202);
+    let reused = submit("another").await.unwrap();
+    assert_eq!(reused.status(), 409);
+    until("the first webhook attempt is recorded", || async {
+        app.view(id)
+            .await
+            .webhook
+            .is_some_and(|w| !w.attempts.is_empty())
+    })
+    .await;
+    let log = api.stop().await;
+
+    let view = app.view(id).await;
+    let attempt = &view.webhook.unwrap().attempts[0];
+    assert!(
+        attempt
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("Connection refused"),
+        "{attempt:?}"
+    );
+    assert!(
+        log.contains(&format!("destination=http://127.0.0.1:{port}")),
+        "{log}"
+    );
+    let hash: String = Sha256::digest(idempotency_key)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        log.contains(&format!("idempotency_key=sha256:{hash}")),
+        "{log}"
+    );
+    for (what, secret) in [
+        ("the callback's path", path),
+        ("the callback's query", token),
+        ("the idempotency key", idempotency_key),
+    ] {
+        assert!(!log.contains(secret), "the API's log carries {what}");
+    }
 }

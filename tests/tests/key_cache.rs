@@ -3,10 +3,12 @@
 //! may have missed one.
 
 use genq_tests::{
-    AppOptions, TestApp, client_with_key, key_change_heard, postgres_base,
+    AppOptions, PATIENCE, TestApp, client_with_key, key_change_heard, postgres_base,
     proxy::{Proxy, host_port},
-    until,
+    sse::EventStream,
+    submit_to, until,
 };
+use serde_json::{Value, json};
 
 /// Far longer than a test runs: a 401 then comes from a change heard, never from a key's time
 /// running out.
@@ -111,4 +113,88 @@ async fn with_the_key_cache_off_every_request_looks_its_key_up() {
     revoke_unannounced(&app, "poller").await;
 
     assert_eq!(history_status(&app, &key).await, 401);
+}
+
+/// Opens an event stream and a long poll with `key`, each on a job that no worker runs, and waits
+/// until the API holds both.
+async fn stream_and_long_poll(
+    app: &TestApp,
+    key: &str,
+) -> (EventStream, tokio::task::JoinHandle<(u16, Value)>) {
+    let client = client_with_key(Some(key));
+    let followed = submit_to(&client, &app.address, &json!({ "prompts": ["followed"] })).await;
+    let polled = submit_to(&client, &app.address, &json!({ "prompts": ["polled"] })).await;
+    let url = format!("{}/batch_result/{followed}/events", app.address);
+    let mut stream = EventStream::open(&client, &url, None).await;
+    assert_eq!(stream.next().await.unwrap().data["status"], "queued");
+    let poll = tokio::spawn({
+        let url = format!("{}/batch_result/{polled}?wait=60", app.address);
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        }
+    });
+    until("the API holds the stream and the long poll", || async {
+        app.api_watch.watched_jobs() == 2
+    })
+    .await;
+    (stream, poll)
+}
+
+/// The stream's last event, and the long poll's answer, each well before the poll's own 60 s.
+async fn how_they_ended(
+    mut stream: EventStream,
+    poll: tokio::task::JoinHandle<(u16, Value)>,
+) -> (Vec<String>, u16, Value) {
+    let events = stream.rest().await;
+    let (status, body) = tokio::time::timeout(PATIENCE, poll).await.unwrap().unwrap();
+    let names = events
+        .iter()
+        .map(|e| format!("{}: {}", e.event, e.data))
+        .collect();
+    (names, status, body["error"]["code"].clone())
+}
+
+#[tokio::test]
+async fn open_streams_and_long_polls_end_when_their_key_is_revoked() {
+    let app = TestApp::spawn_with(AppOptions {
+        extra_args: vec![CACHE_FOR_AN_HOUR.into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let key = app.tenant_key("follower").await;
+    let (stream, poll) = stream_and_long_poll(&app, &key).await;
+
+    let output = app.genqctl(&["keys", "revoke", "follower"]).await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let (events, status, code) = how_they_ended(stream, poll).await;
+
+    assert_eq!(
+        events,
+        [
+            r#"error: {"code":"unauthorized","message":"the key this stream was opened with was revoked"}"#
+        ]
+    );
+    assert_eq!((status, code), (401, json!("unauthorized")));
+}
+
+#[tokio::test]
+async fn an_unannounced_revocation_ends_open_streams_within_the_key_cache_bound() {
+    let app = TestApp::spawn_with(AppOptions {
+        extra_args: vec!["--key-cache-secs=1".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let key = app.tenant_key("follower").await;
+    let (stream, poll) = stream_and_long_poll(&app, &key).await;
+
+    revoke_unannounced(&app, "follower").await;
+    let (events, status, code) = how_they_ended(stream, poll).await;
+
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0].starts_with(r#"error: {"code":"unauthorized""#),
+        "{events:?}"
+    );
+    assert_eq!((status, code), (401, json!("unauthorized")));
 }

@@ -65,6 +65,65 @@ async fn the_rate_limit_is_one_bucket_shared_by_two_api_processes() {
 }
 
 #[tokio::test]
+async fn a_jobs_per_minute_limit_counts_every_job_of_a_bulk_request() {
+    let app = TestApp::spawn().await;
+    let key = app
+        .create_key(NewKey {
+            name: "bulk".into(),
+            jobs_per_min: Some(5),
+            ..NewKey::default()
+        })
+        .await;
+    let client = client_with_key(Some(&key));
+    let bulk = |jobs: usize| {
+        let jobs: Vec<Value> = (0..jobs)
+            .map(|i| json!({ "prompts": [format!("p{i}")] }))
+            .collect();
+        client
+            .post(format!("{}/batches", app.address))
+            .json(&json!({ "jobs": jobs }))
+            .send()
+    };
+
+    let first = bulk(3).await.unwrap().status().as_u16();
+    let over = bulk(3).await.unwrap();
+    let over_status = over.status().as_u16();
+    let retry_after = header(&over, "retry-after").unwrap();
+    let over_body: Value = over.json().await.unwrap();
+    let rest = bulk(2).await.unwrap().status().as_u16();
+    let single = client
+        .post(format!("{}/batch", app.address))
+        .json(&json!({ "prompts": ["one more"] }))
+        .send()
+        .await
+        .unwrap();
+    let single_status = single.status().as_u16();
+    let too_big = bulk(6).await.unwrap();
+    let too_big_status = too_big.status();
+    let too_big_body: Value = too_big.json().await.unwrap();
+
+    assert_eq!(
+        (first, over_status, rest, single_status),
+        (202, 429, 202, 429)
+    );
+    // One job comes back every 12 s; the third needs 12 s more, less what has passed.
+    assert!((1..=12).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(
+        over_body,
+        json!({ "error": { "code": "rate_limited", "message": format!(
+            "this key may submit 5 jobs a minute and has submitted that many; retry in {retry_after} s"
+        ) } })
+    );
+    assert_eq!(too_big_status, 429);
+    assert_eq!(
+        too_big_body["error"]["message"],
+        "this request has 6 jobs and this key may submit 5 a minute: send them in smaller requests"
+    );
+    // Only the accepted requests' jobs were recorded.
+    assert_eq!(app.job_count().await, 5);
+}
+
+#[tokio::test]
 async fn a_key_at_its_queued_jobs_quota_gets_429_until_one_finishes() {
     let app = TestApp::spawn().await;
     let key = app

@@ -2,7 +2,10 @@
 //! receiver takes it (also across an API restart), and every attempt shows in the job.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -11,9 +14,11 @@ use genq_shared::{
     types::{JobStatus, JobView, WebhookStatus},
     webhook_signing,
 };
-use genq_tests::{AppOptions, PATIENCE, TestApp, client_with_key, stdout, submit_to, until};
+use genq_tests::{
+    AppOptions, PATIENCE, TestApp, assert_exit, client_with_key, stdout, submit_to, until,
+};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::{io::AsyncReadExt, sync::mpsc};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -93,6 +98,44 @@ async fn receive(
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         StatusCode::NO_CONTENT
+    }
+}
+
+/// A receiver that takes connections and reads what comes but never answers, as a dead service
+/// behind a load balancer does; it counts the connections open at once.
+struct Tarpit {
+    url: String,
+    open: Arc<AtomicUsize>,
+    most_open: Arc<AtomicUsize>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Tarpit {
+    async fn start() -> Tarpit {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook?token=t", listener.local_addr().unwrap());
+        let (open, most_open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let server = tokio::spawn({
+            let (open, most_open) = (open.clone(), most_open.clone());
+            async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_open.fetch_max(now_open, Ordering::SeqCst);
+                    let open = open.clone();
+                    tokio::spawn(async move {
+                        let mut buffer = [0u8; 4096];
+                        while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            }
+        });
+        Tarpit {
+            url,
+            open,
+            most_open,
+            _server: server,
+        }
     }
 }
 
@@ -320,8 +363,8 @@ async fn callback_urls_must_be_public_and_need_a_signing_secret() {
     assert_eq!(private_body["error"]["field"], "callback_url");
     assert_eq!(
         private_body["error"]["message"],
-        "callback_url points to a private or loopback address (127.0.0.1); \
-         GENQ_WEBHOOK_ALLOW_PRIVATE allows that"
+        "callback_url 127.0.0.1: not a public address the API may call \
+         (GENQ_WEBHOOK_ALLOW_PRIVATE allows private ones)"
     );
     assert_eq!(unsigned_status, 422);
     assert_eq!(unsigned_body["error"]["field"], "callback_url");
@@ -345,4 +388,61 @@ async fn callback_urls_must_be_public_and_need_a_signing_secret() {
     assert_eq!(webhook.status, WebhookStatus::Waiting);
     assert!(webhook.attempts.is_empty());
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenants_dead_receiver_does_not_delay_another_tenants_webhook() {
+    let app = app_that_does_not_deliver().await;
+    let api = app.spawn_api_process_with(&delivering(&[])).await;
+    let tarpit = Tarpit::start().await;
+    let mut receiver = Receiver::start(0).await;
+    let tenant_a = client_with_key(Some(&app.tenant_key("a").await));
+    let tenant_b = client_with_key(Some(&app.tenant_key("b").await));
+    // 10,000 of tenant A's jobs, made final at once by a purge: 10,000 deliveries owed, all due
+    // before B's, to a receiver that never answers (each call times out after 10 s).
+    let jobs: Vec<Value> = (0..10_000)
+        .map(|_| json!({ "prompts": ["a"], "callback_url": tarpit.url }))
+        .collect();
+    let bulk = tenant_a
+        .post(format!("{}/batches", api.address))
+        .json(&json!({ "jobs": jobs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bulk.status(), 202);
+    assert_exit(&app.genqctl(&["queue", "purge", "--yes"]).await, 0);
+    until("A's calls hold their share of the slots", || async {
+        tarpit.open.load(Ordering::SeqCst) == 4
+    })
+    .await;
+
+    // B's job, made final by its cancel: its webhook is owed from that commit on.
+    let id = submit_to(
+        &tenant_b,
+        &api.address,
+        &json!({ "prompts": ["b"], "callback_url": receiver.url }),
+    )
+    .await;
+    let ended = tokio::time::Instant::now();
+    let cancel = tenant_b
+        .post(format!("{}/batch/{id}/cancel", api.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+    let call = receiver.next_call().await;
+    let delay = call.at - ended;
+    let owed_to_a: i64 = sqlx::query_scalar(
+        "select count(*) from webhook_deliveries where tenant = 'a' and delivered_at is null",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    eprintln!("B's webhook came {delay:?} after its job ended, {owed_to_a} of A's still owed");
+
+    assert!(header(&call, "webhook-id").starts_with(&id.to_string()));
+    assert!(owed_to_a > 9_900, "{owed_to_a} of A's deliveries owed");
+    assert!(delay < Duration::from_secs(2), "B's webhook took {delay:?}");
+    // One destination never had more than its 4 calls at once (GENQ_WEBHOOK_DESTINATION_CONCURRENCY).
+    assert_eq!(tarpit.most_open.load(Ordering::SeqCst), 4);
 }

@@ -89,22 +89,34 @@ async fn submit_batch(
     headers: HeaderMap,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_owned()),
-            _ => {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key",
-                    format!(
-                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                    ),
-                ));
-            }
-        },
-    };
+    let key = idempotency_key(&headers)?;
     let id = submit(&state, &caller, request, key.as_deref()).await?;
     Ok(accepted(id))
+}
+
+/// The request's `Idempotency-Key`, if it sent one that is valid.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => {
+                Ok(Some(key.to_owned()))
+            }
+            _ => Err(ApiError::invalid(
+                "Idempotency-Key",
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                ),
+            )),
+        },
+    }
+}
+
+/// How an `Idempotency-Key` appears in logs: clients may put secrets or personal data in them.
+fn key_in_logs(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// `202` with the task id and where to poll it.
@@ -132,6 +144,7 @@ pub(crate) async fn submit(
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
+    crate::rate_limit::charge_jobs(state, caller, 1).await?;
     if job.callback_url.is_some() {
         check_webhook_secret(state, caller).await?;
     }
@@ -162,14 +175,22 @@ pub(crate) async fn submit(
             None => {}
             Some(Earlier::Same(earlier)) => {
                 tx.rollback().await?;
-                tracing::info!(%earlier, "repeat of an idempotent request");
+                tracing::info!(
+                    %earlier,
+                    idempotency_key = %key_in_logs(key),
+                    "repeat of an idempotent request"
+                );
                 return Ok(earlier);
             }
             Some(Earlier::Different) => {
                 tx.rollback().await?;
-                return Err(ApiError::Conflict(format!(
-                    "Idempotency-Key {key:?} was already used with a different request"
-                )));
+                tracing::info!(
+                    idempotency_key = %key_in_logs(key),
+                    "idempotency key reused with a different request"
+                );
+                return Err(ApiError::Conflict(
+                    "this Idempotency-Key was already used with a different request".into(),
+                ));
             }
         }
     }
@@ -332,6 +353,9 @@ async fn batch_result(
         waited = state.watch.wait(id, wait) => { waited?; }
         // Shutting down: answer now rather than hold the replica up.
         () = state.stopping.cancelled() => {}
+        () = state.key_cache.until_revoked(&state.db, caller.key_id()) => {
+            return Err(ApiError::Unauthorized);
+        }
     }
     let view = db::jobs::view(&state.db, id, caller.scope())
         .await?

@@ -119,6 +119,7 @@ async fn submit_batches(
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
+    crate::rate_limit::charge_jobs(&state, &caller, count).await?;
     if let Some(index) = jobs.iter().position(|j| j.callback_url.is_some()) {
         check_webhook_secret(&state, &caller)
             .await

@@ -65,8 +65,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         ("tokens" = Option<bool>, Query, nullable = false,
             description = "Also send decoded text as `token` events (default false)"),
         ("Last-Event-ID" = Option<String>, Header, nullable = false,
-            pattern = "^[0-9]+-[0-9]+$",
-            description = "The id of the last event received, to resume after it"),
+            pattern = "^([0-9]+-[0-9]+)?$",
+            description = "The id of the last event received, to resume after it (empty: \
+                from the start)"),
     ),
     responses(
         (status = 200, description = "The job's events, ending with `done`",
@@ -96,7 +97,12 @@ pub(crate) async fn job_events(
         Some("true") => true,
         Some(_) => return Err(ApiError::invalid("tokens", "tokens must be true or false")),
     };
-    let after = match headers.get("last-event-id") {
+    // An empty Last-Event-ID is what a client that has seen no event with an id may send: it
+    // resumes nothing.
+    let last_event_id = headers
+        .get("last-event-id")
+        .filter(|value| !value.as_bytes().trim_ascii().is_empty());
+    let after = match last_event_id {
         None => EventId::START,
         Some(value) => value
             .to_str()
@@ -116,6 +122,7 @@ pub(crate) async fn job_events(
     let (sender, receiver) = mpsc::channel(64);
     let follower = Follower {
         tenant: (!caller.admin).then(|| caller.tenant.clone()),
+        key_id: caller.key_id(),
         state,
         id,
         tokens,
@@ -140,6 +147,8 @@ struct Follower {
     state: AppState,
     /// `None` for an admin, who may follow any tenant's job.
     tenant: Option<String>,
+    /// The key the stream was opened with: the stream ends once it is revoked.
+    key_id: Option<Uuid>,
     id: Uuid,
     tokens: bool,
     after: EventId,
@@ -149,6 +158,7 @@ struct Follower {
 /// Why following ended early.
 enum Stop {
     ClientGone,
+    Revoked,
     Failed(ApiError),
 }
 
@@ -160,16 +170,23 @@ impl From<sqlx::Error> for Stop {
 
 impl Follower {
     async fn run(mut self) {
-        if let Err(Stop::Failed(error)) = self.follow().await {
-            tracing::warn!(task_id = %self.id, error = %error, "a job's event stream failed");
-            let detail = ErrorDetail {
-                code: ErrorCode::Unavailable,
-                message: "the event stream failed; reconnect with Last-Event-ID".into(),
-            };
-            let _ = self
-                .send(Event::default().event("error").json_data(detail))
-                .await;
-        }
+        let detail = match self.follow().await {
+            Ok(()) | Err(Stop::ClientGone) => return,
+            Err(Stop::Revoked) => ErrorDetail {
+                code: ErrorCode::Unauthorized,
+                message: "the key this stream was opened with was revoked".into(),
+            },
+            Err(Stop::Failed(error)) => {
+                tracing::warn!(task_id = %self.id, error = %error, "a job's event stream failed");
+                ErrorDetail {
+                    code: ErrorCode::Unavailable,
+                    message: "the event stream failed; reconnect with Last-Event-ID".into(),
+                }
+            }
+        };
+        let _ = self
+            .send(Event::default().event("error").json_data(detail))
+            .await;
     }
 
     fn scope(&self) -> Scope<'_> {
@@ -186,6 +203,9 @@ impl Follower {
         // must not put off the status re-read forever.
         let mut safety = tokio::time::interval(SAFETY_RECHECK);
         safety.reset();
+        let state = self.state.clone();
+        let revoked = state.key_cache.until_revoked(&state.db, self.key_id);
+        tokio::pin!(revoked);
         loop {
             if read_status {
                 status = match db::jobs::status_in(&self.state.db, self.id, self.scope()).await? {
@@ -229,6 +249,7 @@ impl Follower {
                 () = self.out.closed() => return Err(Stop::ClientGone),
                 // The client reconnects, to this replica's successor, with Last-Event-ID.
                 () = self.state.stopping.cancelled() => return Ok(()),
+                () = &mut revoked => return Err(Stop::Revoked),
             }
         }
     }

@@ -4,6 +4,7 @@
 use axum::{
     Extension, Json,
     extract::State,
+    http::HeaderMap,
     response::{IntoResponse, Response},
 };
 use genq_shared::{
@@ -12,7 +13,7 @@ use genq_shared::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::batch::{accepted, submit, unknown};
+use super::batch::{accepted, idempotency_key, submit, unknown};
 use crate::openapi::{
     AcceptedJob, ErrorBody, Internal, PayloadTooLarge, RequestTimeout, TooManyRequests,
     Unauthorized, Unavailable,
@@ -33,12 +34,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 ///
 /// Submits the prompts as a batch and waits for the job (60 s by default,
 /// `GENQ_GENERATE_TIMEOUT_SECS`): its generations in prompt order, or `202` with the task id if
-/// the wait runs out (the job goes on; poll `Location`).
+/// the wait runs out (the job goes on; poll `Location`). With an `Idempotency-Key`, a repeat of
+/// the same body waits for the original job instead of submitting another, and another body
+/// under the same key is a 409 (keys are shared with `POST /batch`).
 #[utoipa::path(
     post,
     path = "/generate",
     tag = "generations",
     request_body = BatchRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1,
+            max_length = 255,
+            description = "1 to 255 visible ASCII characters, unique per request body (per \
+                tenant)"),
+    ),
     responses(
         (status = 200, description = "The job's generations, in prompt order",
             body = [GenerationRecord]),
@@ -49,11 +58,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 401, response = Unauthorized),
         (status = 408, response = RequestTimeout),
         (status = 409, body = ErrorBody,
-            description = "`conflict`: the job was cancelled while waited for"),
+            description = "`conflict`: the job was cancelled while waited for, or the \
+                `Idempotency-Key` was already used with a different body"),
         (status = 413, response = PayloadTooLarge),
         (status = 422, body = ErrorBody,
-            description = "`invalid_field`: a missing, unknown or out-of-range field, named in \
-                `field`"),
+            description = "`invalid_field`: a missing, unknown or out-of-range field, or a bad \
+                `Idempotency-Key`, named in `field`"),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
         (status = 502, body = ErrorBody,
@@ -65,13 +75,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn generate(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
-    let id = submit(&state, &caller, request, None).await?;
+    let key = idempotency_key(&headers)?;
+    let id = submit(&state, &caller, request, key.as_deref()).await?;
     // Shutting down: answer 202 with the task id now rather than hold the replica up.
     let status = tokio::select! {
         status = state.watch.wait(id, state.generate_wait) => status?,
         () = state.stopping.cancelled() => Some(JobStatus::Queued),
+        () = state.key_cache.until_revoked(&state.db, caller.key_id()) => {
+            return Err(ApiError::Unauthorized);
+        }
     }
     .ok_or_else(|| unknown(id))?;
     match status {

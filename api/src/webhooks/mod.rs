@@ -7,10 +7,16 @@
 //!
 //! - [`address`]: which URLs are accepted, and the resolver that keeps calls off private
 //!   addresses.
+//! - [`fairness`]: caps per tenant and per destination, and the breaker that pauses a
+//!   destination that keeps failing.
 
 pub mod address;
+mod fairness;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use genq_shared::{
@@ -27,8 +33,6 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How long one call may take, connecting included.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle deliverer looks for due deliveries.
 const POLL: Duration = Duration::from_millis(500);
 /// The longest wait between attempts.
@@ -51,6 +55,28 @@ pub struct WebhookConfig {
     /// Deliveries this process makes at once; 0: none (another replica delivers).
     #[arg(long, env = "GENQ_WEBHOOK_CONCURRENCY", default_value_t = 16)]
     pub webhook_concurrency: usize,
+    /// Of those, the most for one tenant's jobs, so that one tenant's slow receivers cannot take
+    /// every slot.
+    #[arg(long, env = "GENQ_WEBHOOK_TENANT_CONCURRENCY", default_value_t = 4)]
+    pub webhook_tenant_concurrency: usize,
+    /// Of those, the most to one destination (scheme, host and port).
+    #[arg(
+        long,
+        env = "GENQ_WEBHOOK_DESTINATION_CONCURRENCY",
+        default_value_t = 4
+    )]
+    pub webhook_destination_concurrency: usize,
+    /// How long one call may take, connecting included.
+    #[arg(long, env = "GENQ_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+    /// Failures in a row (no answer, a timeout, 429 or 5xx) after which a destination is paused;
+    /// 0 never pauses one.
+    #[arg(long, env = "GENQ_WEBHOOK_PAUSE_AFTER_FAILURES", default_value_t = 5)]
+    pub webhook_pause_after_failures: u32,
+    /// A failing destination's first pause; each further one in a row doubles it, up to an hour.
+    /// After a pause one call probes the destination.
+    #[arg(long, env = "GENQ_WEBHOOK_PAUSE_SECS", default_value_t = 30)]
+    pub webhook_pause_secs: u64,
     /// The first retry's wait; each further one doubles it, up to an hour.
     #[arg(long, env = "GENQ_WEBHOOK_RETRY_MIN_MS", default_value_t = 5_000)]
     pub webhook_retry_min_ms: u64,
@@ -58,7 +84,7 @@ pub struct WebhookConfig {
     #[arg(long, env = "GENQ_WEBHOOK_RETRY_FOR_SECS", default_value_t = 86_400)]
     pub webhook_retry_for_secs: u64,
     /// A taken delivery is another replica's to make after this long, should its own deliverer
-    /// die mid-call; longer than a call may take (10 s).
+    /// die mid-call; longer than a call may take (GENQ_WEBHOOK_TIMEOUT_SECS).
     #[arg(long, env = "GENQ_WEBHOOK_LEASE_SECS", default_value_t = 60)]
     pub webhook_lease_secs: u64,
 }
@@ -73,6 +99,8 @@ pub struct Deliverer {
     retry_min: Duration,
     retry_for: Duration,
     lease: Duration,
+    /// Never held across an await.
+    fairness: Mutex<fairness::Fairness>,
 }
 
 impl Deliverer {
@@ -82,7 +110,7 @@ impl Deliverer {
             return Ok(None);
         }
         let client = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
+            .timeout(Duration::from_secs(config.webhook_timeout_secs.max(1)))
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would resolve and reach the host itself, past the address check.
             .no_proxy()
@@ -101,6 +129,12 @@ impl Deliverer {
             retry_min: Duration::from_millis(config.webhook_retry_min_ms.max(1)),
             retry_for: Duration::from_secs(config.webhook_retry_for_secs),
             lease: Duration::from_secs(config.webhook_lease_secs.max(1)),
+            fairness: Mutex::new(fairness::Fairness::new(fairness::Limits {
+                per_tenant: config.webhook_tenant_concurrency,
+                per_destination: config.webhook_destination_concurrency,
+                pause_after: config.webhook_pause_after_failures,
+                pause: Duration::from_secs(config.webhook_pause_secs.max(1)),
+            })),
         }))
     }
 
@@ -109,10 +143,13 @@ impl Deliverer {
         let mut calls = JoinSet::new();
         let mut failing = false;
         while !stop.is_cancelled() {
-            let room = this.concurrency - calls.len();
-            let taken = match room {
-                0 => Vec::new(),
-                _ => match db::webhooks::take_due(&this.db, room as i64, this.lease).await {
+            // Rounds, each taking at most one delivery per tenant and per destination, until the
+            // slots are full or nothing more may be taken now.
+            let mut took_any = false;
+            while calls.len() < this.concurrency {
+                let room = (this.concurrency - calls.len()) as i64;
+                let skip = this.fairness().skip(Instant::now());
+                let taken = match db::webhooks::take_due(&this.db, room, this.lease, &skip).await {
                     Ok(taken) => {
                         failing = false;
                         taken
@@ -125,14 +162,18 @@ impl Deliverer {
                         }
                         Vec::new()
                     }
-                },
-            };
-            let idle = taken.is_empty();
-            for due in taken {
-                let this = this.clone();
-                calls.spawn(async move { this.deliver(due).await });
+                };
+                if taken.is_empty() {
+                    break;
+                }
+                took_any = true;
+                for due in taken {
+                    this.fairness().started(&due);
+                    let this = this.clone();
+                    calls.spawn(async move { this.deliver(due).await });
+                }
             }
-            if idle {
+            if !took_any {
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
                     Some(_) = calls.join_next(), if !calls.is_empty() => {}
@@ -141,30 +182,56 @@ impl Deliverer {
             }
             while calls.try_join_next().is_some() {}
         }
-        // Calls in flight finish (bounded by CALL_TIMEOUT); their leases cover the rest.
+        // Calls in flight finish (bounded by the call timeout); their leases cover the rest.
         while calls.join_next().await.is_some() {}
     }
 
+    fn fairness(&self) -> MutexGuard<'_, fairness::Fairness> {
+        // Poisoned only by a panic while held, and no method of Fairness panics.
+        self.fairness.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes one attempt and frees its slot.
     async fn deliver(&self, due: DueDelivery) {
+        let health = self.attempt(&due).await;
+        let paused = self.fairness().finished(&due, health, Instant::now());
+        if let Some(pause) = paused {
+            metrics::counter!(names::WEBHOOK_DESTINATIONS_PAUSED).increment(1);
+            tracing::warn!(
+                destination = %destination(&due.url),
+                pause = ?pause,
+                "webhook destination keeps failing; paused, then probed with one call"
+            );
+        }
+    }
+
+    async fn attempt(&self, due: &DueDelivery) -> fairness::Health {
         let id = format!("{}_{}", due.job_id, due.round);
-        let outcome = match self.call(&due, &id).await {
+        let destination = destination(&due.url);
+        let outcome = match self.call(due, &id).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 // The job is gone (deleted meanwhile), or PostgreSQL failed; the lease retries it.
-                tracing::warn!(error = %e, task_id = %due.job_id, "webhook not attempted");
-                return;
+                tracing::warn!(error = %e, task_id = %due.job_id, %destination, "webhook not attempted");
+                return fairness::Health::Unknown;
             }
         };
+        let health = fairness::Health::of(outcome.status_code);
         let retry_in = backoff(self.retry_min, due.round_attempt);
         let recorded =
-            db::webhooks::record_attempt(&self.db, &due, &outcome, retry_in, self.retry_for).await;
+            db::webhooks::record_attempt(&self.db, due, &outcome, retry_in, self.retry_for).await;
         let standing = match recorded {
             Ok(standing) => standing,
             Err(e) => {
                 // The lease brings it back: the receiver may get this call twice (same id).
                 genq_metrics::postgres_error();
-                tracing::warn!(error = %e, task_id = %due.job_id, "webhook attempt not recorded");
-                return;
+                tracing::warn!(
+                    error = %e,
+                    task_id = %due.job_id,
+                    %destination,
+                    "webhook attempt not recorded"
+                );
+                return health;
             }
         };
         let label = match standing {
@@ -176,22 +243,30 @@ impl Deliverer {
         metrics::counter!(names::WEBHOOK_ATTEMPTS, "outcome" => label).increment(1);
         match standing {
             Standing::Delivered => {
-                tracing::info!(task_id = %due.job_id, attempt = due.attempt, "webhook delivered")
+                tracing::info!(
+                    task_id = %due.job_id,
+                    attempt = due.attempt,
+                    %destination,
+                    "webhook delivered"
+                )
             }
             Standing::GaveUp => tracing::warn!(
                 task_id = %due.job_id,
                 attempts = due.attempt,
+                %destination,
                 error = outcome.error,
                 "webhook given up"
             ),
             _ => tracing::info!(
                 task_id = %due.job_id,
                 attempt = due.attempt,
+                %destination,
                 error = outcome.error,
                 retry_in = ?retry_in,
                 "webhook attempt failed"
             ),
         }
+        health
     }
 
     /// One call; `Err` only when there is nothing to send: the job is gone, or PostgreSQL failed.
@@ -258,7 +333,8 @@ impl Deliverer {
             }
             Err(e) => AttemptOutcome {
                 status_code: None,
-                error: Some(error_chain(&e)),
+                // reqwest names the whole URL, which the logs must not carry (see `destination`).
+                error: Some(error_chain(&e.without_url())),
                 duration: started.elapsed(),
                 delivered: false,
             },
@@ -280,6 +356,15 @@ async fn body_start(mut response: reqwest::Response) -> String {
         .chars()
         .take(ERROR_BODY_CHARS)
         .collect()
+}
+
+/// A callback URL as logs show it: scheme, host and port. The path and query often carry the
+/// receiver's own tokens.
+fn destination(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(url) => url.origin().ascii_serialization(),
+        Err(_) => "(not a URL)".to_owned(),
+    }
 }
 
 /// The wait after attempt `attempt` failed: `min`, doubled per attempt, at most an hour.

@@ -26,6 +26,8 @@ pub struct KeyRecord {
     pub prefix: String,
     pub admin: bool,
     pub rate_per_min: Option<i32>,
+    /// Jobs a minute, counted over every submission route (a bulk request counts its jobs).
+    pub jobs_per_min: Option<i32>,
     pub max_queued: Option<i32>,
     pub tokens_per_day: Option<i64>,
     pub created_at: DateTime<Utc>,
@@ -40,6 +42,7 @@ pub struct NewKey {
     pub tenant: Option<String>,
     pub admin: bool,
     pub rate_per_min: Option<i32>,
+    pub jobs_per_min: Option<i32>,
     pub max_queued: Option<i32>,
     pub tokens_per_day: Option<i64>,
 }
@@ -81,10 +84,10 @@ pub async fn create(pool: &PgPool, new: &NewKey) -> Result<(KeyRecord, String), 
     let prefix = lookup_prefix(&key).expect("a generated key is well formed");
     let record = sqlx::query_as::<_, KeyRecord>(
         r#"insert into api_keys (id, name, tenant, prefix, hash, admin, rate_per_min, max_queued,
-                                 tokens_per_day)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-           returning id, name, tenant, prefix, admin, rate_per_min, max_queued, tokens_per_day,
-                     created_at, revoked_at"#,
+                                 tokens_per_day, jobs_per_min)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           returning id, name, tenant, prefix, admin, rate_per_min, jobs_per_min, max_queued,
+                     tokens_per_day, created_at, revoked_at"#,
     )
     .bind(Uuid::now_v7())
     .bind(&new.name)
@@ -95,6 +98,7 @@ pub async fn create(pool: &PgPool, new: &NewKey) -> Result<(KeyRecord, String), 
     .bind(new.rate_per_min)
     .bind(new.max_queued)
     .bind(new.tokens_per_day)
+    .bind(new.jobs_per_min)
     .fetch_one(pool)
     .await
     .map_err(
@@ -109,8 +113,8 @@ pub async fn create(pool: &PgPool, new: &NewKey) -> Result<(KeyRecord, String), 
 /// Every key, revoked ones included, oldest first.
 pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<KeyRecord>> {
     sqlx::query_as(
-        r#"select id, name, tenant, prefix, admin, rate_per_min, max_queued, tokens_per_day,
-                  created_at, revoked_at
+        r#"select id, name, tenant, prefix, admin, rate_per_min, jobs_per_min, max_queued,
+                     tokens_per_day, created_at, revoked_at
            from api_keys order by created_at, id"#,
     )
     .fetch_all(pool)
@@ -124,13 +128,23 @@ pub async fn revoke(pool: &PgPool, name_or_id: &str) -> sqlx::Result<Option<KeyR
     sqlx::query_as(
         r#"update api_keys set revoked_at = now()
            where revoked_at is null and (name = $1 or id = $2)
-           returning id, name, tenant, prefix, admin, rate_per_min, max_queued, tokens_per_day,
-                     created_at, revoked_at"#,
+           returning id, name, tenant, prefix, admin, rate_per_min, jobs_per_min, max_queued,
+                     tokens_per_day, created_at, revoked_at"#,
     )
     .bind(name_or_id)
     .bind(id)
     .fetch_optional(pool)
     .await
+}
+
+/// Whether the key with this id is still live (not revoked, not deleted).
+pub async fn is_live(pool: &PgPool, id: Uuid) -> sqlx::Result<bool> {
+    let live: Option<bool> =
+        sqlx::query_scalar(r#"select revoked_at is null from api_keys where id = $1"#)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(live.unwrap_or(false))
 }
 
 /// The live key `presented` is, if any. The hashes are compared in constant time, so timing
@@ -140,8 +154,8 @@ pub async fn authenticate(pool: &PgPool, presented: &str) -> sqlx::Result<Option
         return Ok(None);
     };
     let candidates: Vec<(Vec<u8>, KeyRecord)> = sqlx::query_as::<_, KeyRow>(
-        r#"select hash, id, name, tenant, prefix, admin, rate_per_min, max_queued, tokens_per_day,
-                  created_at, revoked_at
+        r#"select hash, id, name, tenant, prefix, admin, rate_per_min, jobs_per_min, max_queued,
+                     tokens_per_day, created_at, revoked_at
            from api_keys where prefix = $1 and revoked_at is null"#,
     )
     .bind(prefix)

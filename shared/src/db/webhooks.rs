@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A delivery taken for one attempt. Until [`record_attempt`] it is leased: should its deliverer
-/// die, another takes it once the lease ends. (`Debug` by hand: it holds a secret.)
+/// die, another takes it once the lease ends. (`Debug` by hand: it holds a secret, and a URL
+/// whose path and query may carry the receiver's tokens.)
 #[derive(Clone, sqlx::FromRow)]
 pub struct DueDelivery {
     pub job_id: Uuid,
@@ -22,44 +23,73 @@ pub struct DueDelivery {
     pub owed_at: DateTime<Utc>,
     /// The submitting key's own signing secret, if it has one.
     pub key_secret: Option<String>,
+    /// The job's tenant, and the URL's scheme, host and port: what delivery is made fair by.
+    pub tenant: String,
+    pub destination: String,
 }
 
 impl std::fmt::Debug for DueDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DueDelivery")
             .field("job_id", &self.job_id)
-            .field("url", &self.url)
             .field("round", &self.round)
             .field("attempt", &self.attempt)
+            .field("tenant", &self.tenant)
+            .field("destination", &self.destination)
             .finish_non_exhaustive()
     }
 }
 
-/// Takes up to `limit` due deliveries, each leased for `lease`. Several deliverers (API
-/// replicas) never take the same one: `skip locked`.
+/// Takes up to `limit` due deliveries, each leased for `lease`: the earliest due one of each
+/// destination, then of those the earliest of each tenant, so that one call takes at most one
+/// delivery per tenant and per destination (a deliverer calls again to fill more slots: round
+/// robin). Tenants and destinations in `skip` (at their cap, or paused) are passed over. Several
+/// deliverers (API replicas) never take the same one: `skip locked`.
 pub async fn take_due(
     pool: &PgPool,
     limit: i64,
     lease: Duration,
+    skip: &Skip,
 ) -> sqlx::Result<Vec<DueDelivery>> {
     sqlx::query_as(
-        r#"update webhook_deliveries d
+        r#"with first_per_destination as (
+               select distinct on (destination) job_id, tenant, next_attempt_at
+               from webhook_deliveries
+               where delivered_at is null and gave_up_at is null and next_attempt_at <= now()
+                 and tenant <> all($3) and destination <> all($4)
+               order by destination, next_attempt_at
+           ), first_per_tenant as (
+               select distinct on (tenant) job_id, next_attempt_at
+               from first_per_destination
+               order by tenant, next_attempt_at
+           )
+           update webhook_deliveries d
            set attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
                next_attempt_at = now() + make_interval(secs => $2)
-           from (select job_id from webhook_deliveries
-                 where delivered_at is null and gave_up_at is null and next_attempt_at <= now()
-                 order by next_attempt_at limit $1
-                 for update skip locked) due
+           from (select w.job_id from webhook_deliveries w join first_per_tenant f using (job_id)
+                 where w.delivered_at is null and w.gave_up_at is null
+                   and w.next_attempt_at <= now()
+                 order by f.next_attempt_at limit $1
+                 for update of w skip locked) due
            where d.job_id = due.job_id
            returning d.job_id, d.url, d.round, d.attempts as attempt,
-                     d.round_attempts as round_attempt, d.owed_at,
+                     d.round_attempts as round_attempt, d.owed_at, d.tenant, d.destination,
                      (select k.webhook_secret from jobs j join api_keys k on k.id = j.api_key_id
                       where j.id = d.job_id) as key_secret"#,
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
+    .bind(&skip.tenants)
+    .bind(&skip.destinations)
     .fetch_all(pool)
     .await
+}
+
+/// What [`take_due`] passes over.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub tenants: Vec<String>,
+    pub destinations: Vec<String>,
 }
 
 /// How an attempt ended.
