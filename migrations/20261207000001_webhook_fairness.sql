@@ -1,14 +1,16 @@
--- Fair webhook delivery: each API replica caps the calls in flight per tenant and per destination
--- (scheme, host and port) and pauses destinations that keep failing, so one tenant's dead receiver
+-- Fair webhook delivery: each API replica caps the calls in flight per tenant and per tenant's
+-- destination and pauses a tenant's destination that keeps failing, so one tenant's dead receiver
 -- costs the others nothing. The deliverers choose by these two columns, copied here when the
--- delivery becomes owed.
+-- delivery becomes owed. The destination is the URL's scheme and authority (`http://h:8080`); the
+-- API stored the URL as its parser wrote it (host in lower case, default port left out), so this
+-- is the URL's origin.
 alter table webhook_deliveries
     add column tenant text not null default 'local',
     add column destination text not null default '';
 
 update webhook_deliveries d
 set tenant = j.tenant,
-    destination = lower(coalesce(substring(d.url from '^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)'), ''))
+    destination = lower(coalesce(substring(d.url from '^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)'), ''))
 from jobs j
 where j.id = d.job_id;
 
@@ -17,7 +19,7 @@ language plpgsql as $$
 begin
     insert into webhook_deliveries (job_id, url, tenant, destination)
     values (new.id, new.callback_url, new.tenant,
-            lower(coalesce(substring(new.callback_url from '^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)'),
+            lower(coalesce(substring(new.callback_url from '^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)'),
                            '')))
     on conflict (job_id) do update
         set round = webhook_deliveries.round + 1, url = excluded.url, tenant = excluded.tenant,
@@ -27,6 +29,7 @@ begin
 end
 $$;
 
--- The deliverers' choice of the earliest due delivery per destination.
-create index webhook_deliveries_due_by_destination on webhook_deliveries (destination, next_attempt_at)
+-- The deliverers' choice of the earliest due delivery per tenant's destination.
+create index webhook_deliveries_due_by_destination
+    on webhook_deliveries (tenant, destination, next_attempt_at)
     where delivered_at is null and gave_up_at is null;

@@ -38,8 +38,8 @@ pub enum ApiError {
     #[error("this key's rate limit is spent; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error(
-        "this key may submit {per_minute} jobs a minute and has submitted that many; retry in \
-         {retry_after_secs} s"
+        "this key may submit {per_minute} jobs a minute, and too few are left for this request; \
+         retry in {retry_after_secs} s"
     )]
     JobRateLimited {
         per_minute: u32,

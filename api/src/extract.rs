@@ -70,10 +70,14 @@ fn refusal(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         };
         ApiError::invalid(field, format!("invalid request body: {inner}"))
     } else if message.starts_with("recursion limit exceeded") {
-        // The field the nesting is in, not the 128 levels of `[0]` below it.
-        let field = match path.split('[').next() {
-            Some(".") | Some("") | None => "body".to_owned(),
-            Some(field) => field.to_owned(),
+        // The field the nesting is in (`stop`, `jobs[3].stop`), not the levels of `[0]` below.
+        let mut field = path.as_str();
+        while let Some(outer) = field.strip_suffix(']').and_then(|f| f.rsplit_once('[')) {
+            field = outer.0;
+        }
+        let field = match field {
+            "." | "" => "body".to_owned(),
+            field => field.to_owned(),
         };
         ApiError::invalid(
             field,

@@ -88,6 +88,8 @@ impl KeyCache {
             return std::future::pending().await;
         };
         let mut changes = self.changes.clone();
+        // Changes before now were before the key authenticated: wait for the next one.
+        changes.borrow_and_update();
         let every = self.ttl.max(Duration::from_secs(1));
         loop {
             tokio::select! {

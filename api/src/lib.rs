@@ -7,7 +7,8 @@
 //! - `routes`: one module per resource (batch, generate, history, admin, health, metrics); `bulk`
 //!   takes many jobs in one request; `events` follows a job as Server-Sent Events.
 //! - `auth`: API keys, tenants, admin rights; `key_cache`: keys checked lately, so a poll costs
-//!   one query; `rate_limit`: the per-key token bucket in Redis.
+//!   one query, and the end of what a revoked key holds open; `rate_limit`: the per-key token
+//!   buckets in Redis (requests, jobs); `moderation`: forbidden words in any disguise.
 //! - `validate`: request checks; `extract`: the JSON body extractor; [`error`]: the error type.
 //! - `serve`: the HTTP server loop with its slow-client limits; `detach`: requests run to their
 //!   end when their client leaves.
@@ -31,6 +32,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::http::{HeaderValue, Method, header};
+use axum::response::IntoResponse;
 use axum::{Router, extract::DefaultBodyLimit};
 use genq_model::ModelFile;
 use genq_shared::{
@@ -42,7 +44,10 @@ use genq_shared::{
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{cors::CorsLayer, set_header::SetResponseHeaderLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer, cors::CorsLayer, set_header::SetResponseHeaderLayer,
+    trace::TraceLayer,
+};
 
 pub use moderation::ForbiddenWords;
 
@@ -248,18 +253,7 @@ impl Application {
         };
         let stopping = state.stopping.clone();
         let watch = state.watch.clone();
-        let mut router = routes::router(state)
-            .layer(DefaultBodyLimit::max(BODY_LIMIT))
-            // Answers are JSON for programs: never sniffed as another type, never framed, and no
-            // active content may load from them.
-            .layer(SetResponseHeaderLayer::if_not_present(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ))
-            .layer(SetResponseHeaderLayer::if_not_present(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-            ));
+        let mut router = with_answer_layers(routes::router(state));
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
         }
@@ -323,6 +317,29 @@ impl Application {
     }
 }
 
+/// What every answer goes through: a handler that panics answers a JSON 500 (not a dropped
+/// connection), and answers are JSON for programs: never sniffed as another type, never framed,
+/// and no active content may load from them.
+fn with_answer_layers(router: Router) -> Router {
+    router
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                // The panic's message and place are already logged by the panic hook.
+                error::ApiError::Internal(anyhow::anyhow!("a request handler panicked"))
+                    .into_response()
+            },
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+}
+
 /// CORS for the configured origins only; `None` (no CORS headers at all) when there are none.
 fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     let origins: Vec<HeaderValue> = origins
@@ -348,4 +365,40 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
                 header::HeaderName::from_static("x-api-key"),
             ]),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, extract::Request, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_500_in_json_with_the_security_headers() {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let router = with_answer_layers(Router::new().route("/boom", get(boom)));
+
+        let response = router
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(
+            response.headers()["content-security-policy"],
+            "default-src 'none'; frame-ancestors 'none'"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": { "code": "internal", "message": "internal error" } })
+        );
+    }
 }

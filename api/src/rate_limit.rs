@@ -120,10 +120,14 @@ pub(crate) async fn charge_jobs(
         return Ok(());
     };
     if jobs > per_minute as usize {
-        return Err(ApiError::QuotaExceeded(format!(
-            "this request has {jobs} jobs and this key may submit {per_minute} a minute: send \
-             them in smaller requests"
-        )));
+        // Never accepted, however long the client waits: not a 429 to retry.
+        return Err(ApiError::invalid(
+            "jobs",
+            format!(
+                "this request has {jobs} jobs and this key may submit {per_minute} a minute: \
+                 send them in smaller requests"
+            ),
+        ));
     }
     match state
         .rate_limiter

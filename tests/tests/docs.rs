@@ -91,6 +91,14 @@ async fn the_openapi_document_is_open_and_describes_every_route() {
     let batch = &doc["paths"]["/batch"]["post"];
     assert_eq!(batch["parameters"][0]["name"], "Idempotency-Key");
     assert_eq!(batch["parameters"][0]["in"], "header");
+    let generate = &doc["paths"]["/generate"]["post"];
+    assert_eq!(generate["parameters"][0]["name"], "Idempotency-Key");
+    // What the API refuses, the schema says: an empty callback_url is no URL.
+    let callback = &doc["components"]["schemas"]["BatchRequest"]["properties"]["callback_url"];
+    assert_eq!(
+        (&callback["minLength"], &callback["maxLength"]),
+        (&json!(1), &json!(2048))
+    );
     let statuses: Vec<&str> = batch["responses"]
         .as_object()
         .unwrap()

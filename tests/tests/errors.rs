@@ -403,6 +403,17 @@ async fn limits_are_named_and_deep_nesting_is_a_client_error() {
         error["message"],
         "invalid request body: JSON nested more than 128 levels deep"
     );
+    // In bulk intake, with the job it is in.
+    let deep_in_bulk = format!(
+        r#"{{"jobs": [{{"prompts": ["x"]}}, {{"prompts": ["x"], "stop": {}{}}}]}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let (status, error) = error_of(app.post_raw("/batches", deep_in_bulk).await).await;
+    assert_eq!(
+        (status, error["field"].as_str(), error["job_index"].as_u64()),
+        (422, Some("jobs[1].stop"), Some(1))
+    );
     app.stop().await;
 }
 

@@ -197,4 +197,5 @@ async fn callbacks_are_logged_as_scheme_and_host_and_idempotency_keys_as_hashes(
     ] {
         assert!(!log.contains(secret), "the API's log carries {what}");
     }
+    app.stop().await;
 }

@@ -176,6 +176,7 @@ async fn open_streams_and_long_polls_end_when_their_key_is_revoked() {
         ]
     );
     assert_eq!((status, code), (401, json!("unauthorized")));
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -189,7 +190,9 @@ async fn an_unannounced_revocation_ends_open_streams_within_the_key_cache_bound(
     let (stream, poll) = stream_and_long_poll(&app, &key).await;
 
     revoke_unannounced(&app, "follower").await;
+    let revoked = std::time::Instant::now();
     let (events, status, code) = how_they_ended(stream, poll).await;
+    let ended_after = revoked.elapsed();
 
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(
@@ -197,4 +200,11 @@ async fn an_unannounced_revocation_ends_open_streams_within_the_key_cache_bound(
         "{events:?}"
     );
     assert_eq!((status, code), (401, json!("unauthorized")));
+    // The bound is the cache's 1 s; the rest is slack for a loaded machine, far below the long
+    // poll's own 60 s.
+    assert!(
+        ended_after < std::time::Duration::from_secs(10),
+        "{ended_after:?}"
+    );
+    app.stop().await;
 }

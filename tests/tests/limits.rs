@@ -111,16 +111,48 @@ async fn a_jobs_per_minute_limit_counts_every_job_of_a_bulk_request() {
     assert_eq!(
         over_body,
         json!({ "error": { "code": "rate_limited", "message": format!(
-            "this key may submit 5 jobs a minute and has submitted that many; retry in {retry_after} s"
+            "this key may submit 5 jobs a minute, and too few are left for this request; retry in {retry_after} s"
         ) } })
     );
-    assert_eq!(too_big_status, 429);
+    assert_eq!(too_big_status, 422);
     assert_eq!(
-        too_big_body["error"]["message"],
-        "this request has 6 jobs and this key may submit 5 a minute: send them in smaller requests"
+        too_big_body,
+        json!({ "error": { "code": "invalid_field", "field": "jobs", "message":
+            "this request has 6 jobs and this key may submit 5 a minute: send them in smaller requests"
+        } })
     );
     // Only the accepted requests' jobs were recorded.
     assert_eq!(app.job_count().await, 5);
+
+    // A repeat of an accepted request is answered with its job, uncharged, even at the limit.
+    let one = app
+        .create_key(NewKey {
+            name: "one a minute".into(),
+            jobs_per_min: Some(1),
+            ..NewKey::default()
+        })
+        .await;
+    let client = client_with_key(Some(&one));
+    let idempotent = || {
+        client
+            .post(format!("{}/batch", app.address))
+            .header("Idempotency-Key", "only-once")
+            .json(&json!({ "prompts": ["kept"] }))
+            .send()
+    };
+    let first: Value = idempotent().await.unwrap().json().await.unwrap();
+    let repeat = idempotent().await.unwrap();
+    assert_eq!(repeat.status(), 202);
+    let repeat: Value = repeat.json().await.unwrap();
+    assert_eq!(repeat["task_id"], first["task_id"]);
+    let another = client
+        .post(format!("{}/batch", app.address))
+        .json(&json!({ "prompts": ["new"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(another.status(), 429);
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -311,3 +311,14 @@ async fn decoded_text_arrives_while_the_prompt_is_still_generating() {
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn an_empty_last_event_id_streams_from_the_start() {
+    let app = TestApp::spawn().await;
+    let id = app.submit(&json!({ "prompts": ["nobody runs me"] })).await;
+
+    let mut stream = EventStream::open(&app.client, &events_url(&app, id, ""), Some("")).await;
+
+    assert_eq!(stream.next().await.unwrap().data["status"], "queued");
+    app.stop().await;
+}

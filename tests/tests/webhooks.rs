@@ -258,7 +258,11 @@ async fn a_refused_webhook_is_retried_across_an_api_restart_and_every_attempt_sh
 async fn a_webhook_in_flight_when_its_api_is_killed_is_made_again_by_another_after_the_lease() {
     let app = app_that_does_not_deliver().await;
     let mut receiver = Receiver::start_with(0, true).await;
-    let env = delivering(&[("GENQ_WEBHOOK_LEASE_SECS", "2")]);
+    // A call may take 1 s, shorter than the lease, as the API requires.
+    let env = delivering(&[
+        ("GENQ_WEBHOOK_LEASE_SECS", "2"),
+        ("GENQ_WEBHOOK_TIMEOUT_SECS", "1"),
+    ]);
     let first_api = app.spawn_api_process_with(&env).await;
     let worker = app.start_worker(2).await;
     let body = json!({
@@ -393,7 +397,10 @@ async fn callback_urls_must_be_public_and_need_a_signing_secret() {
 #[tokio::test]
 async fn a_tenants_dead_receiver_does_not_delay_another_tenants_webhook() {
     let app = app_that_does_not_deliver().await;
-    let api = app.spawn_api_process_with(&delivering(&[])).await;
+    // A tenant may have 8 calls at once, one destination of it 4: the tarpit sees the latter.
+    let api = app
+        .spawn_api_process_with(&delivering(&[("GENQ_WEBHOOK_TENANT_CONCURRENCY", "8")]))
+        .await;
     let tarpit = Tarpit::start().await;
     let mut receiver = Receiver::start(0).await;
     let tenant_a = client_with_key(Some(&app.tenant_key("a").await));
@@ -445,4 +452,7 @@ async fn a_tenants_dead_receiver_does_not_delay_another_tenants_webhook() {
     assert!(delay < Duration::from_secs(2), "B's webhook took {delay:?}");
     // One destination never had more than its 4 calls at once (GENQ_WEBHOOK_DESTINATION_CONCURRENCY).
     assert_eq!(tarpit.most_open.load(Ordering::SeqCst), 4);
+    // The API process is killed: a graceful stop would wait out the tarpit's calls.
+    drop(api);
+    app.stop().await;
 }

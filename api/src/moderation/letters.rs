@@ -11,6 +11,8 @@ pub const LETTER_VARIANTS: &[(char, char)] = &[
     ('\u{0111}', 'd'),  // latin small letter d with stroke
     ('\u{0126}', 'h'),  // latin capital letter h with stroke
     ('\u{0127}', 'h'),  // latin small letter h with stroke
+    ('\u{013F}', 'l'),  // latin capital letter l with middle dot (NFKD: `L·`, a word break)
+    ('\u{0140}', 'l'),  // latin small letter l with middle dot (NFKD: `l·`, a word break)
     ('\u{0141}', 'l'),  // latin capital letter l with stroke
     ('\u{0142}', 'l'),  // latin small letter l with stroke
     ('\u{0166}', 't'),  // latin capital letter t with stroke

@@ -4,7 +4,8 @@
 //!   drawn over letters (`h̶a̶t̶e̶`), fullwidth and other compatibility forms, zero-width spaces
 //!   and soft hyphens all fall away, and `mörder` on the list matches `mörder` and `morder`;
 //! - the Latin letters no decomposition reaches mapped to their base letter ([`letters`]: small
-//!   capitals `ʜᴀᴛᴇ`, barred `ħ`, hooked `ɦ`), and the middle dot dropped (`ŀ` decomposes to `l·`);
+//!   capitals `ʜᴀᴛᴇ`, barred `ħ`, hooked `ɦ`, and `ŀ`, which would decompose to `l` and a middle
+//!   dot, a word break);
 //! - full case folding (`ß` is `ss`);
 //! - the UTS #39 confusable skeleton: lookalikes of other scripts (Cyrillic `а`) become their
 //!   Latin prototype.
@@ -81,15 +82,15 @@ fn canonical_forms(text: &str) -> [String; 2] {
     [skeleton_first, folded_first]
 }
 
-/// NFKD without marks, invisible format characters and middle dots, and with the letter
-/// variants mapped to their base letters.
+/// NFKD without marks and invisible format characters, and with the letter variants mapped to
+/// their base letters.
 fn plain_letters(text: &str) -> String {
     // Mapped before NFKD too: a few decompose into their letter and a modifier letter (`ẚ`).
     text.chars()
         .map(base_letter)
         .collect::<String>()
         .nfkd()
-        .filter(|&c| !is_combining_mark(c) && !is_invisible(c) && c != '\u{00B7}')
+        .filter(|&c| !is_combining_mark(c) && !is_invisible(c))
         .map(base_letter)
         .collect()
 }
@@ -149,6 +150,8 @@ mod tests {
             "vio\u{140}ence",                   // l with middle dot
             "vio\u{13F}ENCE",                   // capital L with middle dot
             "H\u{202E}ATE",                     // right-to-left override
+            "so\u{B7}much\u{B7}hate",           // middle dots between words
+            "so\u{22C5}much\u{30FB}hate",       // lookalikes of the middle dot
         ] {
             assert!(words().matches(disguised), "{disguised:?}");
         }

@@ -35,6 +35,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, Result},
     extract::JsonBody,
+    rate_limit,
     validate::{BatchRequest, ValidJob, validate},
 };
 
@@ -144,7 +145,6 @@ pub(crate) async fn submit(
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
-    crate::rate_limit::charge_jobs(state, caller, 1).await?;
     if job.callback_url.is_some() {
         check_webhook_secret(state, caller).await?;
     }
@@ -197,6 +197,11 @@ pub(crate) async fn submit(
     if let Some(refusal) =
         check_quotas(&mut tx, caller, job.token_budget(), "this job needs").await?
     {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
+    // Last, so that only a job that is accepted is charged (a repeat returned above is not).
+    if let Err(refusal) = rate_limit::charge_jobs(state, caller, 1).await {
         tx.rollback().await?;
         return Err(refusal);
     }

@@ -119,7 +119,6 @@ async fn submit_batches(
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
-    crate::rate_limit::charge_jobs(&state, &caller, count).await?;
     if let Some(index) = jobs.iter().position(|j| j.callback_url.is_some()) {
         check_webhook_secret(&state, &caller)
             .await
@@ -148,6 +147,11 @@ async fn submit_batches(
     let mut tx = state.db.begin().await?;
     db::jobs::insert_many(&mut *tx, &new_jobs, state.max_attempts, owner).await?;
     if let Some(refusal) = check_quotas(&mut tx, &caller, budget, "these jobs need").await? {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
+    // Last, so that only jobs that are accepted are charged.
+    if let Err(refusal) = crate::rate_limit::charge_jobs(&state, &caller, count).await {
         tx.rollback().await?;
         return Err(refusal);
     }

@@ -70,8 +70,12 @@ pub fn router() -> OpenApiRouter<AppState> {
                 from the start)"),
     ),
     responses(
-        (status = 200, description = "The job's events, ending with `done`",
-            content_type = "text/event-stream", body = String),
+        (status = 200, description = "The job's events as a `text/event-stream` (not JSON): \
+            `event:` lines name each (`status`, `prompt`, `token`, `done`, `error`), `data:` \
+            lines carry it as JSON, `id:` lines the id to resume after. See docs/api.md, \
+            Waiting for a job.",
+            content_type = "text/event-stream", body = String,
+            example = json!("event: status\ndata: {\"status\":\"queued\"}\n\nevent: done\ndata: {\"task_id\":\"…\",\"status\":\"completed\"}\n\n")),
         (status = 400, body = ErrorBody, description = "`malformed_id`: the task id is not a UUID"),
         (status = 401, response = Unauthorized),
         (status = 404, body = ErrorBody,
@@ -170,7 +174,15 @@ impl From<sqlx::Error> for Stop {
 
 impl Follower {
     async fn run(mut self) {
-        let detail = match self.follow().await {
+        // Raced against the whole of following, a wait to send included: a client that stops
+        // reading must not keep a revoked key's stream open.
+        let state = self.state.clone();
+        let revoked = state.key_cache.until_revoked(&state.db, self.key_id);
+        let followed = tokio::select! {
+            followed = self.follow() => followed,
+            () = revoked => Err(Stop::Revoked),
+        };
+        let detail = match followed {
             Ok(()) | Err(Stop::ClientGone) => return,
             Err(Stop::Revoked) => ErrorDetail {
                 code: ErrorCode::Unauthorized,
@@ -184,9 +196,9 @@ impl Follower {
                 }
             }
         };
-        let _ = self
-            .send(Event::default().event("error").json_data(detail))
-            .await;
+        // Not waited for: a client that stopped reading gets the stream's end, not this event.
+        let event = Event::default().event("error").json_data(detail);
+        let _ = self.out.try_send(event.expect("events serialize"));
     }
 
     fn scope(&self) -> Scope<'_> {
@@ -203,9 +215,6 @@ impl Follower {
         // must not put off the status re-read forever.
         let mut safety = tokio::time::interval(SAFETY_RECHECK);
         safety.reset();
-        let state = self.state.clone();
-        let revoked = state.key_cache.until_revoked(&state.db, self.key_id);
-        tokio::pin!(revoked);
         loop {
             if read_status {
                 status = match db::jobs::status_in(&self.state.db, self.id, self.scope()).await? {
@@ -249,7 +258,6 @@ impl Follower {
                 () = self.out.closed() => return Err(Stop::ClientGone),
                 // The client reconnects, to this replica's successor, with Last-Event-ID.
                 () = self.state.stopping.cancelled() => return Ok(()),
-                () = &mut revoked => return Err(Stop::Revoked),
             }
         }
     }

@@ -61,7 +61,7 @@ pub fn check_url(raw: &str, allow_private: bool) -> Result<Url, String> {
 
 /// Whether the API may call this address without `GENQ_WEBHOOK_ALLOW_PRIVATE`: a unicast address
 /// that IANA's special-purpose registries do not mark as not globally reachable. Addresses that
-/// carry an IPv4 address (IPv4-mapped and -compatible, NAT64, 6to4) are judged by that one.
+/// carry an IPv4 address (IPv4-mapped, NAT64, 6to4) are judged by that one.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(ip) => is_public_v4(ip),
@@ -132,10 +132,8 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     let segments = ip.segments();
     let embedded = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
-    // Addresses that carry an IPv4 address reach it: judge that one.
-    if segments[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
-        return is_public_v4(embedded(segments[6], segments[7])); // IPv4-compatible, ::a.b.c.d
-    }
+    // Addresses that carry an IPv4 address reach it: judge that one. (IPv4-compatible ones,
+    // `::a.b.c.d`, are deprecated and, outside 2000::/3, refused below.)
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return is_public_v4(embedded(segments[6], segments[7])); // NAT64, 64:ff9b::/96
     }
@@ -238,6 +236,7 @@ mod tests {
             "[100::1]",
             "[100:0:0:1::1]",
             "[::10.0.0.1]",
+            "[::93.184.216.34]", // IPv4-compatible: deprecated
             "[2001::1]",
             "[2001:2::1]",
             "[2001:10::1]",

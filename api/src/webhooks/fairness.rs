@@ -1,7 +1,9 @@
-//! Sharing a deliverer's slots: at most so many calls in flight per tenant and per destination
-//! (scheme, host and port), and a circuit breaker per destination that pauses one that keeps
-//! failing, so one tenant's dead receiver, however many deliveries it is owed, costs the others
-//! nothing. The state is this replica's own: each replica shares its own slots fairly.
+//! Sharing a deliverer's slots: at most so many calls in flight per tenant and per tenant's
+//! destination (scheme, host and port), and a circuit breaker per tenant's destination that
+//! pauses one that keeps failing, so one tenant's dead receiver, however many deliveries it is
+//! owed, costs the others nothing. Destinations are counted per tenant so that a tenant pointing
+//! its callbacks at another tenant's host (or failing there) takes nothing from that tenant. The
+//! state is this replica's own: each replica shares its own slots fairly.
 //!
 //! The breaker: after `pause_after` failures in a row (no answer, a timeout, 429 or 5xx) the
 //! destination is paused for `pause`, doubled at each pause in a row up to an hour; then one call
@@ -50,7 +52,8 @@ impl Health {
 pub struct Fairness {
     limits: Limits,
     tenants: HashMap<String, usize>,
-    destinations: HashMap<String, Destination>,
+    /// By tenant, then destination.
+    destinations: HashMap<(String, String), Destination>,
 }
 
 #[derive(Debug, Default)]
@@ -59,9 +62,17 @@ struct Destination {
     failures_in_a_row: u32,
     pauses_in_a_row: u32,
     paused_until: Option<Instant>,
+    last_failed: Option<Instant>,
 }
 
 impl Destination {
+    /// Whether forgetting it loses nothing that still matters: no call in flight, no failure
+    /// and no pause within the longest pause (a probe failing doubles the pause from there).
+    fn is_forgettable(&self, now: Instant) -> bool {
+        let long_ago = |at: Option<Instant>| at.is_none_or(|at| at + MAX_PAUSE <= now);
+        self.in_flight == 0 && long_ago(self.last_failed) && long_ago(self.paused_until)
+    }
+
     /// Paused, or probing after a pause: only one call goes at a time then.
     fn is_closed_to_more(&self, now: Instant, per_destination: usize) -> bool {
         let probing = self.pauses_in_a_row > 0;
@@ -84,8 +95,14 @@ impl Fairness {
         }
     }
 
-    /// The tenants and destinations that may not have another call now.
+    /// The tenants and tenants' destinations that may not have another call now.
     pub fn skip(&self, now: Instant) -> Skip {
+        let (tenants_of, destinations) = self
+            .destinations
+            .iter()
+            .filter(|(_, d)| d.is_closed_to_more(now, self.limits.per_destination))
+            .map(|((tenant, destination), _)| (tenant.clone(), destination.clone()))
+            .unzip();
         Skip {
             tenants: self
                 .tenants
@@ -93,21 +110,14 @@ impl Fairness {
                 .filter(|&(_, &in_flight)| in_flight >= self.limits.per_tenant)
                 .map(|(tenant, _)| tenant.clone())
                 .collect(),
-            destinations: self
-                .destinations
-                .iter()
-                .filter(|(_, d)| d.is_closed_to_more(now, self.limits.per_destination))
-                .map(|(destination, _)| destination.clone())
-                .collect(),
+            tenants_of,
+            destinations,
         }
     }
 
     pub fn started(&mut self, due: &DueDelivery) {
         *self.tenants.entry(due.tenant.clone()).or_default() += 1;
-        self.destinations
-            .entry(due.destination.clone())
-            .or_default()
-            .in_flight += 1;
+        self.destinations.entry(key(due)).or_default().in_flight += 1;
     }
 
     /// Records a call's end; the pause when this one paused its destination.
@@ -123,7 +133,8 @@ impl Fairness {
                 self.tenants.remove(&due.tenant);
             }
         }
-        let destination = self.destinations.get_mut(&due.destination)?;
+        let key = key(due);
+        let destination = self.destinations.get_mut(&key)?;
         destination.in_flight = destination.in_flight.saturating_sub(1);
         let paused = match health {
             Health::Unknown => None,
@@ -136,6 +147,7 @@ impl Fairness {
             }
             Health::Failing => {
                 destination.failures_in_a_row += 1;
+                destination.last_failed = Some(now);
                 let already_paused = destination.paused_until.is_some_and(|until| until > now);
                 let pause_after = self.limits.pause_after;
                 (pause_after > 0 && destination.failures_in_a_row >= pause_after && !already_paused)
@@ -152,14 +164,15 @@ impl Fairness {
                     })
             }
         };
-        let idle = destination.in_flight == 0
-            && destination.failures_in_a_row == 0
-            && destination.paused_until.is_none();
-        if idle {
-            self.destinations.remove(&due.destination);
-        }
+        // Whatever else has been idle long enough goes too: a tenant with many host names
+        // must not grow this map, nor the list of what the next round skips.
+        self.destinations.retain(|_, d| !d.is_forgettable(now));
         paused
     }
+}
+
+fn key(due: &DueDelivery) -> (String, String) {
+    (due.tenant.clone(), due.destination.clone())
 }
 
 #[cfg(test)]
@@ -190,21 +203,56 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_or_destination_at_its_cap_is_skipped_until_a_call_ends() {
-        let mut fairness = Fairness::new(limits());
+    fn a_tenant_or_its_destination_at_its_cap_is_skipped_until_a_call_ends() {
+        let mut fairness = Fairness::new(Limits {
+            per_tenant: 3,
+            per_destination: 2,
+            ..limits()
+        });
         let now = Instant::now();
-        let (a1, a2, b1) = (due("a", "x:80"), due("a", "y:80"), due("b", "x:80"));
+        let (a1, a2, a3, b1) = (
+            due("a", "x:80"),
+            due("a", "x:80"),
+            due("a", "y:80"),
+            due("b", "x:80"),
+        );
         for call in [&a1, &a2, &b1] {
             fairness.started(call);
         }
+        // A's two calls to x fill its share of x; B's use of x is B's own.
+        let skip = fairness.skip(now);
+        assert_eq!(
+            (skip.tenants_of, skip.destinations),
+            (vec!["a".into()], vec!["x:80".into()])
+        );
+        assert!(skip.tenants.is_empty());
+        fairness.started(&a3);
         assert_eq!(fairness.skip(now).tenants, ["a"]);
-        fairness.started(&due("c", "x:80"));
-        assert_eq!(fairness.skip(now).destinations, ["x:80"]);
 
-        fairness.finished(&a1, Health::Answered, now);
-        fairness.finished(&b1, Health::Answered, now);
+        for call in [&a1, &a2, &a3, &b1] {
+            fairness.finished(call, Health::Answered, now);
+        }
 
         assert_eq!(fairness.skip(now), Skip::default());
+        assert!(fairness.destinations.is_empty() && fairness.tenants.is_empty());
+    }
+
+    #[test]
+    fn one_tenants_failures_at_a_host_do_not_pause_it_for_another() {
+        let mut fairness = Fairness::new(limits());
+        let now = Instant::now();
+        let failing: Vec<DueDelivery> = (0..2).map(|_| due("a", "shared:80")).collect();
+        failing.iter().for_each(|c| fairness.started(c));
+        failing.iter().for_each(|c| {
+            fairness.finished(c, Health::Failing, now);
+        });
+
+        let skip = fairness.skip(now);
+
+        assert_eq!(
+            (skip.tenants_of, skip.destinations),
+            (vec!["a".into()], vec!["shared:80".into()])
+        );
     }
 
     #[test]
@@ -234,6 +282,27 @@ mod tests {
         let probe = due("a", "dead:80");
         fairness.started(&probe);
         fairness.finished(&probe, Health::Answered, later);
+        assert!(fairness.destinations.is_empty() && fairness.tenants.is_empty());
+    }
+
+    #[test]
+    fn a_destination_is_forgotten_an_hour_after_its_last_failure() {
+        let mut fairness = Fairness::new(limits());
+        let now = Instant::now();
+        let failed = due("a", "gone:80");
+        fairness.started(&failed);
+        fairness.finished(&failed, Health::Failing, now);
+        assert_eq!(
+            fairness.destinations.len(),
+            1,
+            "one failure counts towards a pause"
+        );
+
+        // Any call's end sweeps: a tenant with many host names does not grow the map.
+        let other = due("b", "elsewhere:80");
+        fairness.started(&other);
+        fairness.finished(&other, Health::Answered, now + MAX_PAUSE);
+
         assert!(fairness.destinations.is_empty() && fairness.tenants.is_empty());
     }
 

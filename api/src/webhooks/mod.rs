@@ -109,6 +109,13 @@ impl Deliverer {
         if config.webhook_concurrency == 0 {
             return Ok(None);
         }
+        anyhow::ensure!(
+            config.webhook_timeout_secs < config.webhook_lease_secs,
+            "GENQ_WEBHOOK_TIMEOUT_SECS ({}) must be shorter than GENQ_WEBHOOK_LEASE_SECS ({}): \
+             a call still running when its lease ends is made again by another replica",
+            config.webhook_timeout_secs,
+            config.webhook_lease_secs
+        );
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.webhook_timeout_secs.max(1)))
             .redirect(reqwest::redirect::Policy::none())

@@ -23,7 +23,8 @@ pub struct DueDelivery {
     pub owed_at: DateTime<Utc>,
     /// The submitting key's own signing secret, if it has one.
     pub key_secret: Option<String>,
-    /// The job's tenant, and the URL's scheme, host and port: what delivery is made fair by.
+    /// The job's tenant, and the URL's scheme, host and port (`http://h:8080`): what delivery is
+    /// made fair by.
     pub tenant: String,
     pub destination: String,
 }
@@ -41,10 +42,10 @@ impl std::fmt::Debug for DueDelivery {
 }
 
 /// Takes up to `limit` due deliveries, each leased for `lease`: the earliest due one of each
-/// destination, then of those the earliest of each tenant, so that one call takes at most one
-/// delivery per tenant and per destination (a deliverer calls again to fill more slots: round
-/// robin). Tenants and destinations in `skip` (at their cap, or paused) are passed over. Several
-/// deliverers (API replicas) never take the same one: `skip locked`.
+/// tenant's destination, then of those the earliest of each tenant, so that one call takes at most
+/// one delivery per tenant (a deliverer calls again to fill more slots: round robin). Tenants and
+/// tenants' destinations in `skip` (at their cap, or paused) are passed over. Several deliverers
+/// (API replicas) never take the same one: `skip locked`.
 pub async fn take_due(
     pool: &PgPool,
     limit: i64,
@@ -53,11 +54,13 @@ pub async fn take_due(
 ) -> sqlx::Result<Vec<DueDelivery>> {
     sqlx::query_as(
         r#"with first_per_destination as (
-               select distinct on (destination) job_id, tenant, next_attempt_at
-               from webhook_deliveries
+               select distinct on (tenant, destination) job_id, tenant, next_attempt_at
+               from webhook_deliveries w
                where delivered_at is null and gave_up_at is null and next_attempt_at <= now()
-                 and tenant <> all($3) and destination <> all($4)
-               order by destination, next_attempt_at
+                 and tenant <> all($3)
+                 and not exists (select 1 from unnest($4::text[], $5::text[]) s (tenant, destination)
+                                 where s.tenant = w.tenant and s.destination = w.destination)
+               order by tenant, destination, next_attempt_at
            ), first_per_tenant as (
                select distinct on (tenant) job_id, next_attempt_at
                from first_per_destination
@@ -80,15 +83,18 @@ pub async fn take_due(
     .bind(limit)
     .bind(lease.as_secs_f64())
     .bind(&skip.tenants)
+    .bind(&skip.tenants_of)
     .bind(&skip.destinations)
     .fetch_all(pool)
     .await
 }
 
-/// What [`take_due`] passes over.
+/// What [`take_due`] passes over: whole tenants, and destinations of a tenant (`tenants_of[i]`'s
+/// `destinations[i]`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Skip {
     pub tenants: Vec<String>,
+    pub tenants_of: Vec<String>,
     pub destinations: Vec<String>,
 }
 
