@@ -18,7 +18,7 @@ use genq_tests::{
     AppOptions, PATIENCE, TestApp, assert_exit, client_with_key, stdout, submit_to, until,
 };
 use serde_json::{Value, json};
-use tokio::{io::AsyncReadExt, sync::mpsc};
+use tokio::sync::mpsc;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -29,11 +29,16 @@ struct Call {
     at: tokio::time::Instant,
 }
 
-/// A local HTTP receiver that answers 500 to its first `failures` calls and 204 after; with
-/// `hang_first`, its first call is never answered.
+/// A local HTTP receiver that answers 500 to its first `failures` calls to `url` and 204 after;
+/// with `hang_first`, its first call is never answered. Calls to `dead_url`, on the same host and
+/// port, are never answered, as by a dead service behind a load balancer, and counted.
 struct Receiver {
     url: String,
+    dead_url: String,
     calls: mpsc::UnboundedReceiver<Call>,
+    /// Calls to `dead_url` waiting now, and the most that ever waited at once.
+    dead_open: Arc<AtomicUsize>,
+    dead_most_open: Arc<AtomicUsize>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -42,6 +47,8 @@ struct ReceiverState {
     failures_left: Arc<Mutex<u32>>,
     hang_next: Arc<Mutex<bool>>,
     calls: mpsc::UnboundedSender<Call>,
+    dead_open: Arc<AtomicUsize>,
+    dead_most_open: Arc<AtomicUsize>,
 }
 
 impl Receiver {
@@ -55,18 +62,25 @@ impl Receiver {
             failures_left: Arc::new(Mutex::new(failures)),
             hang_next: Arc::new(Mutex::new(hang_first)),
             calls: sender,
+            dead_open: Arc::default(),
+            dead_most_open: Arc::default(),
         };
+        let (dead_open, dead_most_open) = (state.dead_open.clone(), state.dead_most_open.clone());
         let app = Router::new()
             .route("/hook", axum::routing::post(receive))
+            .route("/dead", axum::routing::post(never_answer))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         Receiver {
-            url,
+            url: format!("http://{address}/hook"),
+            dead_url: format!("http://{address}/dead?token=t"),
             calls,
+            dead_open,
+            dead_most_open,
             _server: server,
         }
     }
@@ -101,41 +115,19 @@ async fn receive(
     }
 }
 
-/// A receiver that takes connections and reads what comes but never answers, as a dead service
-/// behind a load balancer does; it counts the connections open at once.
-struct Tarpit {
-    url: String,
-    open: Arc<AtomicUsize>,
-    most_open: Arc<AtomicUsize>,
-    _server: tokio::task::JoinHandle<()>,
+async fn never_answer(State(state): State<ReceiverState>) -> StatusCode {
+    let now_open = state.dead_open.fetch_add(1, Ordering::SeqCst) + 1;
+    state.dead_most_open.fetch_max(now_open, Ordering::SeqCst);
+    let _gone = Departure(state.dead_open);
+    std::future::pending().await
 }
 
-impl Tarpit {
-    async fn start() -> Tarpit {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook?token=t", listener.local_addr().unwrap());
-        let (open, most_open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let server = tokio::spawn({
-            let (open, most_open) = (open.clone(), most_open.clone());
-            async move {
-                while let Ok((mut socket, _)) = listener.accept().await {
-                    let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
-                    most_open.fetch_max(now_open, Ordering::SeqCst);
-                    let open = open.clone();
-                    tokio::spawn(async move {
-                        let mut buffer = [0u8; 4096];
-                        while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
-                        open.fetch_sub(1, Ordering::SeqCst);
-                    });
-                }
-            }
-        });
-        Tarpit {
-            url,
-            open,
-            most_open,
-            _server: server,
-        }
+/// Counts a waiting call out when its future is dropped (the caller gave up).
+struct Departure(Arc<AtomicUsize>);
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -397,18 +389,18 @@ async fn callback_urls_must_be_public_and_need_a_signing_secret() {
 #[tokio::test]
 async fn a_tenants_dead_receiver_does_not_delay_another_tenants_webhook() {
     let app = app_that_does_not_deliver().await;
-    // A tenant may have 8 calls at once, one destination of it 4: the tarpit sees the latter.
+    // A tenant may have 8 calls at once, one destination of it 4: the receiver sees the latter.
     let api = app
         .spawn_api_process_with(&delivering(&[("GENQ_WEBHOOK_TENANT_CONCURRENCY", "8")]))
         .await;
-    let tarpit = Tarpit::start().await;
+    // One host for both tenants: A's path on it never answers, B's does.
     let mut receiver = Receiver::start(0).await;
     let tenant_a = client_with_key(Some(&app.tenant_key("a").await));
     let tenant_b = client_with_key(Some(&app.tenant_key("b").await));
     // 10,000 of tenant A's jobs, made final at once by a purge: 10,000 deliveries owed, all due
-    // before B's, to a receiver that never answers (each call times out after 10 s).
+    // before B's, to a path that never answers (each call times out after 10 s).
     let jobs: Vec<Value> = (0..10_000)
-        .map(|_| json!({ "prompts": ["a"], "callback_url": tarpit.url }))
+        .map(|_| json!({ "prompts": ["a"], "callback_url": receiver.dead_url }))
         .collect();
     let bulk = tenant_a
         .post(format!("{}/batches", api.address))
@@ -419,7 +411,7 @@ async fn a_tenants_dead_receiver_does_not_delay_another_tenants_webhook() {
     assert_eq!(bulk.status(), 202);
     assert_exit(&app.genqctl(&["queue", "purge", "--yes"]).await, 0);
     until("A's calls hold their share of the slots", || async {
-        tarpit.open.load(Ordering::SeqCst) == 4
+        receiver.dead_open.load(Ordering::SeqCst) == 4
     })
     .await;
 
@@ -450,9 +442,10 @@ async fn a_tenants_dead_receiver_does_not_delay_another_tenants_webhook() {
     assert!(header(&call, "webhook-id").starts_with(&id.to_string()));
     assert!(owed_to_a > 9_900, "{owed_to_a} of A's deliveries owed");
     assert!(delay < Duration::from_secs(2), "B's webhook took {delay:?}");
-    // One destination never had more than its 4 calls at once (GENQ_WEBHOOK_DESTINATION_CONCURRENCY).
-    assert_eq!(tarpit.most_open.load(Ordering::SeqCst), 4);
-    // The API process is killed: a graceful stop would wait out the tarpit's calls.
+    // A's share of the host never had more than its 4 calls at once
+    // (GENQ_WEBHOOK_DESTINATION_CONCURRENCY).
+    assert_eq!(receiver.dead_most_open.load(Ordering::SeqCst), 4);
+    // The API process is killed: a graceful stop would wait out the calls left hanging.
     drop(api);
     app.stop().await;
 }
