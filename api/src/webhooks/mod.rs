@@ -59,7 +59,7 @@ pub struct WebhookConfig {
     /// every slot.
     #[arg(long, env = "GENQ_WEBHOOK_TENANT_CONCURRENCY", default_value_t = 4)]
     pub webhook_tenant_concurrency: usize,
-    /// Of those, the most to one destination (scheme, host and port).
+    /// Of those, the most for one tenant's destination (scheme, host and port).
     #[arg(
         long,
         env = "GENQ_WEBHOOK_DESTINATION_CONCURRENCY",
