@@ -55,6 +55,15 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the job failed: {message}")]
     JobFailed { code: ErrorCode, message: String },
+    /// An error of the OpenAI routes with a code of OpenAI's own (`model_not_found`, `timeout`),
+    /// answered in OpenAI's error shape.
+    #[error("{message}")]
+    OpenAi {
+        status: StatusCode,
+        code: &'static str,
+        param: Option<&'static str>,
+        message: String,
+    },
     /// One job of a bulk request (`POST /batches`) was refused: its index and why.
     #[error("jobs[{index}]: {error}")]
     InJob { index: usize, error: Box<ApiError> },
@@ -105,6 +114,7 @@ impl ApiError {
             // The worker, not the client, failed: a gateway error carrying the job's own reason.
             ApiError::JobFailed { code, .. } => (StatusCode::BAD_GATEWAY, *code),
             ApiError::InJob { error, .. } => error.status_and_code(),
+            ApiError::OpenAi { status, .. } => (*status, ErrorCode::Internal),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
@@ -124,6 +134,16 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::OpenAi {
+            status,
+            code,
+            param,
+            message,
+        } = &self
+        {
+            let body = crate::openai::error_body(*status, code, message, *param);
+            return (*status, Json(body)).into_response();
+        }
         let (status, code) = self.status_and_code();
         let message = match &self {
             ApiError::Internal(cause) => {

@@ -21,6 +21,7 @@ pub mod error;
 mod extract;
 mod key_cache;
 mod moderation;
+pub mod openai;
 mod openapi;
 mod rate_limit;
 mod routes;
@@ -118,7 +119,12 @@ pub struct Config {
     /// A file of further forbidden words, one a line (`#` starts a comment).
     #[arg(long, env = "GENQ_FORBIDDEN_WORDS_FILE")]
     pub forbidden_words_file: Option<PathBuf>,
-    /// How long `POST /generate` waits for its job before answering 202 with the task id.
+    /// A client must send a whole file to `POST /v1/files` within this long (408 otherwise).
+    #[arg(long, env = "GENQ_UPLOAD_TIMEOUT_SECS", default_value_t = 600)]
+    pub upload_timeout_secs: u64,
+    /// How long `POST /generate` waits for its job before answering 202 with the task id, and
+    /// `/v1/completions` and `/v1/chat/completions` before answering 504 (a stream: for a worker
+    /// to start it).
     #[arg(long, env = "GENQ_GENERATE_TIMEOUT_SECS", default_value_t = 60)]
     pub generate_timeout_secs: u64,
     #[arg(long, env = "GENQ_DB_MAX_CONNECTIONS", default_value_t = 20)]
@@ -160,6 +166,11 @@ pub struct AppState {
     key_cache: Arc<key_cache::KeyCache>,
     rate_limiter: rate_limit::RateLimiter,
     body_timeout: Duration,
+    /// The model's chat template, for `/v1/chat/completions` (genq's plain one without).
+    chat_template: Option<Arc<openai::chat::ChatTemplate>>,
+    /// Wakes this replica's batch runner (a batch created or cancelled here).
+    batch_runner: Arc<tokio::sync::Notify>,
+    upload_timeout: Duration,
     /// Whether `GENQ_WEBHOOK_SECRET` is set (else a callback needs its key's own secret).
     webhook_secret_configured: bool,
     /// Cancelled when shutdown begins: long waits answer at once and event streams end, so
@@ -175,6 +186,8 @@ pub struct Application {
     client_timeout: Duration,
     reconciler: Option<(Reconciler, Duration)>,
     deliverer: Option<webhooks::Deliverer>,
+    /// What the OpenAI batch runner works with.
+    batch_runner: AppState,
 }
 
 impl Application {
@@ -201,6 +214,20 @@ impl Application {
                     genq_model::context_per_slot(model.context_length(), config.context_per_slot);
                 Some((Arc::new(model), context))
             }
+            None => None,
+        };
+        let chat_template = match context.as_ref().and_then(|(m, _)| m.chat_template()) {
+            Some(source) => match openai::chat::ChatTemplate::new(
+                &source.template,
+                &source.bos_token,
+                &source.eos_token,
+            ) {
+                Ok(template) => Some(Arc::new(template)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the model's chat template does not compile; chat uses genq's plain template");
+                    None
+                }
+            },
             None => None,
         };
         let forbidden_words = ForbiddenWords::load(
@@ -243,6 +270,9 @@ impl Application {
             )),
             body_timeout: Duration::from_secs(config.request_body_timeout_secs),
             webhook_secret_configured: config.webhooks.webhook_secret.is_some(),
+            chat_template,
+            batch_runner: Arc::new(tokio::sync::Notify::new()),
+            upload_timeout: Duration::from_secs(config.upload_timeout_secs),
             redis,
             watch,
             model_name: limits.context.as_ref().map(|(m, _)| m.name().to_owned()),
@@ -253,6 +283,7 @@ impl Application {
         };
         let stopping = state.stopping.clone();
         let watch = state.watch.clone();
+        let batch_runner = state.clone();
         let mut router = with_answer_layers(routes::router(state));
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
@@ -273,6 +304,7 @@ impl Application {
             reconciler: reconciler
                 .map(|r| (r, Duration::from_secs(config.reconcile_interval_secs))),
             deliverer,
+            batch_runner,
         })
     }
 
@@ -300,6 +332,12 @@ impl Application {
         let delivering = self
             .deliverer
             .map(|deliverer| tokio::spawn(deliverer.run(self.stopping.clone())));
+        let wake = self.batch_runner.batch_runner.clone();
+        let running_batches = tokio::spawn(openai::batch_runner::run(
+            self.batch_runner,
+            wake,
+            self.stopping.clone(),
+        ));
         let stopping = self.stopping.clone();
         let shutdown = async move {
             shutdown.await;
@@ -313,6 +351,7 @@ impl Application {
         if let Some(task) = delivering {
             let _ = task.await;
         }
+        let _ = running_batches.await;
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use crate::{
 
 /// Longest stop string and most stop strings a request may give.
 const MAX_STOP_LEN: usize = 64;
-const MAX_STOPS: usize = 4;
+pub(crate) const MAX_STOPS: usize = 4;
 
 /// `POST /batch` and `POST /generate` body. The bounds in the OpenAPI schema are the defaults
 /// of the limits (`GENQ_MAX_PROMPTS` and the like); a value past them is a 422 naming the field.
@@ -125,6 +125,21 @@ pub async fn validate_all(
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+/// Checks many jobs in one blocking task, each on its own (a batch file's requests).
+pub async fn validate_each(
+    requests: Vec<BatchRequest>,
+    limits: Arc<Limits>,
+) -> Result<Vec<Result<ValidJob>>> {
+    tokio::task::spawn_blocking(move || {
+        requests
+            .into_iter()
+            .map(|request| check(request, &limits))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))
 }
 
 fn check(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {

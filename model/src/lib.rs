@@ -46,6 +46,16 @@ pub struct ModelFile {
     name: String,
     context_length: u32,
     tokenizer: Gpt2Tokenizer,
+    chat_template: Option<ChatTemplateSource>,
+}
+
+/// A model's Jinja chat template (`tokenizer.chat_template`) and the texts of the tokens it may
+/// name.
+#[derive(Debug, Clone)]
+pub struct ChatTemplateSource {
+    pub template: String,
+    pub bos_token: String,
+    pub eos_token: String,
 }
 
 impl ModelFile {
@@ -63,10 +73,31 @@ impl ModelFile {
         };
         let tokenizer = Gpt2Tokenizer::from_metadata(&metadata)
             .with_context(|| format!("the tokenizer of {}", path.display()))?;
+        let chat_template = metadata
+            .str("tokenizer.chat_template")
+            .ok()
+            .map(|template| {
+                let token = |key: &str| -> String {
+                    let tokens = metadata
+                        .string_list("tokenizer.ggml.tokens")
+                        .unwrap_or_default();
+                    metadata
+                        .u32(key)
+                        .ok()
+                        .and_then(|id| tokens.get(id as usize).map(|t| (*t).to_owned()))
+                        .unwrap_or_default()
+                };
+                ChatTemplateSource {
+                    template: template.to_owned(),
+                    bos_token: token("tokenizer.ggml.bos_token_id"),
+                    eos_token: token("tokenizer.ggml.eos_token_id"),
+                }
+            });
         Ok(ModelFile {
             name: model_name(metadata.str("general.name").ok(), path),
             context_length,
             tokenizer,
+            chat_template,
         })
     }
 
@@ -77,6 +108,11 @@ impl ModelFile {
     /// The context the model was trained with: GPT-2's position embeddings end there.
     pub fn context_length(&self) -> u32 {
         self.context_length
+    }
+
+    /// The chat template the GGUF carries, if any.
+    pub fn chat_template(&self) -> Option<&ChatTemplateSource> {
+        self.chat_template.as_ref()
     }
 
     pub fn tokenizer(&self) -> &Gpt2Tokenizer {

@@ -238,6 +238,7 @@ async fn a_result_the_output_filter_changed_says_redacted() {
         index,
         text: text.into(),
         completion_tokens: 4,
+        prompt_tokens: Some(1),
         finish_reason: FinishReason::Length,
         cache_key: None,
         cached: false,

@@ -16,6 +16,7 @@ mod key_cache;
 mod limits;
 mod metrics;
 mod model;
+mod openai;
 mod ops;
 mod outages;
 mod replicas;

@@ -74,6 +74,7 @@ impl ResultCache {
                     index: *index as i32,
                     text: hit.generated_text.clone(),
                     completion_tokens: hit.completion_tokens,
+                    prompt_tokens: hit.prompt_tokens,
                     finish_reason: hit.finish_reason,
                     cache_key: None,
                     cached: true,

@@ -214,6 +214,10 @@ impl JobRunner {
                 .collect::<Vec<_>>()
         })
         .await?;
+        let mut prompt_tokens = vec![0; claim.prompts.len()];
+        for (index, tokens) in &tokenized {
+            prompt_tokens[*index] = tokens.len();
+        }
         // Every other prompt goes to the engine now, so they share decode steps. Dropping
         // `pending` cancels whatever has not finished.
         let mut pending: FuturesUnordered<_> = tokenized
@@ -253,7 +257,12 @@ impl JobRunner {
                     None => break,
                     Some((index, Ok(generation))) => {
                         held.generated_one();
-                        let result = inferred(index, generation, keys[index].clone());
+                        let result = inferred(
+                            index,
+                            generation,
+                            keys[index].clone(),
+                            prompt_tokens[index],
+                        );
                         live.finished(&result);
                         finished.push(result);
                     }
@@ -329,6 +338,7 @@ fn inferred(
     index: usize,
     generation: genq_engine::Generation,
     cache_key: Option<Vec<u8>>,
+    prompt_tokens: usize,
 ) -> NewGeneration {
     let (text, redacted) = stored_text(&generation.text);
     NewGeneration {
@@ -336,6 +346,7 @@ fn inferred(
         text,
         redacted,
         completion_tokens: generation.completion_tokens as i32,
+        prompt_tokens: Some(prompt_tokens as i32),
         finish_reason: match generation.finish_reason {
             genq_engine::FinishReason::Length => FinishReason::Length,
             genq_engine::FinishReason::Stop => FinishReason::Stop,
@@ -382,8 +393,13 @@ mod tests {
             finish_reason: genq_engine::FinishReason::Length,
         };
 
-        let leaked = inferred(0, generation("call 123-45-6789 or bob@example.org\0"), None);
-        let plain = inferred(1, generation("nothing to hide"), None);
+        let leaked = inferred(
+            0,
+            generation("call 123-45-6789 or bob@example.org\0"),
+            None,
+            3,
+        );
+        let plain = inferred(1, generation("nothing to hide"), None, 3);
 
         assert_eq!(
             leaked.text,

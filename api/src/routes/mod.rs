@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::MethodNotAllowed(format!("{method} is not served on {}", uri.path()))
         })
+        .layer(middleware::from_fn(crate::openai::in_openai_shape))
 }
 
 /// The API's routes and their OpenAPI description, built together by utoipa-axum: each route is
@@ -53,6 +54,7 @@ pub fn api_router(state: AppState) -> OpenApiRouter<AppState> {
         .merge(bulk::router())
         .merge(generate::router())
         .merge(history::router())
+        .merge(crate::openai::router())
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state, auth::authenticate));
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
@@ -67,7 +69,7 @@ fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// A route's query parameters, or a 422 naming the query string when it cannot be decoded.
-fn query_map(
+pub(crate) fn query_map(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<HashMap<String, String>, ApiError> {
     let Query(query) = query.map_err(|e| {

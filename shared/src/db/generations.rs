@@ -82,6 +82,7 @@ pub struct CachedResult {
     pub cache_key: Vec<u8>,
     pub generated_text: String,
     pub completion_tokens: i32,
+    pub prompt_tokens: Option<i32>,
     pub finish_reason: FinishReason,
     pub redacted: bool,
 }
@@ -96,7 +97,7 @@ pub async fn cached(
 ) -> sqlx::Result<Vec<CachedResult>> {
     sqlx::query_as(
         r#"select distinct on (cache_key) cache_key, generated_text, completion_tokens, finish_reason,
-                  redacted
+                  redacted, prompt_tokens
            from generations
            where cache_key = any($1) and created_at > now() - make_interval(secs => $2)
              and tenant = $3
@@ -131,15 +132,16 @@ pub(super) async fn insert(
     let cache_keys: Vec<Option<&[u8]>> = results.iter().map(|r| r.cache_key.as_deref()).collect();
     let cached: Vec<bool> = results.iter().map(|r| r.cached).collect();
     let redacted: Vec<bool> = results.iter().map(|r| r.redacted).collect();
+    let prompt_tokens: Vec<Option<i32>> = results.iter().map(|r| r.prompt_tokens).collect();
     sqlx::query(
         r#"insert into generations
                (id, job_id, prompt_index, prompt, generated_text, completion_tokens, finish_reason,
-                model_name, cache_key, cached, redacted, tenant)
+                model_name, cache_key, cached, redacted, tenant, prompt_tokens)
            select id, $2, idx, prompt, text, tokens, reason, $8, key, hit, filtered,
-                  (select tenant from jobs where jobs.id = $2)
+                  (select tenant from jobs where jobs.id = $2), fed
            from unnest($1::uuid[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
-                       $9::bytea[], $10::bool[], $11::bool[])
-               as t(id, idx, prompt, text, tokens, reason, key, hit, filtered)
+                       $9::bytea[], $10::bool[], $11::bool[], $12::int[])
+               as t(id, idx, prompt, text, tokens, reason, key, hit, filtered, fed)
            order by idx"#,
     )
     .bind(ids)
@@ -153,6 +155,7 @@ pub(super) async fn insert(
     .bind(cache_keys)
     .bind(cached)
     .bind(redacted)
+    .bind(prompt_tokens)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -200,4 +203,45 @@ pub(super) async fn delete_of_jobs<'e>(
         .execute(executor)
         .await?;
     Ok(())
+}
+
+/// A job's outcome with its results, as OpenAI's answers need them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobOutcome {
+    pub id: Uuid,
+    pub status: crate::types::JobStatus,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// One stored result of [`of_jobs`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobResult {
+    pub job_id: Uuid,
+    pub prompt_index: i32,
+    pub prompt: String,
+    pub generated_text: String,
+    pub completion_tokens: i32,
+    pub prompt_tokens: Option<i32>,
+    pub finish_reason: FinishReason,
+}
+
+/// The outcomes of `ids` (in no order; unknown ids are absent).
+pub async fn outcomes(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<JobOutcome>> {
+    sqlx::query_as(r#"select id, status, error_code, error_message from jobs where id = any($1)"#)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// Every stored result of the jobs `ids`, by job and prompt.
+pub async fn of_jobs(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<JobResult>> {
+    sqlx::query_as(
+        r#"select job_id, prompt_index, prompt, generated_text, completion_tokens, prompt_tokens,
+                  finish_reason
+           from generations where job_id = any($1) order by job_id, prompt_index"#,
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
 }

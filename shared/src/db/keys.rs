@@ -121,6 +121,18 @@ pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<KeyRecord>> {
     .await
 }
 
+/// The key with this id, revoked or not.
+pub async fn get(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<KeyRecord>> {
+    sqlx::query_as(
+        r#"select id, name, tenant, prefix, admin, rate_per_min, jobs_per_min, max_queued,
+                  tokens_per_day, created_at, revoked_at
+           from api_keys where id = $1"#,
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Revokes the live key with this name, or the key with this id. `None` when there is none to
 /// revoke (unknown, or already revoked).
 pub async fn revoke(pool: &PgPool, name_or_id: &str) -> sqlx::Result<Option<KeyRecord>> {

@@ -5,10 +5,12 @@
 
 pub mod attempts;
 pub mod control;
+pub mod files;
 pub mod generations;
 pub mod idempotency;
 pub mod jobs;
 pub mod keys;
+pub mod openai_batches;
 pub mod webhooks;
 pub mod workers;
 

@@ -80,6 +80,8 @@ pub struct NewGeneration {
     pub index: i32,
     pub text: String,
     pub completion_tokens: i32,
+    /// Tokens the prompt was fed as (None where unknown: results cached before it was stored).
+    pub prompt_tokens: Option<i32>,
     pub finish_reason: FinishReason,
     /// Set on results of inference for a deterministic request, so later ones can reuse them.
     pub cache_key: Option<Vec<u8>>,
@@ -159,6 +161,16 @@ pub async fn insert_many<'e>(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// The job's prompts, in order (empty for an unknown job).
+pub async fn prompts(pool: &PgPool, id: Uuid) -> sqlx::Result<Vec<String>> {
+    let prompts: Option<Json<Vec<String>>> =
+        sqlx::query_scalar(r#"select prompts from jobs where id = $1"#)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(prompts.map(|p| p.0).unwrap_or_default())
 }
 
 pub async fn status(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<JobStatus>> {
