@@ -64,6 +64,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "database and Redis namespace $ns"
+# The API knows its model, as deployed: a request naming another is refused (404), and with no
+# worker running, one naming it would wait out GENQ_GENERATE_TIMEOUT_SECS and answer 504.
+model="$GENQ_ROOT/models/gpt2-tiny-synthetic.gguf"
+[ -f "$model" ] || "$bin/genqctl" model synth --shape tiny --out "$model" >/dev/null
+export GENQ_MODEL="$model"
 "$bin/genqctl" migrate >/dev/null
 key="$("$bin/genqctl" keys create --name fuzz)"
 

@@ -50,6 +50,28 @@ ensure_browser() {
     fi
 }
 
+# Installs a pinned PyPI package into a virtual environment under .genq/ (never into git), unless
+# that version is there already: ensure_python_package VENV_NAME PACKAGE VERSION.
+ensure_python_package() {
+    local venv="$GENQ_ROOT/.genq/$1" package="$2" version="$3"
+    local query="import importlib.metadata as m; print(m.version('$package'))"
+    [ "$("$venv/bin/python" -c "$query" 2>/dev/null)" = "$version" ] && return
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating $venv"
+        # Debian's python3 leaves out venv (and ensurepip) unless python3-venv is installed.
+        python3 -m venv "$venv" 2>/dev/null || {
+            rm -rf "$venv"
+            apt_install python3-venv
+            python3 -m venv "$venv"
+        }
+    fi
+    say "installing $package $version into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$package==$version"
+    [ "$("$venv/bin/python" -c "$query" 2>/dev/null)" = "$version" ] ||
+        { warn "$package $version did not install"; exit 1; }
+}
+
 # Only a local default service is installed and started: a DATABASE_URL or REDIS_URL pointing
 # elsewhere is taken as given.
 # Closes this shell's file descriptors beyond stdio. A daemon started from here would inherit them:

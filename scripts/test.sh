@@ -29,6 +29,10 @@ redis-cli --scan --pattern 'genq_test_*' | xargs -r redis-cli del >/dev/null
 git -C "$GENQ_ROOT" diff --exit-code -- model/src/bpe/classes.rs ||
     { warn "model/src/bpe/classes.rs differs from llama.cpp's tables: commit the regenerated file"; exit 1; }
 
+# The official openai SDK, which the tests of the /v1 routes drive genq with.
+GENQ_OPENAI_PYTHON="$("$GENQ_ROOT/scripts/openai-sdk-setup.sh")"
+export GENQ_OPENAI_PYTHON
+
 # The binaries the tests start and the tests themselves, in one cargo invocation (see lib.sh).
 build_release
 say "running the tests"

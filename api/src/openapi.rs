@@ -59,6 +59,8 @@ use crate::validate::{BatchRequest, Stop};
         (name = "jobs", description = "Batches of prompts: submit, poll, cancel."),
         (name = "generations",
             description = "Stored generations: wait for a job's, list past ones."),
+        (name = "openai", description = "OpenAI's API: completions, chat, models, files, \
+            batches; errors in OpenAI's shape (docs/openai.md)."),
         (name = "admin", description = "Operators only (an admin key)."),
         (name = "health", description = "Liveness and readiness; no key needed."),
     )

@@ -59,6 +59,7 @@ async fn the_openapi_document_is_open_and_describes_every_route() {
             let request = match method.as_str() {
                 "get" => admin.get(&url),
                 "post" => admin.post(&url).json(&json!({})),
+                "delete" => admin.delete(&url),
                 other => panic!("{other} {path}: a method genq does not serve"),
             };
             let response = request.send().await.unwrap();
