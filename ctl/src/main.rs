@@ -15,6 +15,7 @@
 //! - `model`: synthesize a GPT-2-shaped test model, download a real one or pull it from Hugging
 //!   Face; `fetch`: the resumable, checked download they share.
 
+mod batches;
 mod fetch;
 mod jobs;
 mod keys;
@@ -68,6 +69,8 @@ enum Command {
     Queue(queue::QueueArgs),
     /// Inspect and cancel jobs.
     Jobs(jobs::JobsArgs),
+    /// OpenAI batches (/v1/batches): list, show, cancel.
+    Batches(batches::BatchesArgs),
     /// List live workers (heartbeat within the last 15 s).
     Workers {
         #[command(flatten)]
@@ -121,6 +124,7 @@ async fn run(command: Command) -> anyhow::Result<Done> {
         }
         Command::Queue(args) => queue::run(args).await,
         Command::Jobs(args) => jobs::run(args).await,
+        Command::Batches(args) => batches::run(args).await,
         Command::Workers { database, json } => jobs::workers(&database, json).await,
         Command::Keys(args) => keys::run(args).await,
         Command::Submit(args) => submit::run(args).await,

@@ -161,6 +161,12 @@ def cancel(c, model, count, after_completed):
     }
 
 
+def create(c, model, count):
+    uploaded = upload(c, batch_lines(model, int(count), 64))
+    created = c.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
+    return {"id": created.id}
+
+
 def error_class(call):
     try:
         call()
@@ -215,6 +221,8 @@ def main():
         out = batch(c, *args)
     elif scenario == "bad_batch":
         out = bad_batch(c, *args)
+    elif scenario == "create":
+        out = create(c, *args)
     elif scenario == "cancel":
         out = cancel(c, *args)
     elif scenario == "errors":

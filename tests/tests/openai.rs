@@ -332,3 +332,51 @@ async fn a_batch_file_of_more_lines_than_allowed_is_refused_naming_the_limit() {
         .unwrap();
     assert_eq!(files, 0, "a refused upload leaves nothing");
 }
+
+/// A batch of `lines` completion requests, created with the SDK; its id.
+pub async fn create_batch(app: &TestApp, lines: usize) -> String {
+    let model = model_name(app).await;
+    let created = sdk(app, &app.key, "create", &[&model, &lines.to_string()]).await;
+    created["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn genqctl_shows_lists_and_cancels_a_batch() {
+    let app = TestApp::spawn().await;
+    let id = create_batch(&app, 3).await;
+    let id = id.as_str();
+
+    let shown = app.genqctl(&["batches", "show", id]).await;
+    let cancelled = app.genqctl(&["batches", "cancel", id]).await;
+    let status = || async {
+        sqlx::query_scalar::<_, String>("select status from openai_batches where id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    genq_tests::until("the API's runner ends the cancelled batch", || async {
+        status().await == "cancelled"
+    })
+    .await;
+    let listed = app.genqctl(&["batches", "list", "--json"]).await;
+    let again = app.genqctl(&["batches", "cancel", id]).await;
+    let unknown = app.genqctl(&["batches", "show", "batch_none"]).await;
+
+    assert_exit(&shown, 0);
+    let shown: Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(shown["id"], id);
+    assert_eq!(shown["tenant"], "tests");
+    assert_eq!(shown["endpoint"], "/v1/completions");
+    assert_exit(&cancelled, 0);
+    assert_eq!(stdout(&cancelled), format!("batch {id} is cancelling\n"));
+    assert_exit(&listed, 0);
+    let listed: Value = serde_json::from_str(&stdout(&listed)).unwrap();
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["status"], "cancelled");
+    assert_eq!(listed[0]["request_counts"]["completed"], 0);
+    assert_exit(&again, 1);
+    assert_eq!(stderr(&again), format!("batch {id} is already cancelled\n"));
+    assert_exit(&unknown, 1);
+    assert_eq!(stderr(&unknown), "no batch batch_none\n");
+}

@@ -236,3 +236,63 @@ async fn the_dashboard_shows_jobs_cancels_one_and_pauses_intake_in_chromium_with
     worker.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_lists_an_openai_batch_and_cancels_it_in_chromium() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_key("ops").await;
+    let batch = crate::openai::create_batch(&app, 3).await;
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+
+    browser
+        .goto(&format!("{}/ui", app.address))
+        .await
+        .expect("the page loads");
+    browser
+        .find(Locator::Css("#key"))
+        .await
+        .unwrap()
+        .send_keys(&admin)
+        .await
+        .unwrap();
+    click(&browser, "#sign-in button[type=submit]").await;
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(&format!(
+            "tr[data-batch-id='{batch}'] button.cancel"
+        )))
+        .await
+        .expect("the batch shows with a cancel button")
+        .click()
+        .await
+        .unwrap();
+    let stored = || async {
+        sqlx::query_scalar::<_, String>("select status from openai_batches where id = $1")
+            .bind(&batch)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    until("the batch is cancelled", || async {
+        stored().await == "cancelled"
+    })
+    .await;
+    let status_cell = format!("tr[data-batch-id='{batch}'] td.status");
+    until("the page shows it cancelled", || async {
+        text(&browser, &status_cell).await.as_deref() == Some("cancelled")
+    })
+    .await;
+    let total = text(
+        &browser,
+        &format!("tr[data-batch-id='{batch}'] td:nth-child(5)"),
+    )
+    .await;
+    let errors = severe_console_entries(&browser).await;
+
+    assert_eq!(total.as_deref(), Some("3"));
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    browser.close().await.unwrap();
+    app.stop().await;
+}

@@ -110,6 +110,35 @@ function drawJobs(jobs) {
   if (!jobs.length) cell(body.insertRow(), "No job yet.", "muted").colSpan = 6;
 }
 
+function drawBatches(batches) {
+  const body = $("batches");
+  body.replaceChildren();
+  for (const batch of batches) {
+    const row = body.insertRow();
+    row.dataset.batchId = batch.id;
+    cell(row, batch.id);
+    cell(row, batch.status, `status status-${batch.status}`);
+    cell(row, String(batch.request_counts.completed));
+    cell(row, String(batch.request_counts.failed));
+    cell(row, String(batch.request_counts.total));
+    cell(row, time(new Date(batch.created_at * 1000).toISOString()));
+    const actions = cell(row, "");
+    if (batch.status === "validating" || batch.status === "in_progress") {
+      actions.appendChild(button("Cancel", "danger cancel", () => cancelBatch(batch.id)));
+    }
+  }
+  if (!batches.length) cell(body.insertRow(), "No batch yet.", "muted").colSpan = 7;
+}
+
+async function cancelBatch(id) {
+  try {
+    await call("POST", `/v1/batches/${id}/cancel`);
+  } catch (e) {
+    $("error").textContent = `Cancel failed: ${e.message}`;
+  }
+  await refresh();
+}
+
 async function refresh() {
   try {
     const o = await call("GET", "/admin/overview");
@@ -131,6 +160,7 @@ async function refresh() {
     $("state").textContent = o.intake_paused ? "intake paused" : "intake open";
     drawWorkers(o.workers);
     drawJobs(o.jobs);
+    drawBatches((await call("GET", "/v1/batches?limit=10")).data);
     $("error").textContent = "";
   } catch (e) {
     if (e.status === 401 || e.status === 403) return signOut(e.status === 403
