@@ -11,6 +11,7 @@
 //! - The processes (API and workers) are started and stopped by `genq-harness`.
 
 mod audit;
+mod batches;
 mod faults;
 mod load;
 mod report;
@@ -148,6 +149,25 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
 
+    // The OpenAI batch path beside the clients, under the same faults.
+    let models: serde_json::Value = cluster
+        .client()
+        .get(format!("{}/v1/models", cluster.base_url()))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let model = models["data"][0]["id"]
+        .as_str()
+        .context("the API lists no model")?
+        .to_owned();
+    let batch_client = batches::BatchClient::new(&cluster, model);
+    let batches = tokio::spawn({
+        let faults_done = faults_done.clone();
+        batch_client.run(move || faults_done.load(Ordering::Relaxed))
+    });
+
     let mut schedule: Vec<FaultKind> = args
         .kinds
         .iter()
@@ -192,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     for client in clients {
         client.await.context("a client task panicked")?;
     }
+    let batches = batches.await.context("the batch client panicked")?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     cluster.stop().await;
     let elapsed = started.elapsed();
@@ -199,8 +220,9 @@ async fn main() -> anyhow::Result<()> {
     let seen = ledger.take();
     let audit = audit::run(&pool, &seen).await?;
     report::print(&audit, &seen, &faults, elapsed);
+    report::print_batches(&batches);
     let all_recovered = faults.iter().all(|f| f.recovery.is_some());
-    if !audit.passed() || !all_recovered || seen.server_errors > 0 {
+    if !audit.passed() || !all_recovered || seen.server_errors > 0 || !batches.passed() {
         anyhow::bail!("the fault-injection suite FAILED (see the table above)");
     }
     eprintln!("the fault-injection suite passed");

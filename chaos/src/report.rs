@@ -149,3 +149,23 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
 fn first(ids: &[uuid::Uuid]) -> &[uuid::Uuid] {
     &ids[..ids.len().min(5)]
 }
+
+/// The batch client's table.
+pub fn print_batches(seen: &crate::batches::BatchesSeen) {
+    println!();
+    println!("| OpenAI batches | count |");
+    println!("| --- | ---: |");
+    println!("| batches run to their end | {} |", seen.batches);
+    println!("| request lines | {} |", seen.lines);
+    println!(
+        "| **batches not completed** | **{}** |",
+        seen.not_completed.len()
+    );
+    println!("| **lines unanswered** | **{}** |", seen.unanswered);
+    println!("| **lines answered twice** | **{}** |", seen.answered_twice);
+    println!("| 500s received | {} |", seen.server_errors);
+    println!("| calls given up | {} |", seen.abandoned);
+    for batch in &seen.not_completed {
+        println!("not completed: {batch}");
+    }
+}

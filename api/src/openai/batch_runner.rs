@@ -35,7 +35,7 @@ use super::{
 use crate::{AppState, auth::Caller, error::ApiError, routes::batch::check_quotas, validate};
 
 /// How long a step holds its batch before another replica may take it; renewed while it runs.
-const LEASE: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(15);
 /// How often a running batch is checked for the end of its jobs (besides being woken).
 const RECHECK: Duration = Duration::from_secs(1);
 /// Most validation errors a failed batch lists.
