@@ -43,7 +43,10 @@ create table openai_batches (
     errors jsonb,
     output_file_id text,
     error_file_id text,
+    -- request_counts: refreshed by the runner while the batch runs, final once it ends.
     total int not null default 0,
+    completed int not null default 0,
+    failed int not null default 0,
     created_at timestamptz not null default now(),
     expires_at timestamptz not null,
     in_progress_at timestamptz,

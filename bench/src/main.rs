@@ -19,6 +19,7 @@ mod ceiling;
 mod clients;
 mod e2e;
 mod measure;
+mod openai_batch;
 mod peer;
 mod python;
 mod reproducibility;
@@ -53,6 +54,9 @@ struct Args {
 enum Mode {
     /// 1, 2 and 3 workers with default settings on this host, and 3 without the decode lock.
     WorkersPerHost(workers_per_host::Args),
+    /// The OpenAI path against genq's own: a 50,000-line batch against bulk jobs, the upload and
+    /// its memory, single-request latency.
+    OpenaiBatch(openai_batch::Args),
 }
 
 /// Where PostgreSQL and Redis are.
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.mode {
         Some(Mode::WorkersPerHost(hosts)) => workers_per_host::run(hosts).await,
+        Some(Mode::OpenaiBatch(args)) => openai_batch::run(args).await,
         None => compare(args.compare).await,
     }
 }
@@ -193,4 +198,18 @@ async fn compare(args: Compare) -> anyhow::Result<()> {
         (model.file_size() + kv + (150 << 20)) >> 20
     );
     Ok(())
+}
+
+/// The command as run, for the top of the output; arguments with spaces are quoted.
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            if arg.contains(char::is_whitespace) || arg.is_empty() {
+                format!("'{arg}'")
+            } else {
+                arg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

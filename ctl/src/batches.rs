@@ -39,10 +39,7 @@ pub async fn run(args: BatchesArgs) -> anyhow::Result<Done> {
     match args.command {
         BatchesCommand::List { limit, json } => {
             let rows = db::openai_batches::list(&pool, Scope::All, limit, None).await?;
-            let mut shown = Vec::with_capacity(rows.len());
-            for row in rows {
-                shown.push(described(&pool, row).await?);
-            }
+            let shown: Vec<Value> = rows.into_iter().map(described).collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
                 return Ok(Done::Ok);
@@ -67,10 +64,7 @@ pub async fn run(args: BatchesArgs) -> anyhow::Result<Done> {
         }
         BatchesCommand::Show { id } => match db::openai_batches::get(&pool, &id, Scope::All).await?
         {
-            Some(row) => println!(
-                "{}",
-                serde_json::to_string_pretty(&described(&pool, row).await?)?
-            ),
+            Some(row) => println!("{}", serde_json::to_string_pretty(&described(row))?),
             None => {
                 eprintln!("no batch {id}");
                 return Ok(Done::Failed);
@@ -100,9 +94,9 @@ fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("-")
 }
 
-async fn described(pool: &sqlx::PgPool, row: BatchRow) -> anyhow::Result<Value> {
-    let counts = db::openai_batches::counts(pool, &row.id).await?;
-    Ok(json!({
+/// The batch as `show` prints it; its counts as the API's runner last refreshed them.
+fn described(row: BatchRow) -> Value {
+    json!({
         "id": row.id,
         "tenant": row.tenant,
         "status": row.status,
@@ -112,7 +106,7 @@ async fn described(pool: &sqlx::PgPool, row: BatchRow) -> anyhow::Result<Value> 
         "error_file_id": row.error_file_id,
         "errors": row.errors.map(|e| e.0),
         "metadata": row.metadata.map(|m| m.0),
-        "request_counts": { "total": counts.total, "completed": counts.completed, "failed": counts.failed },
+        "request_counts": { "total": row.total, "completed": row.completed, "failed": row.failed },
         "created_at": row.created_at,
         "in_progress_at": row.in_progress_at,
         "finalizing_at": row.finalizing_at,
@@ -122,5 +116,5 @@ async fn described(pool: &sqlx::PgPool, row: BatchRow) -> anyhow::Result<Value> 
         "cancelling_at": row.cancelling_at,
         "cancelled_at": row.cancelled_at,
         "expires_at": row.expires_at,
-    }))
+    })
 }

@@ -206,6 +206,11 @@ impl Cluster {
         &self.config.worker_names[index]
     }
 
+    /// The pid of the API's current process.
+    pub fn api_pid(&self) -> u32 {
+        self.api.pid()
+    }
+
     /// The pid of worker `index`'s current process.
     pub fn worker_pid(&self, index: usize) -> u32 {
         self.workers[index].pid()

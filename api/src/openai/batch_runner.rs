@@ -108,8 +108,11 @@ async fn take_step(state: &AppState, batch: BatchRow) -> anyhow::Result<Option<D
             Ok(None)
         }
         "in_progress" => {
-            if db::openai_batches::unfinished_jobs(&state.db, &batch.id).await? > 0 {
-                return Ok(Some(RECHECK));
+            // Counting a large batch's lines is work: at most a twentieth of the time on it.
+            let started = std::time::Instant::now();
+            let counts = db::openai_batches::refresh_counts(&state.db, &batch.id).await?;
+            if counts.completed + counts.failed < counts.total {
+                return Ok(Some(RECHECK.max(started.elapsed() * 20)));
             }
             db::openai_batches::set_finalizing(&state.db, &batch.id).await?;
             finalize(state, &batch, "completed").await?;
@@ -122,7 +125,7 @@ async fn take_step(state: &AppState, batch: BatchRow) -> anyhow::Result<Option<D
             Ok(None)
         }
         "finalizing" => {
-            let counts = db::openai_batches::counts(&state.db, &batch.id).await?;
+            let counts = db::openai_batches::refresh_counts(&state.db, &batch.id).await?;
             let status = if batch.cancelling_at.is_some() {
                 "cancelled"
             } else if now >= batch.expires_at && counts.completed + counts.failed < counts.total {
@@ -472,6 +475,8 @@ async fn read_lines(
 
 /// Writes the output and error files from the stored results and ends the batch as `status`.
 async fn finalize(state: &AppState, batch: &BatchRow, status: &str) -> anyhow::Result<()> {
+    // Final: no job of the batch changes any more.
+    db::openai_batches::refresh_counts(&state.db, &batch.id).await?;
     let mut tx = state.db.begin().await?;
     let mut output = FileWriter::open(&mut tx, batch, "output").await?;
     let mut errors = FileWriter::open(&mut tx, batch, "error").await?;

@@ -106,17 +106,13 @@ pub struct BatchList {
     pub last_id: Option<String>,
 }
 
-/// The batch as OpenAI's `batch` object, its counts read now.
-pub async fn object(pool: &sqlx::PgPool, row: BatchRow) -> sqlx::Result<BatchObject> {
-    let counts = if row.status == "validating" || row.status == "failed" {
-        db::openai_batches::Counts::default()
-    } else {
-        db::openai_batches::counts(pool, &row.id).await?
-    };
+/// The batch as OpenAI's `batch` object; its counts are those the runner last refreshed (about
+/// every second while it runs).
+pub fn object(row: BatchRow) -> BatchObject {
     let errors = row
         .errors
         .map(|e| serde_json::json!({ "object": "list", "data": e.0 }));
-    Ok(BatchObject {
+    BatchObject {
         id: row.id,
         object: "batch",
         endpoint: row.endpoint,
@@ -136,12 +132,12 @@ pub async fn object(pool: &sqlx::PgPool, row: BatchRow) -> sqlx::Result<BatchObj
         cancelling_at: row.cancelling_at.map(unix),
         cancelled_at: row.cancelled_at.map(unix),
         request_counts: RequestCounts {
-            total: counts.total,
-            completed: counts.completed,
-            failed: counts.failed,
+            total: row.total.into(),
+            completed: row.completed.into(),
+            failed: row.failed.into(),
         },
         metadata: row.metadata.map(|m| m.0),
-    })
+    }
 }
 
 /// Create a batch
@@ -219,7 +215,7 @@ async fn create_batch(
     .await?;
     state.batch_runner.notify_one();
     tracing::info!(batch = %id, file = %file.id, "batch created");
-    Ok(Json(object(&state.db, row).await?))
+    Ok(Json(object(row)))
 }
 
 fn check_metadata(metadata: Option<&Value>) -> Result<()> {
@@ -267,7 +263,7 @@ async fn retrieve_batch(
 ) -> Result<Json<BatchObject>> {
     let id = path_id(batch_id)?;
     let row = find(&state, caller.scope(), &id).await?;
-    Ok(Json(object(&state.db, row).await?))
+    Ok(Json(object(row)))
 }
 
 /// Cancel a batch
@@ -311,7 +307,7 @@ async fn cancel_batch(
     }
     state.batch_runner.notify_one();
     let row = find(&state, caller.scope(), &id).await?;
-    Ok(Json(object(&state.db, row).await?))
+    Ok(Json(object(row)))
 }
 
 /// List batches
@@ -345,10 +341,7 @@ async fn list_batches(
     let mut rows = db::openai_batches::list(&state.db, caller.scope(), limit + 1, after).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let mut data = Vec::with_capacity(rows.len());
-    for row in rows {
-        data.push(object(&state.db, row).await?);
-    }
+    let data: Vec<BatchObject> = rows.into_iter().map(object).collect();
     Ok(Json(BatchList {
         object: "list",
         first_id: data.first().map(|b| b.id.clone()),

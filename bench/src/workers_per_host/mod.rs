@@ -72,7 +72,7 @@ impl Setup {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    println!("$ {}", command_line());
+    println!("$ {}", crate::command_line());
     if !args.model.exists() {
         eprintln!(
             "synthesizing {} (tiny, random weights)",
@@ -260,18 +260,4 @@ fn print_table(setups: &[Setup], runs: &[Vec<f64>]) {
          creation to the last one's completion, as PostgreSQL recorded them; median: nearest rank; \
          spread: fastest minus slowest run (and as a share of the median)."
     );
-}
-
-/// The command as run, for the top of the output; arguments with spaces are quoted.
-fn command_line() -> String {
-    std::env::args()
-        .map(|arg| {
-            if arg.contains(char::is_whitespace) || arg.is_empty() {
-                format!("'{arg}'")
-            } else {
-                arg
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

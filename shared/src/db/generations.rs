@@ -245,3 +245,10 @@ pub async fn of_jobs(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<JobResult>
     .fetch_all(pool)
     .await
 }
+
+/// Tokens generated in all, over every stored result (the benchmark's count of one run's work).
+pub async fn completion_tokens_total(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(r#"select coalesce(sum(completion_tokens), 0)::bigint from generations"#)
+        .fetch_one(pool)
+        .await
+}

@@ -25,6 +25,8 @@ pub struct BatchRow {
     pub output_file_id: Option<String>,
     pub error_file_id: Option<String>,
     pub total: i32,
+    pub completed: i32,
+    pub failed: i32,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub in_progress_at: Option<DateTime<Utc>>,
@@ -37,7 +39,8 @@ pub struct BatchRow {
 }
 
 const COLUMNS: &str = "id, tenant, api_key_id, endpoint, input_file_id, completion_window, \
-    metadata, status, errors, output_file_id, error_file_id, total, created_at, expires_at, \
+    metadata, status, errors, output_file_id, error_file_id, total, completed, failed, created_at, \
+    expires_at, \
     in_progress_at, finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at";
 
 /// A new batch id, in OpenAI's form (`batch_` and 32 hex digits), ordered by creation.
@@ -219,9 +222,12 @@ pub struct Counts {
     pub failed: i64,
 }
 
-pub async fn counts(pool: &PgPool, id: &str) -> sqlx::Result<Counts> {
+/// Counts the batch's lines from its jobs' statuses and stores the counts on the batch (what
+/// `GET /v1/batches` answers), in one statement.
+pub async fn refresh_counts(pool: &PgPool, id: &str) -> sqlx::Result<Counts> {
     sqlx::query_as(
-        r#"select count(*) as total,
+        r#"with counted as (
+               select count(*) as total,
                   count(*) filter (where done = jobs and ok = jobs) as completed,
                   count(*) filter (where done = jobs and ok < jobs) as failed
            from (select cardinality(r.job_ids) as jobs,
@@ -231,19 +237,11 @@ pub async fn counts(pool: &PgPool, id: &str) -> sqlx::Result<Counts> {
                  from openai_batch_requests r
                  left join jobs j on j.id = any(r.job_ids)
                  where r.batch_id = $1
-                 group by r.line, r.job_ids) per_line"#,
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
-}
-
-/// Jobs of the batch still queued or running.
-pub async fn unfinished_jobs(pool: &PgPool, id: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        r#"select count(*) from openai_batch_requests r
-           join jobs j on j.id = any(r.job_ids)
-           where r.batch_id = $1 and j.status in ('queued', 'running')"#,
+                 group by r.line, r.job_ids) per_line)
+           update openai_batches b
+           set completed = counted.completed, failed = counted.failed
+           from counted where b.id = $1
+           returning counted.total, counted.completed, counted.failed"#,
     )
     .bind(id)
     .fetch_one(pool)
