@@ -65,6 +65,11 @@ create index openai_batches_tenant_created_at on openai_batches (tenant, created
 create index openai_batches_unsettled on openai_batches (status)
     where status in ('validating', 'in_progress', 'finalizing', 'cancelling');
 
+-- A batch's jobs, found without its lines: whether any is unfinished is one index lookup.
+alter table jobs add column openai_batch_id text;
+create index jobs_openai_batch_unfinished on jobs (openai_batch_id)
+    where openai_batch_id is not null and status in ('queued', 'running');
+
 -- One row per request line of a batch: the jobs it became and what its answer needs.
 create table openai_batch_requests (
     batch_id text not null references openai_batches (id) on delete cascade,

@@ -171,6 +171,9 @@ pub struct AppState {
     /// Wakes this replica's batch runner (a batch created or cancelled here).
     batch_runner: Arc<tokio::sync::Notify>,
     upload_timeout: Duration,
+    /// Uploads in progress on this replica, each holding a PostgreSQL connection (its transaction)
+    /// until the file is whole.
+    uploads: Arc<tokio::sync::Semaphore>,
     /// Whether `GENQ_WEBHOOK_SECRET` is set (else a callback needs its key's own secret).
     webhook_secret_configured: bool,
     /// Cancelled when shutdown begins: long waits answer at once and event streams end, so
@@ -273,6 +276,10 @@ impl Application {
             chat_template,
             batch_runner: Arc::new(tokio::sync::Notify::new()),
             upload_timeout: Duration::from_secs(config.upload_timeout_secs),
+            // A fifth of the pool at most, so uploads never starve every other request.
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                (config.db_max_connections as usize / 5).max(1),
+            )),
             redis,
             watch,
             model_name: limits.context.as_ref().map(|(m, _)| m.name().to_owned()),

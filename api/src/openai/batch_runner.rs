@@ -10,7 +10,11 @@
 //!   `completed`); past its window its unfinished jobs are cancelled and it is `expired`.
 //! - `cancelling`: its unfinished jobs are cancelled, then its files written: `cancelled`.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use genq_shared::{
@@ -46,10 +50,11 @@ const PAGE: i64 = 1000;
 /// Runs batch steps until `stopping`; `wake` brings a check forward (a batch created or
 /// cancelled on this replica).
 pub async fn run(state: AppState, wake: Arc<Notify>, stopping: CancellationToken) {
+    let mut counted = CountsDue::default();
     loop {
         loop {
             match db::openai_batches::take_due(&state.db, LEASE).await {
-                Ok(Some(batch)) => step(&state, batch).await,
+                Ok(Some(batch)) => step(&state, batch, &mut counted).await,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take a batch step");
@@ -65,7 +70,28 @@ pub async fn run(state: AppState, wake: Arc<Notify>, stopping: CancellationToken
     }
 }
 
-async fn step(state: &AppState, batch: BatchRow) {
+/// When each running batch's counts are next refreshed: counting a large batch's lines is
+/// work, so it takes at most a twentieth of the time (this replica's view; another replica
+/// taking a step keeps its own).
+#[derive(Default)]
+struct CountsDue(HashMap<String, Instant>);
+
+impl CountsDue {
+    /// Whether the counts are due.
+    fn due(&self, id: &str) -> bool {
+        self.0.get(id).is_none_or(|at| Instant::now() >= *at)
+    }
+
+    fn counted(&mut self, id: &str, took: Duration) {
+        // Forget batches no longer seen for a while, so the map stays small.
+        self.0
+            .retain(|_, at| at.elapsed() < Duration::from_secs(3600));
+        self.0
+            .insert(id.to_owned(), Instant::now() + (took * 20).max(RECHECK));
+    }
+}
+
+async fn step(state: &AppState, batch: BatchRow, counted: &mut CountsDue) {
     let renewing = tokio::spawn({
         let (pool, id) = (state.db.clone(), batch.id.clone());
         async move {
@@ -78,7 +104,7 @@ async fn step(state: &AppState, batch: BatchRow) {
         }
     });
     let id = batch.id.clone();
-    let next_check = match take_step(state, batch).await {
+    let next_check = match take_step(state, batch, counted).await {
         Ok(next) => next,
         Err(e) => {
             tracing::warn!(error = format!("{e:#}"), batch = %id, "a batch step failed; it will be taken again");
@@ -94,7 +120,11 @@ async fn step(state: &AppState, batch: BatchRow) {
 }
 
 /// Takes the batch's next step; `Some(after)` hands it back to be looked at again then.
-async fn take_step(state: &AppState, batch: BatchRow) -> anyhow::Result<Option<Duration>> {
+async fn take_step(
+    state: &AppState,
+    batch: BatchRow,
+    counted: &mut CountsDue,
+) -> anyhow::Result<Option<Duration>> {
     let now = chrono::Utc::now();
     match batch.status.as_str() {
         "validating" => {
@@ -108,11 +138,13 @@ async fn take_step(state: &AppState, batch: BatchRow) -> anyhow::Result<Option<D
             Ok(None)
         }
         "in_progress" => {
-            // Counting a large batch's lines is work: at most a twentieth of the time on it.
-            let started = std::time::Instant::now();
-            let counts = db::openai_batches::refresh_counts(&state.db, &batch.id).await?;
-            if counts.completed + counts.failed < counts.total {
-                return Ok(Some(RECHECK.max(started.elapsed() * 20)));
+            if db::openai_batches::unfinished_jobs(&state.db, &batch.id).await? > 0 {
+                if counted.due(&batch.id) {
+                    let started = Instant::now();
+                    db::openai_batches::refresh_counts(&state.db, &batch.id).await?;
+                    counted.counted(&batch.id, started.elapsed());
+                }
+                return Ok(Some(RECHECK));
             }
             db::openai_batches::set_finalizing(&state.db, &batch.id).await?;
             finalize(state, &batch, "completed").await?;
@@ -259,7 +291,7 @@ async fn validate_and_start(state: &AppState, batch: &BatchRow) -> anyhow::Resul
         })
         .collect();
     for chunk in new_jobs.chunks(5000) {
-        db::jobs::insert_many(&mut *tx, chunk, state.max_attempts, owner).await?;
+        db::jobs::insert_many(&mut *tx, chunk, state.max_attempts, owner, Some(&batch.id)).await?;
     }
     if let Some(refusal) = quota_refusal(state, batch, &mut tx, &lines_jobs).await? {
         tx.rollback().await?;

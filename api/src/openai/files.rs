@@ -140,7 +140,8 @@ pub struct UploadForm {
         (status = 413, body = OpenAiErrorBody, description = "Larger than 200 MB"),
         (status = 429, body = OpenAiErrorBody, description = "The key's rate limit is spent"),
         (status = 500, body = OpenAiErrorBody, description = "Internal error"),
-        (status = 503, body = OpenAiErrorBody, description = "PostgreSQL is unavailable"),
+        (status = 503, body = OpenAiErrorBody, description = "PostgreSQL is unavailable, or too \
+            many uploads are in progress on this replica (a fifth of `GENQ_DB_MAX_CONNECTIONS`)"),
     )
 )]
 async fn upload_file(
@@ -148,6 +149,11 @@ async fn upload_file(
     Extension(caller): Extension<Caller>,
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<Json<FileObject>> {
+    let Ok(_permit) = state.uploads.clone().try_acquire_owned() else {
+        return Err(ApiError::Unavailable(
+            "too many uploads are in progress on this replica; retry shortly".into(),
+        ));
+    };
     let mut multipart = multipart.map_err(|e| {
         ApiError::invalid(
             "file",

@@ -145,7 +145,7 @@ async fn submit_batches(
     };
     let budget = jobs.iter().map(|j| j.token_budget()).sum();
     let mut tx = state.db.begin().await?;
-    db::jobs::insert_many(&mut *tx, &new_jobs, state.max_attempts, owner).await?;
+    db::jobs::insert_many(&mut *tx, &new_jobs, state.max_attempts, owner, None).await?;
     if let Some(refusal) = check_quotas(&mut tx, &caller, budget, "these jobs need").await? {
         tx.rollback().await?;
         return Err(refusal);

@@ -248,6 +248,17 @@ pub async fn refresh_counts(pool: &PgPool, id: &str) -> sqlx::Result<Counts> {
     .await
 }
 
+/// Jobs of the batch still queued or running (a partial index holds exactly those).
+pub async fn unfinished_jobs(pool: &PgPool, id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from jobs
+           where openai_batch_id = $1 and status in ('queued', 'running')"#,
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+}
+
 /// Asks for the batch to be cancelled: `cancelling` from `validating` or `in_progress`.
 /// Returns the batch's status after the request, `None` if `scope` sees no such batch.
 pub async fn request_cancel(
@@ -278,8 +289,7 @@ pub async fn cancel_jobs(pool: &PgPool, id: &str, reason: &str) -> sqlx::Result<
     sqlx::query_scalar(
         r#"update jobs set status = 'cancelled', finished_at = now(), error_code = 'cancelled',
                   error_message = $2
-           where id in (select unnest(job_ids) from openai_batch_requests where batch_id = $1)
-             and status in ('queued', 'running')
+           where openai_batch_id = $1 and status in ('queued', 'running')
            returning id"#,
     )
     .bind(id)

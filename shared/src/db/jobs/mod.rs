@@ -128,12 +128,14 @@ pub struct NewJob<'a> {
     pub callback_url: Option<&'a str>,
 }
 
-/// Records many jobs in one statement (bulk intake), each dispatched under its own id.
+/// Records many jobs in one statement (bulk intake, or an OpenAI batch's, named by
+/// `openai_batch`), each dispatched under its own id.
 pub async fn insert_many<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     jobs: &[NewJob<'_>],
     max_attempts: i32,
     owner: Owner<'_>,
+    openai_batch: Option<&str>,
 ) -> sqlx::Result<()> {
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     let prompts: Vec<Json<&[String]>> = jobs.iter().map(|j| Json(j.prompts)).collect();
@@ -143,9 +145,9 @@ pub async fn insert_many<'e>(
     let callbacks: Vec<Option<&str>> = jobs.iter().map(|j| j.callback_url).collect();
     sqlx::query(
         r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline,
-                             tenant, api_key_id, callback_url)
+                             tenant, api_key_id, callback_url, openai_batch_id)
            select id, id, prompts, prompt_count, params, $6, now() + make_interval(secs => timeout),
-                  $7, $8, callback_url
+                  $7, $8, callback_url, $10
            from unnest($1::uuid[], $2::jsonb[], $3::int4[], $4::jsonb[], $5::float8[], $9::text[])
                 as t(id, prompts, prompt_count, params, timeout, callback_url)"#,
     )
@@ -158,6 +160,7 @@ pub async fn insert_many<'e>(
     .bind(owner.tenant)
     .bind(owner.key_id)
     .bind(&callbacks)
+    .bind(openai_batch)
     .execute(executor)
     .await?;
     Ok(())
