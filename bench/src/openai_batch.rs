@@ -44,6 +44,9 @@ pub struct Args {
     services: Services,
     #[arg(long, default_value = ".genq/openai-bench")]
     logs: PathBuf,
+    /// Only the /v1 batch's own figures (upload, validation, memory): no baseline, no latency.
+    #[arg(long)]
+    batch_only: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -60,6 +63,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.max_tokens
     );
 
+    if args.batch_only {
+        let (cluster, database) = start(&args, &model, "v1").await?;
+        let batch = batch_run(&args, &cluster, &database).await;
+        cluster.stop().await;
+        let batch = batch?;
+        println!();
+        println!("| figure | /v1 | genq's own route | ratio | target |");
+        println!("| --- | ---: | ---: | ---: | --- |");
+        print_files(&args, &batch);
+        return Ok(());
+    }
     let bulk = {
         let (cluster, database) = start(&args, &model, "bulk").await?;
         let figures = bulk_run(&args, &cluster, &database).await;
@@ -91,6 +105,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bulk,
         batch.tokens_per_s / bulk
     );
+    print_files(&args, &batch);
+    println!(
+        "| one request at a time, 16 tokens, p50 ms | {:.1} (`/v1/completions`) | {:.1} (`POST /generate`) | {:.2}x | <= 1.1x |",
+        completions,
+        generate,
+        completions / generate
+    );
+    Ok(())
+}
+
+fn print_files(args: &Args, batch: &BatchFigures) {
     println!(
         "| upload + validation of the {}-line file ({} MB), s | {:.2} + {:.2} | - | - | <= 10 s |",
         args.lines,
@@ -104,13 +129,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         batch.upload_rss_mib,
         batch.download_rss_mib
     );
-    println!(
-        "| one request at a time, 16 tokens, p50 ms | {:.1} (`/v1/completions`) | {:.1} (`POST /generate`) | {:.2}x | <= 1.1x |",
-        completions,
-        generate,
-        completions / generate
-    );
-    Ok(())
 }
 
 async fn start(
@@ -224,7 +242,7 @@ async fn batch_run(
     )
     .await?;
     let upload = started.elapsed();
-    let upload_rss_mib = rss.reset().saturating_sub(at_rest) as f64 / 1024.0;
+    let upload_rss_mib = rss.peak().saturating_sub(at_rest) as f64 / 1024.0;
 
     let created_at = Instant::now();
     let create = json!({ "input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h" });
@@ -264,7 +282,7 @@ async fn batch_run(
     while let Some(piece) = futures::StreamExt::next(&mut body).await {
         output_bytes += piece?.len();
     }
-    let download_rss_mib = rss.reset().saturating_sub(at_rest) as f64 / 1024.0;
+    let download_rss_mib = rss.peak().saturating_sub(at_rest) as f64 / 1024.0;
     Ok(BatchFigures {
         tokens_per_s,
         file_bytes,
@@ -327,36 +345,42 @@ async fn latency_run(args: &Args, cluster: &Cluster) -> anyhow::Result<(f64, f64
 
 /// The highest VmRSS (KiB) of a process since the last [`RssPeak::reset`], sampled every 20 ms.
 struct RssPeak {
-    peak: Arc<AtomicU64>,
+    highest: Arc<AtomicU64>,
     pid: u32,
     _sampler: tokio::task::JoinHandle<()>,
 }
 
 impl RssPeak {
     fn start(pid: u32) -> RssPeak {
-        let peak = Arc::new(AtomicU64::new(0));
+        let highest = Arc::new(AtomicU64::new(0));
         let sampler = tokio::spawn({
-            let peak = peak.clone();
+            let highest = highest.clone();
             async move {
                 loop {
                     if let Some(kib) = rss_kib(pid) {
-                        peak.fetch_max(kib, Ordering::Relaxed);
+                        highest.fetch_max(kib, Ordering::Relaxed);
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         });
         RssPeak {
-            peak,
+            highest,
             pid,
             _sampler: sampler,
         }
     }
 
-    /// The peak so far; sampling starts over from the current RSS.
+    /// The RSS now; the peak starts over from it.
     fn reset(&self) -> u64 {
-        self.peak
-            .swap(rss_kib(self.pid).unwrap_or(0), Ordering::Relaxed)
+        let now = rss_kib(self.pid).unwrap_or(0);
+        self.highest.store(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The highest RSS since the last reset.
+    fn peak(&self) -> u64 {
+        self.highest.load(Ordering::Relaxed)
     }
 }
 

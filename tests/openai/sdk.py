@@ -175,11 +175,20 @@ def error_class(call):
     return {"class": None}
 
 
-def errors(base, key, model, other_file, limited_key):
+def deleted_file_batch(c):
+    deleted = c.files.create(file=("gone.jsonl", io.BytesIO(b'{"custom_id": "a"}\n')), purpose="batch")
+    c.files.delete(deleted.id)
+    return c.batches.create(input_file_id=deleted.id, endpoint="/v1/completions", completion_window="24h")
+
+
+def errors(base, key, model, other_file, other_batch, limited_key):
     c = client(base, key)
     limited = client(base, limited_key)
     limited.models.list()
     return {
+        "other_tenants_batch": error_class(lambda: c.batches.retrieve(other_batch)),
+        "other_tenants_batch_cancel": error_class(lambda: c.batches.cancel(other_batch)),
+        "deleted_file_batch": error_class(lambda: deleted_file_batch(c)),
         "bad_key": error_class(lambda: client(base, "genq_wrong").models.list()),
         "unknown_model": error_class(lambda: c.completions.create(model="no-such-model", prompt="x")),
         "logprobs": error_class(lambda: c.completions.create(model=model, prompt="x", logprobs=1)),

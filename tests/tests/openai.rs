@@ -258,6 +258,7 @@ async fn the_sdk_raises_the_right_exception_for_each_error() {
     let file = dir.path().join("other.jsonl");
     std::fs::write(&file, "{\"custom_id\": \"a\"}\n").unwrap();
     let others = sdk(&app, &other, "upload", &[file.to_str().unwrap()]).await;
+    let others_batch = sdk(&app, &other, "create", &[&model, "1"]).await;
     let limited = app
         .create_key(NewKey {
             name: "limited".into(),
@@ -270,7 +271,12 @@ async fn the_sdk_raises_the_right_exception_for_each_error() {
         &app,
         &app.key,
         "errors",
-        &[&model, others["id"].as_str().unwrap(), &limited],
+        &[
+            &model,
+            others["id"].as_str().unwrap(),
+            others_batch["id"].as_str().unwrap(),
+            &limited,
+        ],
     )
     .await;
 
@@ -289,6 +295,9 @@ async fn the_sdk_raises_the_right_exception_for_each_error() {
         ("other_tenants_file", "NotFoundError", 404),
         ("other_tenants_file_content", "NotFoundError", 404),
         ("unknown_batch", "NotFoundError", 404),
+        ("other_tenants_batch", "NotFoundError", 404),
+        ("other_tenants_batch_cancel", "NotFoundError", 404),
+        ("deleted_file_batch", "NotFoundError", 404),
         ("batch_from_unknown_file", "NotFoundError", 404),
         ("not_jsonl", "BadRequestError", 400),
         ("assistants_file_batch", "BadRequestError", 400),
@@ -379,4 +388,70 @@ async fn genqctl_shows_lists_and_cancels_a_batch() {
     assert_eq!(stderr(&again), format!("batch {id} is already cancelled\n"));
     assert_exit(&unknown, 1);
     assert_eq!(stderr(&unknown), "no batch batch_none\n");
+}
+
+#[tokio::test]
+async fn a_batch_past_its_window_expires_and_says_so_for_every_request_left() {
+    let app = TestApp::spawn().await;
+    let id = create_batch(&app, 3).await;
+    let status = || async {
+        sqlx::query_scalar::<_, String>("select status from openai_batches where id = $1")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    genq_tests::until("the batch runs", || async {
+        status().await == "in_progress"
+    })
+    .await;
+
+    // No worker runs: its window ending is all that can happen to it.
+    sqlx::query("update openai_batches set expires_at = now() where id = $1")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    genq_tests::until("the batch expires", || async {
+        status().await == "expired"
+    })
+    .await;
+    let batch: Value = app
+        .get(&format!("/v1/batches/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let errors = app
+        .get(&format!(
+            "/v1/files/{}/content",
+            batch["error_file_id"].as_str().unwrap()
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+
+    assert_eq!(batch["status"], "expired");
+    assert!(batch["expired_at"].is_i64(), "{batch}");
+    assert_eq!(batch["output_file_id"], Value::Null);
+    assert_eq!(
+        batch["request_counts"],
+        json!({ "total": 3, "completed": 0, "failed": 3 })
+    );
+    let lines: Vec<Value> = errors
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_eq!(line["response"], Value::Null);
+        assert_eq!(line["error"]["code"], "batch_expired");
+    }
+    let unfinished: i64 =
+        sqlx::query_scalar("select count(*) from jobs where status in ('queued', 'running')")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(unfinished, 0, "nothing of an expired batch is left to run");
 }
