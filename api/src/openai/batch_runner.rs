@@ -92,7 +92,9 @@ impl CountsDue {
 }
 
 async fn step(state: &AppState, batch: BatchRow, counted: &mut CountsDue) {
-    let renewing = tokio::spawn({
+    // Aborted when the step ends, however it ends (a panic included): a lease renewed forever
+    // would keep every replica off the batch.
+    let renewing = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
         let (pool, id) = (state.db.clone(), batch.id.clone());
         async move {
             loop {
@@ -102,7 +104,7 @@ async fn step(state: &AppState, batch: BatchRow, counted: &mut CountsDue) {
                 }
             }
         }
-    });
+    }));
     let id = batch.id.clone();
     let next_check = match take_step(state, batch, counted).await {
         Ok(next) => next,
@@ -111,7 +113,7 @@ async fn step(state: &AppState, batch: BatchRow, counted: &mut CountsDue) {
             Some(RECHECK * 5)
         }
     };
-    renewing.abort();
+    drop(renewing);
     if let Some(after) = next_check
         && let Err(e) = db::openai_batches::release(&state.db, &id, after).await
     {
@@ -127,11 +129,26 @@ async fn take_step(
 ) -> anyhow::Result<Option<Duration>> {
     let now = chrono::Utc::now();
     match batch.status.as_str() {
+        // A batch whose validation keeps failing (a replica dying at it, PostgreSQL refusing
+        // its jobs) must still end: within its window.
+        "validating" if now >= batch.expires_at => {
+            let error = line_error(
+                0,
+                "batch_expired",
+                "the batch could not be validated within its window",
+                None,
+            );
+            db::openai_batches::fail(&state.db, &batch.id, &json!([error])).await?;
+            Ok(None)
+        }
         "validating" => {
             validate_and_start(state, &batch).await?;
             Ok(Some(Duration::ZERO))
         }
-        "in_progress" if now >= batch.expires_at => {
+        "in_progress"
+            if now >= batch.expires_at
+                && db::openai_batches::unfinished_jobs(&state.db, &batch.id).await? > 0 =>
+        {
             cancel_jobs(state, &batch, "the batch's completion window ended").await?;
             db::openai_batches::set_finalizing(&state.db, &batch.id).await?;
             finalize(state, &batch, "expired").await?;
@@ -428,7 +445,7 @@ fn plan_line(
     let plan = if batch.endpoint == "/v1/completions" {
         let request: CompletionRequest = serde_path_to_error::deserialize(body).map_err(invalid)?;
         check_served(&request.model, served)?;
-        plan_completion(request)
+        plan_completion(request, state.limits.max_prompts)
     } else {
         let request: ChatRequest = serde_path_to_error::deserialize(body).map_err(invalid)?;
         check_served(&request.model, served)?;
@@ -574,7 +591,7 @@ async fn finalize(state: &AppState, batch: &BatchRow, status: &str) -> anyhow::R
     }
     let output_id = output.close(&mut tx).await?;
     let error_id = errors.close(&mut tx).await?;
-    db::openai_batches::finish(
+    let ended = db::openai_batches::finish(
         &mut tx,
         &batch.id,
         status,
@@ -582,6 +599,11 @@ async fn finalize(state: &AppState, batch: &BatchRow, status: &str) -> anyhow::R
         error_id.as_deref(),
     )
     .await?;
+    if !ended {
+        // Another replica ended it first (its lease lapsed under this one): keep its files.
+        tx.rollback().await?;
+        return Ok(());
+    }
     tx.commit().await?;
     tracing::info!(batch = %batch.id, status, "batch ended");
     Ok(())

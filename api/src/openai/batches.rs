@@ -183,9 +183,14 @@ async fn create_batch(
         ));
     }
     check_metadata(request.metadata.as_ref())?;
-    let file = db::files::get(&state.db, &request.input_file_id, caller.scope())
-        .await?
-        .ok_or_else(|| super::files::no_file(&request.input_file_id))?;
+    // The caller's own tenant's file, even for an admin's key: the batch is that tenant's.
+    let file = db::files::get(
+        &state.db,
+        &request.input_file_id,
+        Scope::Tenant(&caller.tenant),
+    )
+    .await?
+    .ok_or_else(|| super::files::no_file(&request.input_file_id))?;
     if file.purpose != "batch" {
         return Err(ApiError::invalid(
             "input_file_id",

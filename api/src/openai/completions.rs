@@ -70,7 +70,7 @@ async fn create_completion(
     JsonBody(request): JsonBody<CompletionRequest>,
 ) -> Result<Response> {
     check_model(&state, &request.model).await?;
-    let plan = plan_completion(request)?;
+    let plan = plan_completion(request, state.limits.max_prompts)?;
     run(state, caller, plan).await
 }
 

@@ -207,7 +207,9 @@ struct Checked {
     stop: Vec<String>,
 }
 
-pub fn plan_completion(request: CompletionRequest) -> Result<Plan, ApiError> {
+/// A completion request checked; `max_prompts` is genq's limit, checked before the prompts are
+/// copied into a job per choice.
+pub fn plan_completion(request: CompletionRequest, max_prompts: usize) -> Result<Plan, ApiError> {
     let prompts = match request.prompt {
         Prompt::One(prompt) => vec![prompt],
         Prompt::Many(prompts) if !prompts.is_empty() => prompts,
@@ -219,6 +221,12 @@ pub fn plan_completion(request: CompletionRequest) -> Result<Plan, ApiError> {
             ));
         }
     };
+    if prompts.len() > max_prompts {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("give at most {max_prompts} prompts; got {}", prompts.len()),
+        ));
+    }
     if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(
             "suffix",

@@ -122,7 +122,10 @@ impl Streamer {
             }
         }
         let first_token_by = tokio::time::Instant::now() + self.state.generate_wait;
-        let mut echoed = false;
+        // Before any generated text, which the jobs may already have.
+        if self.shape.echo {
+            self.echo_prompts().await?;
+        }
         let state = self.state.clone();
         let revoked = state
             .key_cache
@@ -140,10 +143,6 @@ impl Streamer {
                 .ids
                 .iter()
                 .all(|id| outcomes.iter().any(|o| o.id == *id && o.status.is_final()));
-            if !echoed && self.shape.echo {
-                echoed = true;
-                self.echo_prompts().await?;
-            }
             if all_final {
                 return self.finish(&outcomes).await;
             }

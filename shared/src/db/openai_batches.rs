@@ -144,7 +144,7 @@ pub async fn fail(pool: &PgPool, id: &str, errors: &Value) -> sqlx::Result<()> {
     sqlx::query(
         r#"update openai_batches set status = 'failed', failed_at = now(), errors = $2,
                   lease_until = null
-           where id = $1 and status in ('validating', 'cancelling')"#,
+           where id = $1 and status = 'validating'"#,
     )
     .bind(id)
     .bind(Json(errors))
@@ -259,8 +259,9 @@ pub async fn unfinished_jobs(pool: &PgPool, id: &str) -> sqlx::Result<i64> {
     .await
 }
 
-/// Asks for the batch to be cancelled: `cancelling` from `validating` or `in_progress`.
-/// Returns the batch's status after the request, `None` if `scope` sees no such batch.
+/// Asks for the batch to be cancelled: `cancelling` from `validating` or `in_progress`. The
+/// lease is left alone: a replica holding the batch sees the cancel at its next step, and two
+/// replicas never work on one batch at once. Returns the batch's status after the request, `None` if `scope` sees no such batch.
 pub async fn request_cancel(
     pool: &PgPool,
     id: &str,
@@ -271,9 +272,7 @@ pub async fn request_cancel(
            set status = case when status in ('validating', 'in_progress') then 'cancelling'
                              else status end,
                cancelling_at = case when status in ('validating', 'in_progress') then now()
-                                    else cancelling_at end,
-               lease_until = case when status in ('validating', 'in_progress') then null
-                                  else lease_until end
+                                    else cancelling_at end
            where id = $1 and ($2::text is null or tenant = $2)
            returning status"#,
     )
@@ -312,23 +311,23 @@ pub async fn set_finalizing(pool: &PgPool, id: &str) -> sqlx::Result<()> {
 }
 
 /// The batch's end, in the transaction that wrote its output and error files: `completed`,
-/// `expired` or `cancelled`.
+/// `expired` or `cancelled`. False if it had already ended (the caller rolls its files back).
 pub async fn finish(
     conn: &mut PgConnection,
     id: &str,
     status: &str,
     output_file_id: Option<&str>,
     error_file_id: Option<&str>,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<bool> {
     let stamp = match status {
         "completed" => "completed_at",
         "expired" => "expired_at",
         _ => "cancelled_at",
     };
-    sqlx::query(&format!(
+    let updated = sqlx::query(&format!(
         r#"update openai_batches set status = $2, {stamp} = now(), output_file_id = $3,
                   error_file_id = $4, lease_until = null
-           where id = $1"#
+           where id = $1 and status in ('in_progress', 'finalizing', 'cancelling')"#
     ))
     .bind(id)
     .bind(status)
@@ -336,7 +335,7 @@ pub async fn finish(
     .bind(error_file_id)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(updated.rows_affected() == 1)
 }
 
 /// One request line with its jobs, for the output files.
