@@ -110,6 +110,22 @@ async fn severe_console_entries(browser: &Client) -> Vec<Value> {
         .collect()
 }
 
+/// Loads the dashboard and signs in with `key`.
+async fn sign_in(browser: &Client, app: &TestApp, key: &str) {
+    browser
+        .goto(&format!("{}/ui", app.address))
+        .await
+        .expect("the page loads");
+    browser
+        .find(Locator::Css("#key"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    click(browser, "#sign-in button[type=submit]").await;
+}
+
 async fn row_status(browser: &Client, id: uuid::Uuid) -> Option<String> {
     text(browser, &format!("tr[data-task-id='{id}'] td.status")).await
 }
@@ -149,18 +165,7 @@ async fn the_dashboard_shows_jobs_cancels_one_and_pauses_intake_in_chromium_with
     let driver = Driver::start().await;
     let browser = driver.browser().await;
 
-    browser
-        .goto(&format!("{}/ui", app.address))
-        .await
-        .expect("the page loads");
-    browser
-        .find(Locator::Css("#key"))
-        .await
-        .unwrap()
-        .send_keys(&admin)
-        .await
-        .unwrap();
-    click(&browser, "#sign-in button[type=submit]").await;
+    sign_in(&browser, &app, &admin).await;
     let queued_row = format!("tr[data-task-id='{doomed}'] button.cancel");
     browser
         .wait()
@@ -245,18 +250,7 @@ async fn the_dashboard_lists_an_openai_batch_and_cancels_it_in_chromium() {
     let driver = Driver::start().await;
     let browser = driver.browser().await;
 
-    browser
-        .goto(&format!("{}/ui", app.address))
-        .await
-        .expect("the page loads");
-    browser
-        .find(Locator::Css("#key"))
-        .await
-        .unwrap()
-        .send_keys(&admin)
-        .await
-        .unwrap();
-    click(&browser, "#sign-in button[type=submit]").await;
+    sign_in(&browser, &app, &admin).await;
     browser
         .wait()
         .at_most(PATIENCE)
