@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
 };
 use genq_shared::db;
 use serde::Serialize;
@@ -125,16 +125,16 @@ async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>> {
 )]
 async fn retrieve_model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    model: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Json<Model>> {
-    let models = served(&state).await?;
-    let names: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
-    if !names.contains(&name.as_str()) {
-        return Err(not_found(&name, &names));
+    // A path axum cannot decode is answered as an unknown model, in JSON, not axum's text.
+    let name = super::files::path_id(model)?;
+    let mut models = served(&state).await?;
+    match models.iter().position(|m| m.id == name) {
+        Some(found) => Ok(Json(models.swap_remove(found))),
+        None => {
+            let names: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+            Err(not_found(&name, &names))
+        }
     }
-    let model = models
-        .into_iter()
-        .find(|m| m.id == name)
-        .expect("found above");
-    Ok(Json(model))
 }
