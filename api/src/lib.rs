@@ -25,6 +25,7 @@ pub mod openai;
 mod openapi;
 mod rate_limit;
 mod routes;
+mod routing;
 mod serve;
 mod validate;
 pub mod webhooks;
@@ -85,6 +86,10 @@ pub struct Config {
     /// context; without it such jobs fail at the worker.
     #[arg(long, env = "GENQ_MODEL")]
     pub model: Option<PathBuf>,
+    /// The name GENQ_MODEL goes by in the catalogue, which the API registers it under if it is not
+    /// yet (as a worker does); defaults to the GGUF's `general.name`, else its file name.
+    #[arg(long, env = "GENQ_MODEL_NAME")]
+    pub model_name: Option<String>,
     /// Context per sequence; must match the workers' (default: the smaller of 512 and the model's).
     #[arg(long, env = "GENQ_CONTEXT_PER_SLOT")]
     pub context_per_slot: Option<u32>,
@@ -154,8 +159,10 @@ pub struct Config {
 #[derive(Clone)]
 pub struct AppState {
     db: PgPool,
-    queue: queue::Storage,
+    /// The deployment's queue namespace (GENQ_QUEUE); each model's queue is under it.
     queue_name: String,
+    /// The model catalogue, for routing requests to models.
+    models: Arc<routing::ModelRouter>,
     redis: redis::aio::ConnectionManager,
     watch: JobWatch,
     limits: Arc<validate::Limits>,
@@ -181,6 +188,18 @@ pub struct AppState {
     stopping: CancellationToken,
 }
 
+/// Registers the API's own model in the catalogue, as a worker loading it would.
+async fn register_model(pool: &PgPool, name: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(problem) = genq_shared::routing::check_name(name) {
+        anyhow::bail!("GENQ_MODEL_NAME: {problem}");
+    }
+    let path = path.to_owned();
+    let version =
+        tokio::task::spawn_blocking(move || genq_shared::routing::file_version(&path)).await??;
+    db::models::register_loaded(pool, name, &version).await?;
+    Ok(())
+}
+
 pub struct Application {
     stopping: CancellationToken,
     watch: JobWatch,
@@ -200,7 +219,7 @@ impl Application {
         genq_shared::metrics::start();
         let pool = db::connect(&config.database.database_url, config.db_max_connections).await?;
         db::migrate(&pool).await?;
-        let (storage, redis) = queue::connect(&config.queue).await?;
+        let redis = queue::connect(&config.queue).await?;
         let redis_client = redis::Client::open(config.queue.redis_url.expose())
             .with_context(|| format!("invalid Redis URL {}", config.queue.redis_url))?;
         let watch = JobWatch::listen(pool.clone())
@@ -218,6 +237,17 @@ impl Application {
                 Some((Arc::new(model), context))
             }
             None => None,
+        };
+        let model_name = match (&context, &config.model) {
+            (Some((model, _)), Some(path)) => {
+                let name = config
+                    .model_name
+                    .clone()
+                    .unwrap_or_else(|| model.name().to_owned());
+                register_model(&pool, &name, path).await?;
+                Some(name)
+            }
+            _ => None,
         };
         let chat_template = match context.as_ref().and_then(|(m, _)| m.chat_template()) {
             Some(source) => match openai::chat::ChatTemplate::new(
@@ -251,7 +281,6 @@ impl Application {
         let deliverer = webhooks::Deliverer::new(pool.clone(), &config.webhooks)?;
         let reconciler = (config.reconcile_interval_secs > 0).then(|| Reconciler {
             db: pool.clone(),
-            storage: storage.clone(),
             redis: redis.clone(),
             queue: config.queue.queue.clone(),
             config: config.reconcile.clone(),
@@ -263,8 +292,8 @@ impl Application {
         }
         let state = AppState {
             db: pool,
-            queue: storage,
             queue_name: config.queue.queue.clone(),
+            models: Arc::new(routing::ModelRouter::default()),
             rate_limiter: rate_limit::RateLimiter::new(redis.clone(), &config.queue.queue),
             auth_enabled: config.auth == AuthMode::On,
             key_cache: Arc::new(key_cache::KeyCache::new(
@@ -282,7 +311,7 @@ impl Application {
             )),
             redis,
             watch,
-            model_name: limits.context.as_ref().map(|(m, _)| m.name().to_owned()),
+            model_name,
             limits: Arc::new(limits),
             max_attempts: config.max_attempts.max(1),
             generate_wait: Duration::from_secs(config.generate_timeout_secs),

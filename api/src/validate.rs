@@ -15,6 +15,8 @@ use crate::{
 /// Longest stop string and most stop strings a request may give.
 const MAX_STOP_LEN: usize = 64;
 pub(crate) const MAX_STOPS: usize = 4;
+/// Longest `user` a request may give.
+const MAX_USER_CHARS: usize = 256;
 
 /// `POST /batch` and `POST /generate` body. The bounds in the OpenAPI schema are the defaults
 /// of the limits (`GENQ_MAX_PROMPTS` and the like); a value past them is a 422 naming the field.
@@ -56,6 +58,13 @@ pub struct BatchRequest {
     /// most 2,048 bytes, no credentials, not a private or loopback address.
     #[schema(min_length = 1, max_length = 2048)]
     pub callback_url: Option<String>,
+    /// The model or alias to run on (`GET /v1/models` lists them); the default model without.
+    #[schema(min_length = 1, max_length = 128)]
+    pub model: Option<String>,
+    /// Who the request is for, as OpenAI's `user`: an alias keeps each user on one of its
+    /// models (else it keeps the API key on one). At most 256 characters.
+    #[schema(min_length = 1, max_length = 256)]
+    pub user: Option<String>,
 }
 
 /// A stop string or a list of them, as OpenAI's API accepts: at most 4 non-empty strings of at
@@ -89,6 +98,8 @@ pub struct ValidJob {
     pub params: JobParams,
     pub callback_url: Option<String>,
     pub timeout: std::time::Duration,
+    pub model: Option<String>,
+    pub user: Option<String>,
 }
 
 impl ValidJob {
@@ -274,11 +285,26 @@ fn check_fields(request: BatchRequest, limits: &Limits) -> Result<ValidJob> {
                 .map_err(|message| ApiError::invalid("callback_url", message))
         })
         .transpose()?;
+    if let Some(model) = &request.model
+        && let Some(problem) = genq_shared::routing::check_name(model)
+    {
+        return Err(ApiError::invalid("model", problem));
+    }
+    if let Some(user) = &request.user
+        && (user.is_empty() || user.chars().count() > MAX_USER_CHARS || user.contains('\0'))
+    {
+        return Err(ApiError::invalid(
+            "user",
+            format!("user must be 1 to {MAX_USER_CHARS} characters, without NUL"),
+        ));
+    }
     Ok(ValidJob {
         prompts,
         params,
         callback_url,
         timeout: std::time::Duration::from_secs(timeout_secs),
+        model: request.model,
+        user: request.user,
     })
 }
 

@@ -163,7 +163,7 @@ fn prompt(i: usize) -> String {
 
 async fn wait_all_final(database: &Database) -> anyhow::Result<()> {
     loop {
-        let stats = db::jobs::stats(&database.pool).await?;
+        let stats = db::jobs::stats(&database.pool, None).await?;
         if stats.queued + stats.running == 0 {
             return Ok(());
         }

@@ -113,8 +113,8 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<Done> {
             // The jobs are queued in PostgreSQL now; the reconciler dispatches queued jobs that
             // Redis does not hold, so a failed push only delays them.
             let pushed = async {
-                let (mut storage, _) = dispatch::connect(&args.backends.queue).await?;
-                dispatch::redispatch(&pool, &mut storage, &ids).await
+                let mut redis = dispatch::connect(&args.backends.queue).await?;
+                dispatch::redispatch(&pool, &mut redis, &args.backends.queue.queue, &ids).await
             };
             if let Err(e) = pushed.await {
                 warn(format_args!(
@@ -147,7 +147,7 @@ pub async fn take_out_of_redis(
     backends: &Backends,
     ids: &[Uuid],
 ) -> anyhow::Result<u64> {
-    let (_, mut redis) = dispatch::connect(&backends.queue).await?;
+    let mut redis = dispatch::connect(&backends.queue).await?;
     dispatch::remove(pool, &mut redis, &backends.queue.queue, ids).await
 }
 

@@ -12,6 +12,7 @@
 //!   cleanup; `workers`: live workers.
 //! - `keys`: API keys (create, list, revoke, webhook secrets).
 //! - `submit`: send prompts to the API, optionally wait for the results.
+//! - `models`: the model catalogue (add, list, remove, default, alias, stats).
 //! - `model`: synthesize a GPT-2-shaped test model, download a real one or pull it from Hugging
 //!   Face; `fetch`: the resumable, checked download they share.
 
@@ -20,6 +21,7 @@ mod fetch;
 mod jobs;
 mod keys;
 mod model;
+mod models;
 mod queue;
 mod submit;
 
@@ -84,6 +86,8 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Make or fetch GGUF models.
     Model(model::ModelArgs),
+    /// The model catalogue: models, the default, aliases with traffic splits, and their figures.
+    Models(models::ModelsArgs),
 }
 
 /// How a command that ran to its end asks the process to exit (see [`EXIT_CODES`]). A command
@@ -129,6 +133,7 @@ async fn run(command: Command) -> anyhow::Result<Done> {
         Command::Keys(args) => keys::run(args).await,
         Command::Submit(args) => submit::run(args).await,
         Command::Model(args) => model::run(args).await,
+        Command::Models(args) => models::run(args).await,
     }
 }
 

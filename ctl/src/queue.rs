@@ -18,6 +18,9 @@ pub struct QueueArgs {
     command: QueueCommand,
     #[command(flatten)]
     backends: Backends,
+    /// Only this model's queue (stats, pause, resume, drain, purge); the whole queue without.
+    #[arg(long, global = true)]
+    model: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,9 +58,16 @@ enum QueueCommand {
 
 pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
     let pool = connect_db(&args.backends.database).await?;
+    let model = args.model.as_deref();
+    if let Some(model) = model
+        && !db::models::names(&pool).await?.iter().any(|m| m == model)
+    {
+        eprintln!("genqctl: the model '{model}' is not registered (genqctl models list)");
+        return Ok(Done::Failed);
+    }
     match args.command {
         QueueCommand::Stats { json } => {
-            let stats = db::jobs::stats(&pool).await?;
+            let stats = db::jobs::stats(&pool, model).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
@@ -65,14 +75,16 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
             }
         }
         QueueCommand::Pause => {
-            db::control::set_intake_paused(&pool, true).await?;
+            set_intake_paused(&pool, model, true).await?;
             println!("intake paused: the API refuses new jobs with 503; queued jobs still run");
         }
         QueueCommand::Resume => {
-            db::control::set_intake_paused(&pool, false).await?;
+            set_intake_paused(&pool, model, false).await?;
             println!("intake resumed");
         }
-        QueueCommand::Drain { timeout } => return drain(&pool, Duration::from_secs(timeout)).await,
+        QueueCommand::Drain { timeout } => {
+            return drain(&pool, model, Duration::from_secs(timeout)).await;
+        }
         QueueCommand::Reconcile { config, json } => {
             return reconcile(pool, &args.backends, config, json).await;
         }
@@ -81,7 +93,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<Done> {
                 eprintln!("purge cancels every queued job; run again with --yes to do it");
                 return Ok(Done::Usage);
             }
-            let ids = db::jobs::cancel_all_queued(&pool, "purged by an operator").await?;
+            let ids = db::jobs::cancel_all_queued(&pool, "purged by an operator", model).await?;
             // The jobs are cancelled in PostgreSQL, which workers check before running a job:
             // Redis is best effort, as for `jobs cancel`.
             match take_out_of_redis(&pool, &args.backends, &ids).await {
@@ -126,10 +138,9 @@ async fn reconcile(
     json: bool,
 ) -> anyhow::Result<Done> {
     // Lazily: with Redis down its two steps fail and the PostgreSQL steps still run.
-    let (storage, redis) = dispatch::connect_lazy(&backends.queue)?;
+    let redis = dispatch::connect_lazy(&backends.queue)?;
     let mut reconciler = Reconciler {
         db: pool,
-        storage,
         redis,
         queue: backends.queue.queue.clone(),
         config,
@@ -170,8 +181,27 @@ async fn reconcile(
     })
 }
 
-async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {
-    db::control::set_intake_paused(pool, true).await?;
+/// Pauses or resumes the whole intake, or one model's.
+async fn set_intake_paused(
+    pool: &sqlx::PgPool,
+    model: Option<&str>,
+    paused: bool,
+) -> anyhow::Result<()> {
+    match model {
+        Some(model) => {
+            db::models::set_intake_paused(pool, model, paused).await?;
+        }
+        None => db::control::set_intake_paused(pool, paused).await?,
+    }
+    Ok(())
+}
+
+async fn drain(
+    pool: &sqlx::PgPool,
+    model: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Done> {
+    set_intake_paused(pool, model, true).await?;
     println!("intake paused; waiting for queued and running jobs to finish");
     let started = Instant::now();
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
@@ -179,8 +209,12 @@ async fn drain(pool: &sqlx::PgPool, timeout: Duration) -> anyhow::Result<Done> {
     let mut bar: Option<ProgressBar> = None;
     loop {
         every_second.tick().await;
-        let backlog = db::jobs::backlog(pool).await?;
-        let workers = db::workers::live(pool).await?.len();
+        let backlog = db::jobs::backlog(pool, model).await?;
+        let workers = db::workers::live(pool)
+            .await?
+            .iter()
+            .filter(|w| model.is_none_or(|m| w.model == m))
+            .count();
         let left = (backlog.queued + backlog.running) as u64;
         let bar = bar.get_or_insert_with(|| drain_bar(left));
         bar.set_length(bar.length().unwrap_or(0).max(left));

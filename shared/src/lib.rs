@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod queue;
 pub mod reconcile;
 pub mod redact;
+pub mod routing;
 pub mod telemetry;
 pub mod types;
 pub mod wait;

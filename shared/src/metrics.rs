@@ -29,6 +29,9 @@ pub mod names {
         JOBS_SUBMITTED = "genq_jobs_submitted_total";
         QUEUE_DEPTH = "genq_queue_depth";
         QUEUE_OLDEST_AGE = "genq_queue_oldest_age_seconds";
+        MODEL_QUEUE_DEPTH = "genq_model_queue_depth";
+        MODEL_JOBS_RUNNING = "genq_model_jobs_running";
+        MODEL_WORKERS_LIVE = "genq_model_workers_live";
         JOBS_RUNNING = "genq_jobs_running";
         WORKERS_LIVE = "genq_workers_live";
         SLOTS_LIVE = "genq_slots_live";
@@ -39,6 +42,8 @@ pub mod names {
         WEBHOOK_DESTINATIONS_PAUSED = "genq_webhook_destinations_paused_total";
         // The API, the reconciler and the worker: each counts the final statuses it writes.
         JOBS_FINISHED = "genq_jobs_finished_total";
+        // The reconciler and the worker: jobs moved to their fallback model.
+        FALLBACKS = "genq_fallbacks_total";
         POSTGRES_ERRORS = "genq_postgres_errors_total";
         REDIS_ERRORS = "genq_redis_errors_total";
         // The worker.
@@ -124,6 +129,18 @@ fn describe() {
         "Jobs queued, from PostgreSQL (the whole cluster)"
     );
     describe_gauge!(
+        MODEL_QUEUE_DEPTH,
+        "Jobs queued for each model (label model), from PostgreSQL"
+    );
+    describe_gauge!(
+        MODEL_JOBS_RUNNING,
+        "Jobs running on each model (label model)"
+    );
+    describe_gauge!(
+        MODEL_WORKERS_LIVE,
+        "Live workers of each model (label model); 0 means its jobs wait (scale from zero)"
+    );
+    describe_gauge!(
         QUEUE_OLDEST_AGE,
         Unit::Seconds,
         "How long the oldest queued job has waited (0 when none)"
@@ -154,6 +171,10 @@ fn describe() {
     describe_counter!(
         JOBS_FINISHED,
         "Jobs this process turned final, by status and, for failures, error code"
+    );
+    describe_counter!(
+        FALLBACKS,
+        "Jobs moved to their fallback model, by fallback and reason (failed, unserved)"
     );
     describe_counter!(POSTGRES_ERRORS, "PostgreSQL operations that failed");
     describe_counter!(REDIS_ERRORS, "Redis operations that failed");
@@ -199,6 +220,12 @@ fn describe() {
 /// Counts a failed PostgreSQL operation.
 pub fn postgres_error() {
     metrics::counter!(POSTGRES_ERRORS).increment(1);
+}
+
+/// Counts a job moved to its fallback model `fallback`, for `reason`.
+pub fn fell_back(fallback: &str, reason: &'static str) {
+    metrics::counter!(FALLBACKS, "fallback" => fallback.to_owned(), "reason" => reason)
+        .increment(1);
 }
 
 /// Counts a failed Redis operation.

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::{
     db::jobs::{self, Released},
     metrics::names,
-    queue::{self, Storage},
+    queue,
     types::{ErrorCode, JobStatus},
 };
 
@@ -53,6 +53,8 @@ pub struct Pass {
     pub full_check: bool,
     /// Queued jobs Redis had lost (or never got, or finished without running), dispatched again.
     pub redispatched: usize,
+    /// Queued jobs moved to their fallback model: theirs had no live worker for too long.
+    pub fell_back: usize,
     /// Finished tasks' leftovers removed from Redis.
     pub vacuumed: u64,
     /// Finished jobs removed by retention.
@@ -95,6 +97,7 @@ impl Pass {
             ("failed_lost", self.failed_lost as u64),
             ("timed_out", self.timed_out as u64),
             ("redispatched", self.redispatched as u64),
+            ("fell_back", self.fell_back as u64),
             ("promoted", self.promoted as u64),
             ("vacuumed", self.vacuumed),
             ("deleted", self.deleted as u64),
@@ -121,8 +124,8 @@ impl Pass {
 
 pub struct Reconciler {
     pub db: PgPool,
-    pub storage: Storage,
     pub redis: ConnectionManager,
+    /// The deployment's queue namespace; each model's queue is under it.
     pub queue: String,
     pub config: ReconcileConfig,
 }
@@ -166,6 +169,8 @@ impl Reconciler {
         record(pass, "take_back_lost_claims", outcome);
         let outcome = self.expire_queued(pass).await;
         record(pass, "expire_queued", outcome);
+        let outcome = self.fall_back_unserved(pass).await;
+        record(pass, "fall_back_unserved", outcome);
         let outcome = self.redispatch_lost(pass).await;
         record(pass, "redispatch_lost", outcome);
         let outcome = self.vacuum_redis(pass).await;
@@ -192,7 +197,7 @@ impl Reconciler {
                 "re-queueing running jobs whose lease lapsed"
             );
             // Should Redis refuse, they are queued in PostgreSQL and `redispatch_lost` finds them.
-            queue::redispatch(&self.db, &mut self.storage, &requeued).await?;
+            queue::redispatch(&self.db, &mut self.redis, &self.queue, &requeued).await?;
         }
         Ok(())
     }
@@ -215,11 +220,11 @@ impl Reconciler {
             let refused = jobs::undispatched(&self.db, CHECK_PAGE).await?;
             pass.checked += refused.len();
             // A push may have reached Redis although its answer did not.
-            let lost = queue::missing(&mut self.redis, &self.queue, &refused).await?;
+            let lost = self.missing(refused.iter().cloned()).await?;
             self.dispatch_again(pass, &lost).await?;
             let held: Vec<Uuid> = refused
                 .iter()
-                .map(|&(job, _)| job)
+                .map(|&(job, _, _)| job)
                 .filter(|job| !lost.contains(job))
                 .collect();
             jobs::clear_undispatched(&self.db, &held).await?;
@@ -242,16 +247,15 @@ impl Reconciler {
         let mut after = None;
         loop {
             let page = jobs::queued_in_window(&self.db, &window, after, CHECK_PAGE).await?;
-            let Some(&(last_id, _, last_at)) = page.last() else {
+            let Some(&(last_id, _, last_at, _)) = page.last() else {
                 break;
             };
             after = Some((last_at, last_id));
             pass.checked += page.len();
-            let dispatches: Vec<_> = page
+            let dispatches = page
                 .iter()
-                .map(|&(job, dispatch, _)| (job, dispatch))
-                .collect();
-            let lost = queue::missing(&mut self.redis, &self.queue, &dispatches).await?;
+                .map(|(job, dispatch, _, model)| (*job, *dispatch, model.clone()));
+            let lost = self.missing(dispatches).await?;
             self.dispatch_again(pass, &lost).await?;
             if (page.len() as i64) < CHECK_PAGE {
                 break;
@@ -266,6 +270,31 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Which of these queued jobs (job, dispatch, model) their model's queue lacks. A job
+    /// recorded before models existed (no model) is taken as lost: dispatching it again routes
+    /// it to the default model.
+    async fn missing(
+        &mut self,
+        queued: impl Iterator<Item = (Uuid, Uuid, Option<String>)>,
+    ) -> anyhow::Result<Vec<Uuid>> {
+        let mut by_model: std::collections::HashMap<Option<String>, Vec<(Uuid, Uuid)>> =
+            Default::default();
+        for (job, dispatch, model) in queued {
+            by_model.entry(model).or_default().push((job, dispatch));
+        }
+        let mut lost = Vec::new();
+        for (model, queued) in by_model {
+            match model {
+                Some(model) => {
+                    let ns = queue::model_queue(&self.queue, &model);
+                    lost.extend(queue::missing(&mut self.redis, &ns, &queued).await?);
+                }
+                None => lost.extend(queued.iter().map(|&(job, _)| job)),
+            }
+        }
+        Ok(lost)
+    }
+
     async fn dispatch_again(&mut self, pass: &mut Pass, lost: &[Uuid]) -> anyhow::Result<()> {
         if lost.is_empty() {
             return Ok(());
@@ -274,7 +303,8 @@ impl Reconciler {
             jobs = lost.len(),
             "dispatching queued jobs Redis does not hold"
         );
-        pass.redispatched += queue::redispatch(&self.db, &mut self.storage, lost).await?;
+        pass.redispatched +=
+            queue::redispatch(&self.db, &mut self.redis, &self.queue, lost).await?;
         Ok(())
     }
 
@@ -283,8 +313,16 @@ impl Reconciler {
     /// Each page is forgotten only once its jobs were looked at, so a failure leaves it to the
     /// next pass.
     async fn vacuum_redis(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
+        for model in jobs_models(&self.db).await? {
+            let ns = queue::model_queue(&self.queue, &model);
+            self.vacuum_queue(pass, &ns).await?;
+        }
+        Ok(())
+    }
+
+    async fn vacuum_queue(&mut self, pass: &mut Pass, ns: &str) -> anyhow::Result<()> {
         loop {
-            let tasks = queue::finished_tasks(&mut self.redis, &self.queue, VACUUM_PAGE).await?;
+            let tasks = queue::finished_tasks(&mut self.redis, ns, VACUUM_PAGE).await?;
             if tasks.is_empty() {
                 return Ok(());
             }
@@ -292,15 +330,40 @@ impl Reconciler {
                 tasks.iter().filter_map(|t| queue::dispatch_of(t)).collect();
             let unrun = jobs::queued_with_dispatch(&self.db, &dispatches).await?;
             self.dispatch_again(pass, &unrun).await?;
-            queue::forget_finished(&mut self.redis, &self.queue, &tasks).await?;
+            queue::forget_finished(&mut self.redis, ns, &tasks).await?;
             pass.vacuumed += tasks.len() as u64;
         }
     }
 
     async fn promote_due(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
-        pass.promoted =
-            queue::promote_all_due(&mut self.redis, &queue::storage_config(&self.queue)).await?;
+        for model in jobs_models(&self.db).await? {
+            let config = queue::storage_config(&queue::model_queue(&self.queue, &model));
+            pass.promoted += queue::promote_all_due(&mut self.redis, &config).await?;
+        }
         Ok(())
+    }
+
+    /// Queued jobs that waited past their fallback's patience for a model without a live worker
+    /// go to their fallback model.
+    async fn fall_back_unserved(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
+        loop {
+            let moved = jobs::fall_back_unserved(&self.db, EXPIRE_PAGE).await?;
+            for (_, fallback) in &moved {
+                crate::metrics::fell_back(fallback, "unserved");
+            }
+            let ids: Vec<Uuid> = moved.iter().map(|(id, _)| *id).collect();
+            pass.fell_back += ids.len();
+            if !ids.is_empty() {
+                tracing::warn!(
+                    jobs = ids.len(),
+                    "moving jobs no worker served to their fallback"
+                );
+                queue::redispatch(&self.db, &mut self.redis, &self.queue, &ids).await?;
+            }
+            if moved.len() < EXPIRE_PAGE as usize {
+                return Ok(());
+            }
+        }
     }
 
     async fn apply_retention(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
@@ -333,6 +396,11 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// The models whose queues the reconciler looks after: every registered one.
+async fn jobs_models(pool: &PgPool) -> sqlx::Result<Vec<String>> {
+    crate::db::models::names(pool).await
 }
 
 fn record(pass: &mut Pass, step: &'static str, outcome: anyhow::Result<()>) {

@@ -215,6 +215,26 @@ pub struct JobView {
     /// The job's `callback_url` and how its delivery stands; absent without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookView>,
+    /// The model or alias asked for and the model the job went to (docs/models.md); absent on
+    /// jobs recorded before genq served several models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteView>,
+}
+
+/// Where a job went: what it asked for, the model (and version) that runs it, and why it moved
+/// to its fallback model if it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RouteView {
+    /// The model or alias the request named (the default model's name when it named none).
+    pub requested: String,
+    /// The model whose queue the job is in; after a fallback, the fallback model.
+    pub model: String,
+    /// SHA-256 of the GGUF that ran it, once a worker claimed it.
+    #[schema(required = true)]
+    pub version: Option<String>,
+    /// Why the job moved to its fallback model; null if it did not.
+    #[schema(required = true)]
+    pub fallback_reason: Option<String>,
 }
 
 /// A job's webhook: where it goes and every attempt so far.

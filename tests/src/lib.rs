@@ -64,6 +64,58 @@ pub fn tiny_model_path() -> &'static Path {
         .1
 }
 
+/// A second tiny model: the same shape with other weights (seed 2), so its text differs. Workers
+/// serve it under the name [`OTHER_MODEL`].
+pub fn other_model_path() -> &'static Path {
+    static PATH: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &PATH
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("gpt2-tiny-other.gguf");
+            synth::write_model(&path, synth::Shape::Tiny, 2).expect("synthesizing the model");
+            (dir, path)
+        })
+        .1
+}
+
+/// The catalogue name of [`other_model_path`]'s workers.
+pub const OTHER_MODEL: &str = "tiny-other";
+
+pub fn other_model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            Arc::new(
+                Model::load(other_model_path(), Placement::default())
+                    .expect("loading the other model"),
+            )
+        })
+        .clone()
+}
+
+/// The catalogue name of the tiny model (its `general.name`), the default of every [`TestApp`].
+pub fn tiny_model_name() -> String {
+    tiny_model().name().to_owned()
+}
+
+/// Every task waiting in a model's queue: in its lanes, ready list and scheduled set.
+pub async fn waiting_tasks(ns: &str) -> Vec<String> {
+    let mut redis = redis_connection().await;
+    let mut tasks = genq_shared::queue::lanes::waiting_tasks(&mut redis, ns)
+        .await
+        .expect("reading the lanes");
+    let config = genq_shared::queue::storage_config(ns);
+    let (ready, scheduled): (Vec<String>, Vec<String>) = redis::pipe()
+        .lrange(config.active_jobs_list(), 0, -1)
+        .zrange(config.scheduled_jobs_set(), 0, -1)
+        .query_async(&mut redis)
+        .await
+        .expect("reading the ready list");
+    tasks.extend(ready);
+    tasks.extend(scheduled);
+    tasks
+}
+
 pub fn tiny_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL
@@ -237,19 +289,48 @@ impl TestApp {
         self.start_worker_with(slots, &[]).await
     }
 
+    /// Waits until `model` has a live worker (registered in the catalogue, heartbeating).
+    pub async fn until_model_served(&self, model: &str) {
+        until(&format!("a live worker of {model}"), || async {
+            sqlx::query_scalar::<_, bool>(
+                "select exists (select 1 from workers w join models m on m.name = w.model
+                                where w.model = $1 and w.stopped_at is null)",
+            )
+            .bind(model)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+    }
+
+    /// The tiny model's queue namespace in Redis.
+    pub fn model_queue(&self) -> String {
+        genq_shared::queue::model_queue(&self.queue, &tiny_model_name())
+    }
+
+    /// Starts an in-process worker of the [`other_model`], registered as [`OTHER_MODEL`].
+    pub async fn start_other_worker(&self, slots: u32, extra: &[&str]) -> TestWorker {
+        let mut args = self.worker_args(slots);
+        args[1] = format!("--model={}", other_model_path().display());
+        args.push(format!("--model-name={OTHER_MODEL}"));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.start_worker_of(args, other_model()).await
+    }
+
     /// Starts an in-process worker with extra flags, e.g. `--result-cache-ttl-secs=0`.
     pub async fn start_worker_with(&self, slots: u32, extra: &[&str]) -> TestWorker {
         let mut args = self.worker_args(slots);
         args.extend(extra.iter().map(|a| a.to_string()));
+        self.start_worker_of(args, tiny_model()).await
+    }
+
+    async fn start_worker_of(&self, args: Vec<String>, model: Arc<Model>) -> TestWorker {
         let config = genq_worker::Config::parse_from(args);
         let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokio::spawn(genq_worker::run_with_model(
-            config,
-            tiny_model(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let run = tokio::spawn(genq_worker::run_with_model(config, model, async move {
+            let _ = stopped.await;
+        }));
         TestWorker {
             stop: Some(stop),
             run: Some(run),

@@ -230,7 +230,7 @@ async fn a_result_the_output_filter_changed_says_redacted() {
     let id = app
         .submit(&json!({ "prompts": ["leak", "keep"], "max_tokens": 4 }))
         .await;
-    let claim = db::jobs::claim(&app.pool, id, "w", "m")
+    let claim = db::jobs::claim(&app.pool, id, "w", &genq_tests::tiny_model_name(), "v")
         .await
         .unwrap()
         .unwrap();

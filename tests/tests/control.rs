@@ -148,7 +148,7 @@ async fn a_lost_workers_job_is_requeued_and_completes_once() {
     let mut redis = redis_connection().await;
     let (due, (now, _)): (f64, (u64, u64)) = redis::pipe()
         .zscore(
-            genq_shared::queue::storage_config(&app.queue).scheduled_jobs_set(),
+            genq_shared::queue::storage_config(&app.model_queue()).scheduled_jobs_set(),
             genq_shared::queue::task_id(dispatch_id).to_string(),
         )
         .cmd("TIME")
@@ -287,6 +287,8 @@ async fn bad_input_fails_at_once_and_is_not_retried() {
     })
     .await;
     let worker = app.start_worker(1).await;
+    // Without GENQ_MODEL the API registers no model: the worker's is the first, the default.
+    app.until_model_served(&genq_tests::tiny_model_name()).await;
     let view = app
         .wait_final(
             app.submit(&json!({ "prompts": ["word ".repeat(300)] }))
@@ -305,14 +307,14 @@ async fn bad_input_fails_at_once_and_is_not_retried() {
 async fn a_stale_claims_late_write_is_refused() {
     let app = TestApp::spawn().await;
     let id = app.submit(&json!({ "prompts": ["race"] })).await;
-    let first = db::jobs::claim(&app.pool, id, "w1", "m")
+    let first = db::jobs::claim(&app.pool, id, "w1", &genq_tests::tiny_model_name(), "v")
         .await
         .unwrap()
         .unwrap();
     let released =
         db::jobs::release(&app.pool, id, first.attempt, ErrorCode::WorkerLost, "test").await;
     assert_eq!(released.unwrap(), Released::Requeued);
-    let second = db::jobs::claim(&app.pool, id, "w2", "m")
+    let second = db::jobs::claim(&app.pool, id, "w2", &genq_tests::tiny_model_name(), "v")
         .await
         .unwrap()
         .unwrap();
@@ -481,11 +483,16 @@ async fn a_redispatched_job_survives_the_clean_up_of_its_earlier_delivery() {
     // As apalis leaves a delivery it has finished (a worker skipped it, say) while PostgreSQL
     // still has the job queued: no longer waiting (apalis pushes into the scheduled set, due at
     // once), in the done set, payload kept.
-    let config = genq_shared::queue::storage_config(&app.queue);
+    let config = genq_shared::queue::storage_config(&app.model_queue());
     let first = genq_shared::queue::task_id(id).to_string();
     let mut redis = redis_connection().await;
     let _: () = redis::pipe()
         .lrem(config.active_jobs_list(), 0, &first)
+        .lrem(
+            format!("{}:genq:lane:1:tests", app.model_queue()),
+            0,
+            &first,
+        )
         .zrem(config.scheduled_jobs_set(), &first)
         .sadd(config.done_jobs_set(), &first)
         .query_async(&mut redis)

@@ -297,7 +297,7 @@ async fn a_failed_reconciler_step_is_named_and_exits_1_after_the_others_ran() {
         .await
         .unwrap();
     // The vacuum step pops apalis's done set: a string under its key makes that step fail.
-    let done_set = queue::storage_config(&app.queue).done_jobs_set();
+    let done_set = queue::storage_config(&app.model_queue()).done_jobs_set();
     redis::cmd("SET")
         .arg(&done_set)
         .arg("not a set")

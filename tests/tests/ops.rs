@@ -44,7 +44,12 @@ async fn purge_cancels_every_queued_job_and_empties_redis() {
         .get_connection_manager()
         .await
         .unwrap();
-    assert_eq!(queue::waiting(&mut redis, &app.queue).await.unwrap(), 3);
+    assert_eq!(
+        queue::waiting(&mut redis, &app.model_queue())
+            .await
+            .unwrap(),
+        3
+    );
 
     let refused = app.genqctl(&["queue", "purge"]).await;
     assert_exit(&refused, 2);
@@ -53,7 +58,12 @@ async fn purge_cancels_every_queued_job_and_empties_redis() {
         "{}",
         stderr(&refused)
     );
-    assert_eq!(queue::waiting(&mut redis, &app.queue).await.unwrap(), 3);
+    assert_eq!(
+        queue::waiting(&mut redis, &app.model_queue())
+            .await
+            .unwrap(),
+        3
+    );
     let purged = app.genqctl(&["queue", "purge", "--yes"]).await;
 
     assert_exit(&purged, 0);
@@ -62,7 +72,12 @@ async fn purge_cancels_every_queued_job_and_empties_redis() {
         "{}",
         stdout(&purged)
     );
-    assert_eq!(queue::waiting(&mut redis, &app.queue).await.unwrap(), 0);
+    assert_eq!(
+        queue::waiting(&mut redis, &app.model_queue())
+            .await
+            .unwrap(),
+        0
+    );
     for id in &ids {
         assert_eq!(app.status(*id).await, JobStatus::Cancelled);
     }

@@ -138,7 +138,7 @@ async fn a_failed_reconciler_step_does_not_skip_the_others() {
         .await
         .unwrap();
     let redis = Proxy::start(host_port(&redis_url())).await;
-    let (storage, connection) = queue::connect(&QueueConfig {
+    let connection = queue::connect(&QueueConfig {
         redis_url: through(&redis_url(), &redis).parse().unwrap(),
         queue: app.queue.clone(),
     })
@@ -146,7 +146,6 @@ async fn a_failed_reconciler_step_does_not_skip_the_others() {
     .unwrap();
     let mut reconciler = Reconciler {
         db: app.pool.clone(),
-        storage,
         redis: connection,
         queue: app.queue.clone(),
         config: ReconcileConfig {

@@ -11,12 +11,12 @@ use genq_shared::{
     reconcile::{ReconcileConfig, Reconciler},
     types::JobStatus,
 };
-use genq_tests::{TestApp, redis_connection, redis_url, until};
+use genq_tests::{TestApp, redis_connection, redis_url, until, waiting_tasks};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 async fn reconciler(app: &TestApp) -> Reconciler {
-    let (storage, redis) = queue::connect(&QueueConfig {
+    let redis = queue::connect(&QueueConfig {
         redis_url: redis_url().parse().unwrap(),
         queue: app.queue.clone(),
     })
@@ -24,7 +24,6 @@ async fn reconciler(app: &TestApp) -> Reconciler {
     .unwrap();
     Reconciler {
         db: app.pool.clone(),
-        storage,
         redis,
         queue: app.queue.clone(),
         config: ReconcileConfig {
@@ -54,18 +53,11 @@ async fn lose_redis_data(app: &TestApp) {
         .unwrap();
 }
 
-/// The dispatches Redis holds waiting (ready or scheduled), one entry per task.
+/// The dispatches Redis holds waiting (in a lane, ready or scheduled), one entry per task.
 async fn waiting_dispatches(app: &TestApp) -> Vec<Uuid> {
-    let config = queue::storage_config(&app.queue);
-    let (ready, scheduled): (Vec<String>, Vec<String>) = redis::pipe()
-        .lrange(config.active_jobs_list(), 0, -1)
-        .zrange(config.scheduled_jobs_set(), 0, -1)
-        .query_async(&mut redis_connection().await)
+    waiting_tasks(&app.model_queue())
         .await
-        .unwrap();
-    ready
         .iter()
-        .chain(&scheduled)
         .map(|task| queue::dispatch_of(task).expect("a genq task id"))
         .collect()
 }
@@ -120,10 +112,11 @@ async fn after_a_full_check_a_pass_checks_only_what_was_dispatched_since() {
     let lost = app
         .submit(&json!({ "prompts": ["lost"], "max_tokens": 4 }))
         .await;
-    let config = queue::storage_config(&app.queue);
+    let config = queue::storage_config(&app.model_queue());
     let task = queue::task_id(lost).to_string();
     let _: () = redis::pipe()
         .lrem(config.active_jobs_list(), 0, &task)
+        .lrem(format!("{}:genq:lane:1:tests", app.model_queue()), 0, &task)
         .zrem(config.scheduled_jobs_set(), &task)
         .hdel(config.job_data_hash(), &task)
         .query_async(&mut redis_connection().await)
@@ -153,19 +146,22 @@ async fn after_a_full_check_a_pass_checks_only_what_was_dispatched_since() {
 }
 
 /// apalis's own fetch fails for good once about 8,000 pushed tasks wait in its scheduled set;
-/// genq moves them to the ready list as it pushes, so a worker starts on a backlog of 10,000.
+/// genq keeps them in its lanes and moves them to the ready list as slots free, so a worker
+/// starts on a backlog of 10,000.
 #[tokio::test]
 async fn a_worker_takes_jobs_from_a_bulk_backlog_beyond_apalis_fetch_limit() {
     let app = TestApp::spawn().await;
     let jobs = submit_many(&app, 10_000).await;
-    let config = queue::storage_config(&app.queue);
+    let config = queue::storage_config(&app.model_queue());
     let (scheduled, ready): (u64, u64) = redis::pipe()
         .zcard(config.scheduled_jobs_set())
         .llen(config.active_jobs_list())
         .query_async(&mut redis_connection().await)
         .await
         .unwrap();
-    assert_eq!((scheduled, ready), (0, 10_000));
+    // One made ready for an idle worker; the rest wait their turn in the lanes.
+    assert_eq!((scheduled, ready), (0, 1));
+    assert_eq!(waiting_tasks(&app.model_queue()).await.len(), 10_000);
 
     let worker = app.start_worker(1).await;
     assert_eq!(app.wait_final(jobs[0]).await.status, JobStatus::Completed);
@@ -178,7 +174,7 @@ async fn a_worker_takes_jobs_from_a_bulk_backlog_beyond_apalis_fetch_limit() {
 #[tokio::test]
 async fn a_reconciler_pass_makes_every_due_task_ready() {
     let app = TestApp::spawn().await;
-    let config = queue::storage_config(&app.queue);
+    let config = queue::storage_config(&app.model_queue());
     let mut redis = redis_connection().await;
     let mut schedule = redis::cmd("ZADD");
     schedule.arg(config.scheduled_jobs_set());

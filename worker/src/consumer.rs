@@ -28,6 +28,52 @@ pub struct Consumer {
     pub max_jobs: usize,
     pub runner: Arc<JobRunner>,
     pub jobs: TaskTracker,
+    pub refill: Refill,
+}
+
+/// Keeps the model queue's ready list holding as many tasks as this worker has free slots (see
+/// `genq_shared::queue::lanes`): as each job ends, and on every poll.
+#[derive(Clone)]
+pub struct Refill {
+    pub redis: queue::RedisConnection,
+    /// The model's queue namespace.
+    pub queue: String,
+    pub max_jobs: usize,
+    pub jobs: TaskTracker,
+}
+
+impl Refill {
+    /// Tops the ready list up to `target`; a Redis error only delays work (the next poll tries
+    /// again), so it is counted and logged at debug level.
+    async fn to(&self, target: usize) {
+        let mut redis = self.redis.clone();
+        if let Err(e) = queue::lanes::refill(&mut redis, &self.queue, target).await {
+            genq_shared::metrics::redis_error();
+            tracing::debug!(error = format!("{e:#}"), "could not refill the ready list");
+        }
+    }
+
+    fn free_slots(&self) -> usize {
+        self.max_jobs.saturating_sub(self.jobs.len())
+    }
+
+    /// Refills every `poll` until `stop` resolves.
+    pub async fn every(self, poll: Duration, stop: impl Future<Output = ()>) {
+        let mut ticks = tokio::time::interval(poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = ticks.tick() => {
+                    let free = self.free_slots();
+                    if free > 0 {
+                        self.to(free).await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Consumer {
@@ -43,6 +89,7 @@ impl Consumer {
                 .concurrency(self.max_jobs)
                 .data(self.runner.clone())
                 .data(self.jobs.clone())
+                .data(self.refill.clone())
                 .build(handle);
             let ended = worker
                 .run_until(async move {
@@ -77,12 +124,16 @@ async fn handle(
     dispatch: queue::Dispatch,
     runner: Data<Arc<JobRunner>>,
     jobs: Data<TaskTracker>,
+    refill: Data<Refill>,
 ) -> Result<(), BoxDynError> {
     let runner: Arc<JobRunner> = (*runner).clone();
     let job_id = dispatch.job_id;
     // On its own task: dropping this handler (its consumer died) must not stop the job.
     let job = jobs.spawn(async move { runner.run(job_id).await });
-    match job.await {
+    let ended = job.await;
+    // Before the slot frees (this handler returns), so the fetch that fills it finds a task.
+    refill.to(refill.free_slots() + 1).await;
+    match ended {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::error!(error = ?e, task_id = %job_id, "job could not be processed");

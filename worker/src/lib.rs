@@ -39,7 +39,11 @@ use tokio_util::{
 };
 
 use crate::{
-    cache::ResultCache, consumer::Consumer, http::Probe, live::LiveEvents, registry::HeldJobs,
+    cache::ResultCache,
+    consumer::{Consumer, Refill},
+    http::Probe,
+    live::LiveEvents,
+    registry::HeldJobs,
     runner::JobRunner,
 };
 
@@ -57,6 +61,10 @@ pub struct Config {
     /// GGUF model to serve.
     #[arg(long, env = "GENQ_MODEL")]
     pub model: PathBuf,
+    /// The name jobs ask for this model by (`model` in a request); defaults to the GGUF's
+    /// `general.name`, else its file name. Registered in the catalogue if it is not yet.
+    #[arg(long, env = "GENQ_MODEL_NAME")]
+    pub model_name: Option<String>,
     /// Sequences decoded together; defaults to 16 per core (16..=64), 64 on cuda builds.
     #[arg(long, env = "GENQ_SLOTS")]
     pub slots: Option<u32>,
@@ -229,7 +237,19 @@ async fn serve(
     let engine = tokio::task::spawn_blocking(move || Engine::start(model, engine_config)).await??;
     let engine_failed = engine.stopped();
     let name = unique_name(config.name.as_deref());
-    let model_name = engine.model().name().to_owned();
+    let model_name = config
+        .model_name
+        .clone()
+        .unwrap_or_else(|| engine.model().name().to_owned());
+    if let Some(problem) = genq_shared::routing::check_name(&model_name) {
+        anyhow::bail!("GENQ_MODEL_NAME: {problem}");
+    }
+    let model_file = engine.model().path().to_owned();
+    let model_version =
+        tokio::task::spawn_blocking(move || genq_shared::routing::file_version(&model_file))
+            .await??;
+    db::models::register_loaded(&pool, &model_name, &model_version).await?;
+    let model_queue = queue::model_queue(&config.queue.queue, &model_name);
     let held = Arc::new(HeldJobs::default());
     let engine_stats = engine.stats();
     let registration = registry::register(
@@ -241,11 +261,12 @@ async fn serve(
         engine_stats.clone(),
     )
     .await?;
-    let (storage, redis) = queue::connect(&config.queue).await?;
+    let redis = queue::connect(&config.queue).await?;
     let watch = JobWatch::listen(pool.clone()).await?;
     tracing::info!(
         worker = %name,
         model = %model_name,
+        version = genq_shared::routing::short_version(&model_version),
         slots = engine.slots(),
         context_per_slot = engine.context_per_slot(),
         kv_cache_mib = engine.kv_cache_bytes() >> 20,
@@ -255,18 +276,19 @@ async fn serve(
     );
 
     let cache_ttl = Duration::from_secs(config.result_cache_ttl_secs);
-    let model_file = engine.model().path().to_owned();
-    let cache =
-        tokio::task::spawn_blocking(move || ResultCache::open(&model_file, cache_ttl)).await??;
+    let cache = ResultCache::open(&model_version, cache_ttl);
     let runner = Arc::new(JobRunner {
         db: pool.clone(),
         engine,
         worker_name: name.clone(),
+        model_name: model_name.clone(),
+        model_version,
         held,
         cache,
         watch,
-        storage: storage.clone(),
-        live: LiveEvents::start(redis, config.queue.queue.clone()),
+        redis: redis.clone(),
+        queue: config.queue.queue.clone(),
+        live: LiveEvents::start(redis.clone(), config.queue.queue.clone()),
     });
     let max_jobs = config
         .max_jobs
@@ -275,13 +297,26 @@ async fn serve(
     let jobs = TaskTracker::new();
     // Stops consuming on shutdown, or at once when the engine has died.
     let stop_consuming = CancellationToken::new();
+    let poll = Duration::from_millis(config.poll_interval_ms.max(10));
+    let refill = Refill {
+        redis,
+        queue: model_queue.clone(),
+        max_jobs,
+        jobs: jobs.clone(),
+    };
+    tokio::spawn(
+        refill
+            .clone()
+            .every(poll, stop_consuming.clone().cancelled_owned()),
+    );
     let consumer = Consumer {
         name: name.clone(),
-        storage,
-        poll: Duration::from_millis(config.poll_interval_ms.max(10)),
+        storage: queue::storage_for(&refill.redis, &model_queue),
+        poll,
         max_jobs,
         runner: runner.clone(),
         jobs: jobs.clone(),
+        refill,
     };
     let consuming =
         tokio::spawn(consumer.run(stop_consuming.clone().cancelled_owned().boxed().shared()));

@@ -34,13 +34,18 @@ pub struct JobRunner {
     pub(crate) db: PgPool,
     pub(crate) engine: Engine,
     pub(crate) worker_name: String,
+    /// The model's name in the catalogue, and its version (SHA-256 of the file).
+    pub(crate) model_name: String,
+    pub(crate) model_version: String,
     /// Jobs this process runs; their leases are renewed by the heartbeat.
     pub(crate) held: Arc<HeldJobs>,
     pub(crate) cache: Option<ResultCache>,
     /// Tells a running job it was cancelled (its status went final under it).
     pub(crate) watch: JobWatch,
     /// For putting a job back on the queue after a transient failure.
-    pub(crate) storage: queue::Storage,
+    pub(crate) redis: queue::RedisConnection,
+    /// The deployment's queue namespace (GENQ_QUEUE).
+    pub(crate) queue: String,
     /// Publishes the jobs' live events.
     pub(crate) live: LiveEvents,
 }
@@ -63,13 +68,20 @@ impl JobRunner {
     async fn run_job(&self, job_id: Uuid) -> anyhow::Result<()> {
         if self.engine.is_stopped() {
             // This worker is on its way out: hand the job to another without spending an attempt.
-            let mut storage = self.storage.clone();
-            queue::redispatch(&self.db, &mut storage, &[job_id]).await?;
+            let mut redis = self.redis.clone();
+            queue::redispatch(&self.db, &mut redis, &self.queue, &[job_id]).await?;
             tracing::info!("engine stopped; job handed back unclaimed");
             return Ok(());
         }
-        let model = self.engine.model().name();
-        let Some(claim) = db::jobs::claim(&self.db, job_id, &self.worker_name, model).await? else {
+        let model = self.model_name.as_str();
+        let claimed = db::jobs::claim(
+            &self.db,
+            job_id,
+            &self.worker_name,
+            model,
+            &self.model_version,
+        );
+        let Some(claim) = claimed.await? else {
             // Cancelled, already taken by another delivery, or unknown: nothing to run.
             tracing::info!("job is not queued; skipping");
             return Ok(());
@@ -119,9 +131,11 @@ impl JobRunner {
                     record_duration(JobStatus::Failed, started);
                 }
                 if released == Released::Requeued {
-                    let mut storage = self.storage.clone();
+                    let mut redis = self.redis.clone();
                     // If this fails the reconciler finds the queued job missing from Redis.
-                    if let Err(e) = queue::redispatch(&self.db, &mut storage, &[claim.id]).await {
+                    let ids = [claim.id];
+                    let redispatched = queue::redispatch(&self.db, &mut redis, &self.queue, &ids);
+                    if let Err(e) = redispatched.await {
                         tracing::warn!(
                             error = format!("{e:#}"),
                             "could not re-dispatch; the reconciler will"

@@ -20,10 +20,10 @@ use anyhow::Context;
 use genq_shared::{
     db::{
         self, Scope,
-        jobs::{NewJob, Owner},
+        jobs::{JobRoute, NewJob, Owner},
         openai_batches::{BatchRow, NewRequest},
     },
-    queue,
+    queue::{self, Priority},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -36,7 +36,14 @@ use super::{
     models,
     request::{ChatRequest, CompletionRequest, Plan, openai_field, plan_completion},
 };
-use crate::{AppState, auth::Caller, error::ApiError, routes::batch::check_quotas, validate};
+use crate::{
+    AppState,
+    auth::Caller,
+    error::ApiError,
+    routes::batch::check_quotas,
+    routing::{dispatch_recorded, sticky},
+    validate,
+};
 
 /// How long a step holds its batch before another replica may take it; renewed while it runs.
 const LEASE: Duration = Duration::from_secs(15);
@@ -293,18 +300,40 @@ async fn validate_and_start(state: &AppState, batch: &BatchRow) -> anyhow::Resul
         tenant: &batch.tenant,
         key_id: batch.api_key_id,
     };
+    // Routed before the transaction: a model removed since validation fails the batch.
+    let mut routes = Vec::new();
+    for (number, .., jobs) in &lines_jobs {
+        for job in jobs {
+            let user = sticky(job.user.as_deref(), batch.api_key_id, &batch.tenant);
+            match state
+                .models
+                .route(&state.db, job.model.as_deref(), &user)
+                .await
+            {
+                Ok(route) => routes.push(route),
+                Err(refusal) => {
+                    let message = ApiError::from(refusal).to_string();
+                    let error = line_error(*number, "model_not_found", message, Some("body.model"));
+                    return Ok(
+                        db::openai_batches::fail(&state.db, &batch.id, &json!([error])).await?,
+                    );
+                }
+            }
+        }
+    }
     let mut tx = state.db.begin().await?;
+    let mut route = routes.iter();
     let new_jobs: Vec<NewJob> = lines_jobs
         .iter()
         .zip(&ids)
-        .flat_map(|((.., jobs), ids)| {
-            jobs.iter().zip(ids).map(|(job, &id)| NewJob {
-                id,
-                prompts: &job.prompts,
-                params: &job.params,
-                timeout,
-                callback_url: None,
-            })
+        .flat_map(|((.., jobs), ids)| jobs.iter().zip(ids))
+        .map(|(job, &id)| NewJob {
+            id,
+            prompts: &job.prompts,
+            params: &job.params,
+            timeout,
+            callback_url: None,
+            route: JobRoute::of(route.next().expect("a route per job"), Priority::Batch),
         })
         .collect();
     for chunk in new_jobs.chunks(5000) {
@@ -334,16 +363,11 @@ async fn validate_and_start(state: &AppState, batch: &BatchRow) -> anyhow::Resul
     tx.commit().await?;
     let all: Vec<Uuid> = ids.iter().flatten().copied().collect();
     metrics::counter!(genq_shared::metrics::names::JOBS_SUBMITTED).increment(all.len() as u64);
-    let mut storage = state.queue.clone();
-    if let Err(e) = queue::dispatch_many(&mut storage, &all).await {
-        // Recorded: the reconciler dispatches what Redis did not take.
-        genq_shared::metrics::redis_error();
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "batch jobs recorded but not all dispatched"
-        );
-        let _ = db::jobs::mark_undispatched(&state.db, &all).await;
-    }
+    let dispatches = all
+        .iter()
+        .zip(routes)
+        .map(|(&id, route)| (id, route.model, Priority::Batch));
+    dispatch_recorded(state, &batch.tenant, dispatches).await;
     tracing::info!(batch = %batch.id, lines = requests.len(), jobs = all.len(), "batch in progress");
     Ok(())
 }

@@ -10,6 +10,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use genq_shared::queue::Priority;
 use genq_shared::{db, queue};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -159,7 +160,7 @@ pub(super) async fn submit_all(
 ) -> Result<Vec<Uuid>> {
     let mut ids = Vec::with_capacity(jobs.len());
     for job in jobs {
-        match submit(state, caller, job, None).await {
+        match submit(state, caller, job, None, Priority::Interactive).await {
             Ok(id) => ids.push(id),
             Err(error) => {
                 cancel(state, &ids).await;

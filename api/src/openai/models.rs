@@ -1,11 +1,11 @@
-//! `GET /v1/models` and `GET /v1/models/{model}`: the models genq serves, which are the model the
-//! API was given (`GENQ_MODEL`) and those of the live workers.
+//! `GET /v1/models` and `GET /v1/models/{model}`: the catalogue (docs/models.md), its models and
+//! aliases, each with its live workers.
 
 use axum::{
     Json,
     extract::{Path, State, rejection::PathRejection},
 };
-use genq_shared::db;
+use genq_shared::{db, routing::Arm};
 use serde::Serialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -23,9 +23,19 @@ pub struct Model {
     pub id: String,
     /// Always `model`.
     pub object: &'static str,
-    /// When the first live worker of the model started (seconds since the epoch), or 0.
+    /// When it was registered (seconds since the epoch).
     pub created: i64,
     pub owned_by: &'static str,
+    /// genq: workers serving it now (an alias: its models' together).
+    pub live_workers: i64,
+    /// genq: jobs waiting for it.
+    pub queued: i64,
+    /// genq: SHA-256 of the GGUF its last registering worker loaded; none for an alias.
+    pub version: Option<String>,
+    /// genq: whether requests that name no model go to it.
+    pub default: bool,
+    /// genq: an alias's models and their weights (percent of users); none for a model.
+    pub arms: Option<Vec<Arm>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -35,42 +45,62 @@ pub struct ModelList {
     pub data: Vec<Model>,
 }
 
-/// The models served now: the API's own and the live workers', by name.
+/// Every model and alias of the catalogue, by name.
 pub(super) async fn served(state: &AppState) -> Result<Vec<Model>> {
-    let mut models: Vec<Model> = Vec::new();
-    for worker in db::workers::live(&state.db).await? {
-        let started = worker.started_at.timestamp();
-        match models.iter_mut().find(|m| m.id == worker.model) {
-            Some(model) => model.created = model.created.min(started),
-            None => models.push(model(worker.model, started)),
-        }
-    }
-    if let Some(name) = &state.model_name
-        && !models.iter().any(|m| &m.id == name)
-    {
-        models.push(model(name.clone(), 0));
+    let overview = db::models::overview(&state.db).await?;
+    let catalogue = state.models.catalogue(&state.db, true).await?;
+    let mut models: Vec<Model> = overview
+        .iter()
+        .map(|m| Model {
+            id: m.name.clone(),
+            object: "model",
+            created: m.created_at.timestamp(),
+            owned_by: "genq",
+            live_workers: m.live_workers,
+            queued: m.queued,
+            version: m.version.clone(),
+            default: m.is_default,
+            arms: None,
+        })
+        .collect();
+    for alias in &catalogue.aliases {
+        let of_arms = |figure: fn(&db::models::ModelOverview) -> i64| -> i64 {
+            overview
+                .iter()
+                .filter(|m| alias.arms.iter().any(|a| a.model == m.name))
+                .map(figure)
+                .sum()
+        };
+        models.push(Model {
+            id: alias.name.clone(),
+            object: "model",
+            created: 0,
+            owned_by: "genq",
+            live_workers: of_arms(|m| m.live_workers),
+            queued: of_arms(|m| m.queued),
+            version: None,
+            default: false,
+            arms: Some(alias.arms.clone()),
+        });
     }
     models.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(models)
 }
 
-fn model(id: String, created: i64) -> Model {
-    Model {
-        id,
-        object: "model",
-        created,
-        owned_by: "genq",
-    }
-}
-
-/// Refuses a model genq does not serve, naming those it does. With none known (no `GENQ_MODEL`,
-/// no worker yet) any name is taken: the job waits for a worker, as genq's own routes' do.
+/// Refuses a model or alias the catalogue lacks, naming those it has. With an empty catalogue
+/// any name passes, and the job is refused as genq's own routes refuse it (no model yet).
 pub(super) async fn check_model(state: &AppState, name: &str) -> Result<()> {
-    let models = served(state).await?;
-    if models.is_empty() || models.iter().any(|m| m.id == name) {
+    let known = |c: &genq_shared::routing::Catalogue| c.names().iter().any(|n| n == name);
+    let catalogue = state.models.catalogue(&state.db, false).await?;
+    if catalogue.models.is_empty() || known(&catalogue) {
         return Ok(());
     }
-    let names: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+    let catalogue = state.models.catalogue(&state.db, true).await?;
+    if known(&catalogue) {
+        return Ok(());
+    }
+    let names = catalogue.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     Err(not_found(name, &names))
 }
 
@@ -88,7 +118,7 @@ fn not_found(name: &str, served: &[&str]) -> ApiError {
 
 /// List models
 ///
-/// The models genq serves: the API's own (`GENQ_MODEL`) and those of the live workers.
+/// The catalogue's models and aliases (docs/models.md), with their live workers and queued jobs.
 #[utoipa::path(
     get,
     path = "/v1/models",

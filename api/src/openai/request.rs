@@ -249,6 +249,7 @@ pub fn plan_completion(request: CompletionRequest, max_prompts: usize) -> Result
     let stream = request.stream.unwrap_or(false);
     let include_usage = stream_usage(stream, request.stream_options)?;
     checked.max_tokens.get_or_insert(DEFAULT_MAX_TOKENS);
+    let jobs = jobs(prompts, &checked, &request.model, request.user.as_deref());
     Ok(Plan {
         shape: Shape {
             kind: Kind::Completion,
@@ -256,7 +257,7 @@ pub fn plan_completion(request: CompletionRequest, max_prompts: usize) -> Result
             n: checked.n,
             echo: request.echo.unwrap_or(false),
         },
-        jobs: jobs(prompts, &checked),
+        jobs,
         stream,
         include_usage,
     })
@@ -300,6 +301,7 @@ pub fn plan_chat(
     let max_completion_tokens = request.max_completion_tokens;
     let (stream, stream_options) = (request.stream, request.stream_options);
     let model = request.model;
+    let user = request.user.clone();
     let mut sampling = sampling_of!(request);
     if let Some(max) = max_completion_tokens {
         if sampling.max_tokens.is_some() {
@@ -321,6 +323,7 @@ pub fn plan_chat(
     }
     let stream = stream.unwrap_or(false);
     let include_usage = stream_usage(stream, stream_options)?;
+    let jobs = jobs(vec![prompt], &checked, &model, user.as_deref());
     Ok(Plan {
         shape: Shape {
             kind: Kind::Chat,
@@ -328,7 +331,7 @@ pub fn plan_chat(
             n: checked.n,
             echo: false,
         },
-        jobs: jobs(vec![prompt], &checked),
+        jobs,
         stream,
         include_usage,
     })
@@ -392,7 +395,12 @@ fn check(sampling: Sampling, default_max_tokens: u32) -> Result<Checked, ApiErro
 }
 
 /// One job per choice, each with every prompt; top-k off, as OpenAI has none.
-fn jobs(prompts: Vec<String>, checked: &Checked) -> Vec<BatchRequest> {
+fn jobs(
+    prompts: Vec<String>,
+    checked: &Checked,
+    model: &str,
+    user: Option<&str>,
+) -> Vec<BatchRequest> {
     (0..checked.n)
         .map(|choice| BatchRequest {
             prompts: prompts.clone(),
@@ -404,6 +412,8 @@ fn jobs(prompts: Vec<String>, checked: &Checked) -> Vec<BatchRequest> {
             stop: (!checked.stop.is_empty()).then(|| Stop::Many(checked.stop.clone())),
             timeout_secs: None,
             callback_url: None,
+            model: Some(model.to_owned()),
+            user: user.map(str::to_owned),
         })
         .collect()
 }

@@ -89,7 +89,7 @@ async fn set_intake_paused(state: &AppState, paused: bool) -> Result<Json<Value>
     )
 )]
 async fn queue(State(state): State<AppState>) -> Result<Json<QueueStats>> {
-    Ok(Json(db::jobs::stats(&state.db).await?))
+    Ok(Json(db::jobs::stats(&state.db, None).await?))
 }
 
 /// What the dashboard (`/ui`) shows: the backlog, live workers, the latest jobs.
@@ -129,7 +129,7 @@ const OVERVIEW_JOBS: i64 = 25;
     )
 )]
 async fn overview(State(state): State<AppState>) -> Result<Json<Overview>> {
-    let backlog = db::jobs::backlog(&state.db).await?;
+    let backlog = db::jobs::backlog(&state.db, None).await?;
     let workers = db::workers::overview(&state.db).await?;
     let jobs = db::jobs::list(&state.db, None, OVERVIEW_JOBS).await?;
     Ok(Json(Overview {

@@ -15,10 +15,10 @@ use genq_shared::{
     db::{
         self,
         idempotency::Earlier,
-        jobs::{CancelOutcome, Owner, RunPolicy},
+        jobs::{CancelOutcome, JobRoute, Owner, RunPolicy},
     },
     metrics::{self as genq_metrics, names},
-    queue,
+    queue::{self, Priority},
     types::{Accepted, JobStatus, JobView},
 };
 use sha2::{Digest, Sha256};
@@ -36,6 +36,7 @@ use crate::{
     error::{ApiError, Result},
     extract::JsonBody,
     rate_limit,
+    routing::{dispatch_recorded, route_request},
     validate::{BatchRequest, ValidJob, validate},
 };
 
@@ -91,7 +92,7 @@ async fn submit_batch(
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
     let key = idempotency_key(&headers)?;
-    let id = submit(&state, &caller, request, key.as_deref()).await?;
+    let id = submit(&state, &caller, request, key.as_deref(), Priority::Batch).await?;
     Ok(accepted(id))
 }
 
@@ -131,20 +132,23 @@ pub(crate) fn accepted(id: Uuid) -> Response {
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], body).into_response()
 }
 
-/// Validates, records and dispatches a job for the caller's tenant, within its key's quotas. The
-/// job is recorded before it is dispatched, so a worker never receives an id PostgreSQL does not
-/// know; once recorded it is never withdrawn, so an id handed out always answers.
+/// Validates, routes (to its model), records and dispatches a job for the caller's tenant, within
+/// its key's quotas. The job is recorded before it is dispatched, so a worker never receives an
+/// id PostgreSQL does not know; once recorded it is never withdrawn, so an id handed out always
+/// answers.
 #[tracing::instrument(skip_all, fields(task_id = tracing::field::Empty), err(level = "info"))]
 pub(crate) async fn submit(
     state: &AppState,
     caller: &Caller,
     request: BatchRequest,
     idempotency_key: Option<&str>,
+    priority: Priority,
 ) -> Result<Uuid> {
     let job = validate(request, state.limits.clone()).await?;
     if db::control::intake_paused(&state.db).await? {
         return Err(ApiError::IntakePaused);
     }
+    let route = route_request(state, caller, job.model.as_deref(), job.user.as_deref()).await?;
     if job.callback_url.is_some() {
         check_webhook_secret(state, caller).await?;
     }
@@ -168,6 +172,7 @@ pub(crate) async fn submit(
         policy,
         owner,
         callback_url,
+        JobRoute::of(&route, priority),
     )
     .await?;
     if let Some(key) = idempotency_key {
@@ -207,25 +212,8 @@ pub(crate) async fn submit(
     }
     tx.commit().await?;
     metrics::counter!(names::JOBS_SUBMITTED).increment(1);
-    let mut storage = state.queue.clone();
-    match queue::dispatch(&mut storage, id, id).await {
-        Ok(()) => tracing::info!(prompts = job.prompts.len(), "job queued"),
-        Err(e) => {
-            genq_metrics::redis_error();
-            // The job is recorded, and PostgreSQL is the record: the client gets its id like any
-            // other (a concurrent request with the same Idempotency-Key may already hold it), and
-            // the reconciler dispatches it once Redis answers again.
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "job recorded but not dispatched; the reconciler will dispatch it"
-            );
-            if let Err(e) = db::jobs::mark_undispatched(&state.db, &[id]).await {
-                // Still found, a little later: the reconciler checks every job dispatched since
-                // its last pass, GENQ_REDISPATCH_AFTER_SECS after its dispatch.
-                tracing::warn!(error = %e, "could not mark the job undispatched");
-            }
-        }
-    }
+    tracing::info!(prompts = job.prompts.len(), model = %route.model, "job recorded");
+    dispatch_recorded(state, &caller.tenant, [(id, route.model, priority)]).await;
     Ok(id)
 }
 
@@ -295,6 +283,12 @@ fn request_hash(job: &ValidJob) -> Vec<u8> {
     // Only when given, so that keys stored before webhooks existed still match their repeats.
     if let Some(url) = &job.callback_url {
         canonical["callback_url"] = url.as_str().into();
+    }
+    if let Some(model) = &job.model {
+        canonical["model"] = model.as_str().into();
+    }
+    if let Some(user) = &job.user {
+        canonical["user"] = user.as_str().into();
     }
     Sha256::digest(canonical.to_string().as_bytes()).to_vec()
 }

@@ -11,10 +11,10 @@ use axum::{
 use genq_shared::{
     db::{
         self,
-        jobs::{NewJob, Owner},
+        jobs::{JobRoute, NewJob, Owner},
     },
-    metrics::{self as genq_metrics, names},
-    queue,
+    metrics::names,
+    queue::Priority,
     types::JobStatus,
 };
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,7 @@ use crate::{
     error::{ApiError, Result},
     extract::{BodyLimit, JsonBody},
     routes::batch::{check_quotas, check_webhook_secret},
+    routing::{dispatch_recorded, route_request},
     validate::{BatchRequest, validate_all},
 };
 
@@ -127,16 +128,28 @@ async fn submit_batches(
                 error: Box::new(error),
             })?;
     }
+    let mut routes = Vec::with_capacity(jobs.len());
+    for (index, job) in jobs.iter().enumerate() {
+        let route = route_request(&state, &caller, job.model.as_deref(), job.user.as_deref())
+            .await
+            .map_err(|refusal| ApiError::InJob {
+                index,
+                error: Box::new(refusal.into()),
+            })?;
+        routes.push(route);
+    }
     let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let new_jobs: Vec<NewJob> = jobs
         .iter()
         .zip(&ids)
-        .map(|(job, &id)| NewJob {
+        .zip(&routes)
+        .map(|((job, &id), route)| NewJob {
             id,
             prompts: &job.prompts,
             params: &job.params,
             timeout: job.timeout,
             callback_url: job.callback_url.as_deref(),
+            route: JobRoute::of(route, Priority::Batch),
         })
         .collect();
     let owner = Owner {
@@ -157,22 +170,11 @@ async fn submit_batches(
     }
     tx.commit().await?;
     metrics::counter!(names::JOBS_SUBMITTED).increment(count as u64);
-    let mut storage = state.queue.clone();
-    match queue::dispatch_many(&mut storage, &ids).await {
-        Ok(()) => tracing::info!(jobs = count, "jobs queued"),
-        // Recorded, so the reconciler dispatches whatever Redis did not take.
-        Err(e) => {
-            genq_metrics::redis_error();
-            tracing::warn!(
-                error = format!("{e:#}"),
-                jobs = count,
-                "jobs recorded but not all dispatched; the reconciler will dispatch them"
-            );
-            if let Err(e) = db::jobs::mark_undispatched(&state.db, &ids).await {
-                tracing::warn!(error = %e, "could not mark the jobs undispatched");
-            }
-        }
-    }
+    let dispatches = ids
+        .iter()
+        .zip(routes)
+        .map(|(&id, route)| (id, route.model, Priority::Batch));
+    dispatch_recorded(&state, &caller.tenant, dispatches).await;
     let body = AcceptedJobs {
         task_ids: ids,
         status: JobStatus::Queued,

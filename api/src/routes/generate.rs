@@ -7,6 +7,7 @@ use axum::{
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
+use genq_shared::queue::Priority;
 use genq_shared::{
     db,
     types::{ErrorCode, GenerationRecord, JobStatus},
@@ -79,7 +80,14 @@ async fn generate(
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response> {
     let key = idempotency_key(&headers)?;
-    let id = submit(&state, &caller, request, key.as_deref()).await?;
+    let id = submit(
+        &state,
+        &caller,
+        request,
+        key.as_deref(),
+        Priority::Interactive,
+    )
+    .await?;
     // Shutting down: answer 202 with the task id now rather than hold the replica up.
     let status = tokio::select! {
         status = state.watch.wait(id, state.generate_wait) => status?,

@@ -37,13 +37,22 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
     let read = async {
-        let backlog = db::jobs::backlog(&state.db).await?;
+        let backlog = db::jobs::backlog(&state.db, None).await?;
         let workers = db::workers::live(&state.db).await?;
         let webhooks_owed = db::webhooks::owed_count(&state.db).await?;
-        Ok::<_, sqlx::Error>((backlog, workers, webhooks_owed))
+        let by_model = db::jobs::backlog_by_model(&state.db).await?;
+        Ok::<_, sqlx::Error>((backlog, workers, webhooks_owed, by_model))
     };
     match tokio::time::timeout(BACKLOG_TIMEOUT, read).await {
-        Ok(Ok((backlog, workers, webhooks_owed))) => {
+        Ok(Ok((backlog, workers, webhooks_owed, by_model))) => {
+            for (model, queued, running) in by_model {
+                let live = workers.iter().filter(|w| w.model == model).count();
+                metrics::gauge!(names::MODEL_QUEUE_DEPTH, "model" => model.clone())
+                    .set(queued as f64);
+                metrics::gauge!(names::MODEL_JOBS_RUNNING, "model" => model.clone())
+                    .set(running as f64);
+                metrics::gauge!(names::MODEL_WORKERS_LIVE, "model" => model).set(live as f64);
+            }
             metrics::gauge!(names::WEBHOOKS_OWED).set(webhooks_owed as f64);
             metrics::gauge!(names::QUEUE_DEPTH).set(backlog.queued as f64);
             metrics::gauge!(names::JOBS_RUNNING).set(backlog.running as f64);

@@ -10,6 +10,7 @@ pub mod generations;
 pub mod idempotency;
 pub mod jobs;
 pub mod keys;
+pub mod models;
 pub mod openai_batches;
 pub mod webhooks;
 pub mod workers;

@@ -4,8 +4,12 @@
 //! Each delivery of a job is one apalis task whose id PostgreSQL records (`jobs.dispatch_id`), so
 //! the reconciler and operators' tools can find and remove a job's task without apalis's (broken
 //! in 1.0) listing APIs. [`due`] keeps apalis's fetch working under a deep backlog.
+//!
+//! Each model has its own namespace ([`model_queue`]): its workers fetch only from it. Jobs
+//! wait there in [`lanes`] (priority, then tenant), and move to apalis's ready list as workers
+//! free slots.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
 use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
@@ -17,7 +21,9 @@ use uuid::Uuid;
 use crate::{config::QueueConfig, db};
 
 mod due;
+pub mod lanes;
 pub use due::{PROMOTE_PAGE, promote_all_due, promote_due};
+pub use lanes::{Lane, Priority};
 
 /// What travels through Redis: only the job id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +55,17 @@ pub fn storage_config(queue: &str) -> apalis_redis::Config {
         // genq keeps its own leases in PostgreSQL; a dead worker's tasks are still re-queued
         // from its in-flight set.
         .lock_tasks(false)
+}
+
+/// The apalis namespace of a model's queue, under the deployment's queue namespace `base`
+/// (`GENQ_QUEUE`), so that deleting `base:*` takes every model's queue with it.
+pub fn model_queue(base: &str, model: &str) -> String {
+    format!("{base}:model:{model}")
+}
+
+/// A storage for pushing to, or consuming, the namespace `ns`.
+pub fn storage_for(conn: &ConnectionManager, ns: &str) -> Storage {
+    RedisStorage::new(conn.clone()).with_config(storage_config(ns))
 }
 
 /// Redis's sign that it still holds every dispatch: `intact` once the reconciler has checked
@@ -109,21 +126,17 @@ pub async fn finish_full_check(
 
 /// Connects to Redis lazily: the connection is made (and remade) on first use, so a caller whose
 /// other work does not need Redis (`genqctl queue reconcile`) can run while it is down.
-pub fn connect_lazy(config: &QueueConfig) -> anyhow::Result<(Storage, ConnectionManager)> {
+pub fn connect_lazy(config: &QueueConfig) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(config.redis_url.expose())
         .with_context(|| format!("invalid Redis URL {}", config.redis_url))?;
-    let conn = ConnectionManager::new_lazy_with_config(client, Default::default())
-        .with_context(|| format!("cannot reach Redis at {}", config.redis_url))?;
-    let storage = RedisStorage::new(conn.clone()).with_config(storage_config(&config.queue));
-    Ok((storage, conn))
+    ConnectionManager::new_lazy_with_config(client, Default::default())
+        .with_context(|| format!("cannot reach Redis at {}", config.redis_url))
 }
 
-pub async fn connect(config: &QueueConfig) -> anyhow::Result<(Storage, ConnectionManager)> {
-    let conn = apalis_redis::connect(config.redis_url.expose())
+pub async fn connect(config: &QueueConfig) -> anyhow::Result<ConnectionManager> {
+    apalis_redis::connect(config.redis_url.expose())
         .await
-        .with_context(|| format!("cannot reach Redis at {}", config.redis_url))?;
-    let storage = RedisStorage::new(conn.clone()).with_config(storage_config(&config.queue));
-    Ok((storage, conn))
+        .with_context(|| format!("cannot reach Redis at {}", config.redis_url))
 }
 
 /// The apalis task id of a dispatch (see `db::jobs::renew_dispatches`).
@@ -138,53 +151,25 @@ pub fn dispatch_of(task_id: &str) -> Option<Uuid> {
         .map(|ulid| Uuid::from_u128(ulid.0))
 }
 
-/// Pushes one delivery of a job. `dispatch_id` must be the one PostgreSQL records for the job.
+/// Pushes the first delivery of recorded jobs (each under its own id, as `db::jobs::insert`
+/// records them) of one model queue and one lane, a thousand per Redis round trip, and makes one
+/// ready so that an idle worker starts at once (busy ones take the rest as slots free).
 pub async fn dispatch(
-    storage: &mut Storage,
-    job_id: Uuid,
-    dispatch_id: Uuid,
+    conn: &mut ConnectionManager,
+    ns: &str,
+    job_ids: &[Uuid],
+    lane: Lane<'_>,
 ) -> anyhow::Result<()> {
-    push_after(storage, job_id, dispatch_id, Duration::ZERO).await?;
-    make_ready(storage, 1).await;
-    Ok(())
-}
-
-/// Pushes the first delivery of many recorded jobs (each under its own id, as
-/// `db::jobs::insert_many` records them), a thousand per Redis round trip.
-pub async fn dispatch_many(storage: &mut Storage, job_ids: &[Uuid]) -> anyhow::Result<()> {
     for chunk in job_ids.chunks(1000) {
-        // Collected first: a lazy iterator over the borrowed chunk makes the future not Send.
-        let tasks: Vec<_> = chunk
-            .iter()
-            .map(|&job_id| {
-                TaskBuilder::new(Dispatch { job_id })
-                    .task_id(task_id(job_id))
-                    .build()
-            })
-            .collect();
-        storage
-            .push_all(&mut futures::stream::iter(tasks))
-            .await
-            .with_context(|| format!("pushing {} jobs to Redis", chunk.len()))?;
-        make_ready(storage, chunk.len()).await;
+        let deliveries: Vec<_> = chunk.iter().map(|&id| (id, id, lane)).collect();
+        lanes::push(conn, ns, &deliveries).await?;
     }
+    lanes::refill(conn, ns, 1).await?;
     Ok(())
 }
 
-/// After pushing `pushed` due tasks, moves as many to the ready list (see [`due`]). Best effort:
-/// the tasks are dispatched either way, and the reconciler's next pass moves what this did not.
-async fn make_ready(storage: &mut Storage, pushed: usize) {
-    let config = storage.get_config().clone();
-    if let Err(e) = promote_due(storage.get_connection(), &config, pushed).await {
-        tracing::warn!(
-            error = format!("{e:#}"),
-            "due tasks left for the reconciler to move"
-        );
-    }
-}
-
-/// Pushes a delivery due after `delay`; a due one waits in apalis's scheduled set until
-/// [`make_ready`] moves it.
+/// Pushes a delivery due after `delay` to apalis's scheduled set, from which a worker's fetch or
+/// the reconciler ([`promote_due`]) moves it to the ready list once due.
 async fn push_after(
     storage: &mut Storage,
     job_id: Uuid,
@@ -201,32 +186,42 @@ async fn push_after(
         .with_context(|| format!("pushing job {job_id} to Redis"))
 }
 
-/// Puts queued jobs back on the queue under fresh dispatch ids, recorded in PostgreSQL first.
-/// Whatever Redis still holds of an earlier delivery is left alone: a worker that gets it finds
-/// the job claimed already, or claims it once. A job that was claimed before waits
-/// [`retry_delay`], so a job that crashes its workers does not take them down back to back.
+/// Puts queued jobs back on their model's queue under fresh dispatch ids, recorded in
+/// PostgreSQL first. Whatever Redis still holds of an earlier delivery is left alone: a worker
+/// that gets it finds the job claimed already, or claims it once. A job that was claimed before
+/// waits [`retry_delay`] (in apalis's scheduled set, then straight to the ready list), so a job
+/// that crashes its workers does not take them down back to back; the others go to their lanes.
 /// Returns how many were pushed.
 pub async fn redispatch(
     pool: &PgPool,
-    storage: &mut Storage,
+    conn: &mut ConnectionManager,
+    base: &str,
     job_ids: &[Uuid],
 ) -> anyhow::Result<usize> {
     let fresh = db::jobs::renew_dispatches(pool, job_ids)
         .await
         .context("recording new dispatches")?;
-    let mut due_now = 0;
-    for (job_id, dispatch_id, claims) in &fresh {
-        let delay = retry_delay(*claims);
-        push_after(storage, *job_id, *dispatch_id, delay).await?;
-        due_now += usize::from(delay.is_zero());
-        // A page at a time: each push leaves its task in apalis's scheduled set until moved.
-        if due_now == PROMOTE_PAGE {
-            make_ready(storage, due_now).await;
-            due_now = 0;
-        }
+    let mut by_model: HashMap<&str, Vec<&db::jobs::Renewed>> = HashMap::new();
+    for renewed in &fresh {
+        by_model.entry(&renewed.model).or_default().push(renewed);
     }
-    if due_now > 0 {
-        make_ready(storage, due_now).await;
+    for (model, jobs) in by_model {
+        let ns = model_queue(base, model);
+        let (now, later): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .partition(|r| retry_delay(r.claims).is_zero());
+        for chunk in now.chunks(1000) {
+            let deliveries: Vec<_> = chunk
+                .iter()
+                .map(|r| (r.job_id, r.dispatch_id, r.lane()))
+                .collect();
+            lanes::push(conn, &ns, &deliveries).await?;
+        }
+        let mut storage = storage_for(conn, &ns);
+        for r in later {
+            push_after(&mut storage, r.job_id, r.dispatch_id, retry_delay(r.claims)).await?;
+        }
+        lanes::refill(conn, &ns, 1).await?;
     }
     Ok(fresh.len())
 }
@@ -240,53 +235,73 @@ pub fn retry_delay(claims: i32) -> Duration {
     }
 }
 
-/// Takes jobs' tasks out of Redis where they still wait (ready list, scheduled set) and drops
-/// their payloads. A task already fetched by a worker keeps its payload (the worker, or apalis
-/// re-queueing a dead worker's tasks, still needs it); the worker finds the job final and skips it.
-/// Returns how many tasks were still waiting.
+/// Takes jobs' tasks out of Redis where they still wait (lane, ready list, scheduled set) and
+/// drops their payloads. A task already fetched by a worker keeps its payload (the worker, or
+/// apalis re-queueing a dead worker's tasks, still needs it); the worker finds the job final and
+/// skips it. Returns how many tasks were still waiting.
 pub async fn remove(
     pool: &PgPool,
     conn: &mut ConnectionManager,
-    queue: &str,
+    base: &str,
     job_ids: &[Uuid],
 ) -> anyhow::Result<u64> {
-    let config = storage_config(queue);
-    let dispatches = db::jobs::dispatch_ids(pool, job_ids)
+    let dispatches = db::jobs::dispatches(pool, job_ids)
         .await
         .context("reading the jobs' dispatch ids")?;
+    let mut by_model: HashMap<&str, Vec<&db::jobs::Renewed>> = HashMap::new();
+    for d in &dispatches {
+        by_model.entry(&d.model).or_default().push(d);
+    }
     let mut removed = 0;
-    for chunk in dispatches.chunks(500) {
-        let tasks: Vec<String> = chunk.iter().map(|d| task_id(*d).to_string()).collect();
-        let mut pipe = redis::pipe();
-        for task in &tasks {
-            pipe.lrem(config.active_jobs_list(), 0, task)
-                .zrem(config.scheduled_jobs_set(), task);
+    for (model, jobs) in by_model {
+        let ns = model_queue(base, model);
+        for chunk in jobs.chunks(500) {
+            removed += remove_from(conn, &ns, chunk).await?;
         }
-        let replies: Vec<u64> = pipe
-            .query_async(conn)
-            .await
-            .context("removing tasks from Redis")?;
-        // Only a task taken out of the list or set is nowhere else: its payload can go.
-        let waiting: Vec<&String> = tasks
-            .iter()
-            .zip(replies.chunks(2))
-            .filter(|(_, r)| r[0] + r[1] > 0)
-            .map(|(task, _)| task)
-            .collect();
-        if !waiting.is_empty() {
-            let mut pipe = redis::pipe();
-            for task in &waiting {
-                pipe.hdel(config.job_data_hash(), *task)
-                    .del(format!("{}:{task}", config.job_meta_hash()))
-                    .ignore();
-            }
-            pipe.query_async::<()>(conn)
-                .await
-                .context("dropping removed tasks' payloads")?;
-        }
-        removed += waiting.len() as u64;
     }
     Ok(removed)
+}
+
+async fn remove_from(
+    conn: &mut ConnectionManager,
+    ns: &str,
+    jobs: &[&db::jobs::Renewed],
+) -> anyhow::Result<u64> {
+    let config = storage_config(ns);
+    let tasks: Vec<(String, Lane)> = jobs
+        .iter()
+        .map(|d| (task_id(d.dispatch_id).to_string(), d.lane()))
+        .collect();
+    let in_lanes = lanes::take_out(conn, ns, &tasks).await?;
+    let mut pipe = redis::pipe();
+    for (task, _) in &tasks {
+        pipe.lrem(config.active_jobs_list(), 0, task)
+            .zrem(config.scheduled_jobs_set(), task);
+    }
+    let replies: Vec<u64> = pipe
+        .query_async(conn)
+        .await
+        .context("removing tasks from Redis")?;
+    // Only a task taken out of a lane, the list or the set is nowhere else: its payload can go.
+    let waiting: Vec<&String> = tasks
+        .iter()
+        .zip(replies.chunks(2))
+        .zip(&in_lanes)
+        .filter(|((_, r), in_lane)| **in_lane || r[0] + r[1] > 0)
+        .map(|(((task, _), _), _)| task)
+        .collect();
+    if !waiting.is_empty() {
+        let mut pipe = redis::pipe();
+        for task in &waiting {
+            pipe.hdel(config.job_data_hash(), *task)
+                .del(format!("{}:{task}", config.job_meta_hash()))
+                .ignore();
+        }
+        pipe.query_async::<()>(conn)
+            .await
+            .context("dropping removed tasks' payloads")?;
+    }
+    Ok(waiting.len() as u64)
 }
 
 /// Which of these queued jobs (job id, dispatch id) Redis no longer has a live task for: no
@@ -366,16 +381,17 @@ pub async fn forget_finished(
         .context("vacuuming Redis")
 }
 
-/// Tasks waiting in Redis (ready or scheduled), for operators' figures.
-pub async fn waiting(conn: &mut ConnectionManager, queue: &str) -> anyhow::Result<u64> {
-    let config = storage_config(queue);
+/// Tasks waiting in a model's queue (in lanes, ready or scheduled), for operators' figures.
+pub async fn waiting(conn: &mut ConnectionManager, ns: &str) -> anyhow::Result<u64> {
+    let in_lanes = lanes::waiting(conn, ns).await?;
+    let config = storage_config(ns);
     let (ready, scheduled): (u64, u64) = redis::pipe()
         .llen(config.active_jobs_list())
         .zcard(config.scheduled_jobs_set())
         .query_async(conn)
         .await
         .context("reading queue lengths from Redis")?;
-    Ok(ready + scheduled)
+    Ok(in_lanes + ready + scheduled)
 }
 
 /// Deletes every key of a queue's namespace (tasks, payloads, worker registrations): for throwaway

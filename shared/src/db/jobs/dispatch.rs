@@ -8,31 +8,62 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Gives each of these jobs that is still queued a fresh dispatch id; returns (job, dispatch,
-/// claims so far) for those, to be pushed to Redis.
-pub async fn renew_dispatches(
-    pool: &PgPool,
-    job_ids: &[Uuid],
-) -> sqlx::Result<Vec<(Uuid, Uuid, i32)>> {
+use crate::queue::{Lane, Priority};
+
+/// A job's current delivery and where it waits: its model's queue and its lane there.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Renewed {
+    pub job_id: Uuid,
+    pub dispatch_id: Uuid,
+    /// Claims so far (0 for a job never claimed).
+    pub claims: i32,
+    pub model: String,
+    pub tenant: String,
+    pub priority: i16,
+}
+
+impl Renewed {
+    pub fn lane(&self) -> Lane<'_> {
+        Lane {
+            tenant: &self.tenant,
+            priority: Priority::from_column(self.priority),
+        }
+    }
+}
+
+/// The model of a job recorded before routing existed: the default one (recorded on the job).
+const ROUTED_MODEL: &str = "coalesce(j.routed_model, (select name from models where is_default))";
+
+/// Gives each of these jobs that is still queued a fresh dispatch id, to be pushed to Redis.
+/// Jobs without a model to go to (none registered) are left for a later pass.
+pub async fn renew_dispatches(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<Renewed>> {
     let fresh: Vec<Uuid> = job_ids.iter().map(|_| Uuid::now_v7()).collect();
-    sqlx::query_as(
-        r#"update jobs j set dispatch_id = d.dispatch_id, queued_at = now(), undispatched = false
+    sqlx::query_as(&format!(
+        r#"update jobs j set dispatch_id = d.dispatch_id, queued_at = now(), undispatched = false,
+                  routed_model = {ROUTED_MODEL}
            from unnest($1::uuid[], $2::uuid[]) as d(job_id, dispatch_id)
-           where j.id = d.job_id and j.status = 'queued'
-           returning j.id, j.dispatch_id, j.attempt"#,
-    )
+           where j.id = d.job_id and j.status = 'queued' and {ROUTED_MODEL} is not null
+           returning j.id as job_id, j.dispatch_id, j.attempt as claims, j.routed_model as model,
+                     j.tenant, j.priority"#
+    ))
     .bind(job_ids)
     .bind(&fresh)
     .fetch_all(pool)
     .await
 }
 
-/// The current dispatch ids of these jobs.
-pub async fn dispatch_ids(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(r#"select dispatch_id from jobs where id = any($1)"#)
-        .bind(job_ids)
-        .fetch_all(pool)
-        .await
+/// The current deliveries of these jobs (those with a model).
+pub async fn dispatches(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<Vec<Renewed>> {
+    sqlx::query_as(&format!(
+        r#"select * from (
+               select j.id as job_id, j.dispatch_id, j.attempt as claims, {ROUTED_MODEL} as model,
+                      j.tenant, j.priority
+               from jobs j where j.id = any($1)) d
+           where model is not null"#
+    ))
+    .bind(job_ids)
+    .fetch_all(pool)
+    .await
 }
 
 /// The queued jobs the reconciler checks against Redis in one pass: those (re)dispatched after
@@ -44,8 +75,8 @@ pub struct CheckWindow {
     pub until: DateTime<Utc>,
 }
 
-/// A queued job in the window: (job, dispatch, queued_at).
-pub type QueuedDispatch = (Uuid, Uuid, DateTime<Utc>);
+/// A queued job in the window: (job, dispatch, queued_at, model queue it waits in).
+pub type QueuedDispatch = (Uuid, Uuid, DateTime<Utc>, Option<String>);
 
 /// The dispatches since the last pass's window (from `overlap` before its end, a margin for a
 /// transaction that committed late) up to `grace` ago, in PostgreSQL's clock; every queued job
@@ -103,7 +134,7 @@ pub async fn queued_in_window(
 ) -> sqlx::Result<Vec<QueuedDispatch>> {
     let (after_at, after_id) = after.unzip();
     sqlx::query_as(
-        r#"select id, dispatch_id, queued_at from jobs
+        r#"select id, dispatch_id, queued_at, routed_model from jobs
            where status = 'queued'
              and queued_at > coalesce($1, '-infinity') and queued_at <= $2
              and (queued_at, id) > (coalesce($3, '-infinity'), coalesce($4, '00000000-0000-0000-0000-000000000000'))
@@ -165,10 +196,14 @@ pub async fn mark_undispatched(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> 
     Ok(())
 }
 
-/// Up to `limit` queued jobs marked undispatched, with their dispatch ids.
-pub async fn undispatched(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+/// Up to `limit` queued jobs marked undispatched, with their dispatch ids and models.
+pub async fn undispatched(
+    pool: &PgPool,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, Uuid, Option<String>)>> {
     sqlx::query_as(
-        r#"select id, dispatch_id from jobs where undispatched and status = 'queued' limit $1"#,
+        r#"select id, dispatch_id, routed_model from jobs where undispatched and status = 'queued'
+           limit $1"#,
     )
     .bind(limit)
     .fetch_all(pool)

@@ -15,13 +15,15 @@ use crate::{
     types::{ErrorCode, ErrorDetail, JobParams, JobStatus},
 };
 
-/// Takes a queued job for `worker`. `None` when it is not queued (cancelled, already taken by
-/// another delivery, or unknown): the caller then has nothing to do.
+/// Takes a queued job for `worker`, which serves `model`. `None` when it is not queued
+/// (cancelled, already taken by another delivery, or unknown) or waits for another model (a
+/// delivery left over from before it moved to its fallback): the caller then has nothing to do.
 pub async fn claim(
     pool: &PgPool,
     id: Uuid,
     worker: &str,
     model: &str,
+    model_version: &str,
 ) -> sqlx::Result<Option<Claim>> {
     type Row = (
         i32,
@@ -33,15 +35,16 @@ pub async fn claim(
     );
     let mut tx = pool.begin().await?;
     let row: Option<Row> = sqlx::query_as(
-        r#"update jobs set status = 'running', worker = $2, model = $3, attempt = attempt + 1,
-                  started_at = now(), lease_renewed_at = now()
-           where id = $1 and status = 'queued'
+        r#"update jobs set status = 'running', worker = $2, model = $3, model_version = $4,
+                  attempt = attempt + 1, started_at = now(), lease_renewed_at = now()
+           where id = $1 and status = 'queued' and (routed_model is null or routed_model = $3)
            returning attempt, prompts, params, deadline, tenant,
                      extract(epoch from now() - enqueued_at)::float8"#,
     )
     .bind(id)
     .bind(worker)
     .bind(model)
+    .bind(model_version)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((attempt, prompts, params, deadline, tenant, queue_wait_secs)) = row else {
@@ -202,15 +205,20 @@ pub async fn cancel(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<C
 }
 
 /// Cancels every queued job; returns their ids so the caller can take them out of Redis.
-pub async fn cancel_all_queued(pool: &PgPool, reason: &str) -> sqlx::Result<Vec<Uuid>> {
+pub async fn cancel_all_queued(
+    pool: &PgPool,
+    reason: &str,
+    model: Option<&str>,
+) -> sqlx::Result<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(
         r#"update jobs set status = 'cancelled', finished_at = now(), error_code = $2,
                   error_message = $1
-           where status = 'queued' returning id"#,
+           where status = 'queued' and ($3::text is null or routed_model = $3) returning id"#,
     )
     .bind(reason)
     .bind(ErrorCode::Cancelled)
+    .bind(model)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

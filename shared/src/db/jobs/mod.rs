@@ -23,9 +23,10 @@ pub use lifecycle::*;
 pub use recovery::*;
 
 use super::Scope;
+use crate::queue::Priority;
 use crate::types::{
     Counts, ErrorCode, ErrorDetail, FinishReason, JobParams, JobStatus, JobView, QueueStats,
-    ResultItem, WebhookView,
+    ResultItem, RouteView, WebhookView,
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -42,6 +43,7 @@ struct JobRow {
     finished_at: Option<DateTime<Utc>>,
     results: Json<Vec<ResultItem>>,
     webhook: Option<Json<WebhookView>>,
+    route: Option<Json<RouteView>>,
 }
 
 /// A job a worker has claimed; only this attempt may finish it.
@@ -74,6 +76,30 @@ pub struct Owner<'a> {
     pub key_id: Option<Uuid>,
 }
 
+/// Where a job goes (see [`crate::routing`]) and how urgently.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRoute<'a> {
+    /// What the request named: a model or an alias.
+    pub requested: &'a str,
+    /// The model whose queue the job waits in.
+    pub model: &'a str,
+    pub priority: Priority,
+    pub fallback: Option<&'a str>,
+    pub fallback_after_secs: Option<i32>,
+}
+
+impl<'a> JobRoute<'a> {
+    pub fn of(route: &'a crate::routing::Route, priority: Priority) -> JobRoute<'a> {
+        JobRoute {
+            requested: &route.requested,
+            model: &route.model,
+            priority,
+            fallback: route.fallback.as_deref(),
+            fallback_after_secs: route.fallback_after_secs,
+        }
+    }
+}
+
 /// One prompt's finished result, as a worker hands it in.
 #[derive(Debug, Clone)]
 pub struct NewGeneration {
@@ -99,11 +125,14 @@ pub async fn insert<'e>(
     policy: RunPolicy,
     owner: Owner<'_>,
     callback_url: Option<&str>,
+    route: JobRoute<'_>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline,
-                             tenant, api_key_id, callback_url)
-           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8, $9)"#,
+                             tenant, api_key_id, callback_url, requested_model, routed_model,
+                             priority, fallback_model, fallback_after_secs)
+           values ($1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7, $8, $9, $10, $11,
+                   $12, $13, $14)"#,
     )
     .bind(id)
     .bind(Json(prompts))
@@ -114,6 +143,11 @@ pub async fn insert<'e>(
     .bind(owner.tenant)
     .bind(owner.key_id)
     .bind(callback_url)
+    .bind(route.requested)
+    .bind(route.model)
+    .bind(route.priority.as_column())
+    .bind(route.fallback)
+    .bind(route.fallback_after_secs)
     .execute(executor)
     .await?;
     Ok(())
@@ -126,6 +160,7 @@ pub struct NewJob<'a> {
     pub params: &'a JobParams,
     pub timeout: std::time::Duration,
     pub callback_url: Option<&'a str>,
+    pub route: JobRoute<'a>,
 }
 
 /// Records many jobs in one statement (bulk intake, or an OpenAI batch's, named by
@@ -143,13 +178,21 @@ pub async fn insert_many<'e>(
     let params: Vec<Json<&JobParams>> = jobs.iter().map(|j| Json(j.params)).collect();
     let timeouts: Vec<f64> = jobs.iter().map(|j| j.timeout.as_secs_f64()).collect();
     let callbacks: Vec<Option<&str>> = jobs.iter().map(|j| j.callback_url).collect();
+    let requested: Vec<&str> = jobs.iter().map(|j| j.route.requested).collect();
+    let models: Vec<&str> = jobs.iter().map(|j| j.route.model).collect();
+    let priorities: Vec<i16> = jobs.iter().map(|j| j.route.priority.as_column()).collect();
+    let fallbacks: Vec<Option<&str>> = jobs.iter().map(|j| j.route.fallback).collect();
+    let patience: Vec<Option<i32>> = jobs.iter().map(|j| j.route.fallback_after_secs).collect();
     sqlx::query(
         r#"insert into jobs (id, dispatch_id, prompts, prompt_count, params, max_attempts, deadline,
-                             tenant, api_key_id, callback_url, openai_batch_id)
+                             tenant, api_key_id, callback_url, openai_batch_id, requested_model,
+                             routed_model, priority, fallback_model, fallback_after_secs)
            select id, id, prompts, prompt_count, params, $6, now() + make_interval(secs => timeout),
-                  $7, $8, callback_url, $10
-           from unnest($1::uuid[], $2::jsonb[], $3::int4[], $4::jsonb[], $5::float8[], $9::text[])
-                as t(id, prompts, prompt_count, params, timeout, callback_url)"#,
+                  $7, $8, callback_url, $10, requested, model, priority, fallback, patience
+           from unnest($1::uuid[], $2::jsonb[], $3::int4[], $4::jsonb[], $5::float8[], $9::text[],
+                       $11::text[], $12::text[], $13::int2[], $14::text[], $15::int4[])
+                as t(id, prompts, prompt_count, params, timeout, callback_url, requested, model,
+                     priority, fallback, patience)"#,
     )
     .bind(&ids)
     .bind(&prompts)
@@ -161,6 +204,11 @@ pub async fn insert_many<'e>(
     .bind(owner.key_id)
     .bind(&callbacks)
     .bind(openai_batch)
+    .bind(&requested)
+    .bind(&models)
+    .bind(&priorities)
+    .bind(&fallbacks)
+    .bind(&patience)
     .execute(executor)
     .await?;
     Ok(())
@@ -233,7 +281,12 @@ pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Opt
                                         from webhook_attempts a where a.job_id = jobs.id))
                        from (select 1) one
                        left join webhook_deliveries d on d.job_id = jobs.id)
-                  end as webhook
+                  end as webhook,
+                  case when routed_model is not null then
+                      json_build_object('requested', requested_model, 'model', routed_model,
+                                        'version', model_version,
+                                        'fallback_reason', fallback_reason)
+                  end as route
            from jobs where id = $1 and ($2::text is null or tenant = $2)"#,
     )
     .bind(id)
@@ -270,21 +323,41 @@ pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Opt
         results,
         error,
         webhook: job.webhook.map(|w| w.0),
+        route: job.route.map(|r| r.0),
     }))
 }
 
-pub async fn stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
-    let counts: Vec<(JobStatus, i64)> =
-        sqlx::query_as(r#"select status, count(*) from jobs group by status"#)
-            .fetch_all(pool)
-            .await?;
+/// Figures of the whole queue, or of one model's (`model`).
+pub async fn stats(pool: &PgPool, model: Option<&str>) -> sqlx::Result<QueueStats> {
+    let counts: Vec<(JobStatus, i64)> = sqlx::query_as(
+        r#"select status, count(*) from jobs where ($1::text is null or routed_model = $1)
+           group by status"#,
+    )
+    .bind(model)
+    .fetch_all(pool)
+    .await?;
     let count = |s: JobStatus| {
         counts
             .iter()
             .find(|(status, _)| *status == s)
             .map_or(0, |(_, n)| *n)
     };
-    let live_workers = super::workers::live(pool).await?.len() as i64;
+    let live = super::workers::live(pool).await?;
+    let live_workers = live
+        .iter()
+        .filter(|w| model.is_none_or(|m| w.model == m))
+        .count() as i64;
+    let intake_paused =
+        super::control::intake_paused(pool).await?
+            || match model {
+                Some(model) => sqlx::query_scalar::<_, bool>(
+                    r#"select coalesce((select intake_paused from models where name = $1), false)"#,
+                )
+                .bind(model)
+                .fetch_one(pool)
+                .await?,
+                None => false,
+            };
     Ok(QueueStats {
         queued: count(JobStatus::Queued),
         running: count(JobStatus::Running),
@@ -292,7 +365,7 @@ pub async fn stats(pool: &PgPool) -> sqlx::Result<QueueStats> {
         failed: count(JobStatus::Failed),
         cancelled: count(JobStatus::Cancelled),
         live_workers,
-        intake_paused: super::control::intake_paused(pool).await?,
+        intake_paused,
     })
 }
 
@@ -305,15 +378,32 @@ pub struct Backlog {
     pub oldest_queued_secs: f64,
 }
 
-/// Unfinished jobs only, which `jobs_status_created_at` finds without reading finished ones.
-pub async fn backlog(pool: &PgPool) -> sqlx::Result<Backlog> {
+/// Unfinished jobs only, which `jobs_status_created_at` finds without reading finished ones;
+/// of one model's queue with `model`.
+pub async fn backlog(pool: &PgPool, model: Option<&str>) -> sqlx::Result<Backlog> {
     sqlx::query_as(
         r#"select count(*) filter (where status = 'queued') as queued,
                   count(*) filter (where status = 'running') as running,
                   coalesce(extract(epoch from now() - min(enqueued_at) filter (where status = 'queued')),
                            0)::float8 as oldest_queued_secs
-           from jobs where status in ('queued', 'running')"#,
+           from jobs where status in ('queued', 'running')
+             and ($1::text is null or routed_model = $1)"#,
     )
+    .bind(model)
     .fetch_one(pool)
+    .await
+}
+
+/// The backlog per model (queued, running), for `GET /metrics`.
+pub async fn backlog_by_model(pool: &PgPool) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    sqlx::query_as(
+        r#"select m.name,
+                  count(j.id) filter (where j.status = 'queued'),
+                  count(j.id) filter (where j.status = 'running')
+           from models m left join jobs j
+                on j.routed_model = m.name and j.status in ('queued', 'running')
+           group by m.name order by m.name"#,
+    )
+    .fetch_all(pool)
     .await
 }

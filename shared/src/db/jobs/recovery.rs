@@ -41,8 +41,10 @@ pub enum Released {
 }
 
 /// Takes a job back from the claim `attempt`: queued again while attempts remain, else failed
-/// with `code` and `message`. Finished results of the lost attempt are discarded: the next one
-/// runs every prompt.
+/// with `code` and `message`. A job out of attempts on its model for an engine failure
+/// ([`falls_back_for`]) that has a fallback model is queued again there instead, with as many
+/// attempts again (the caller dispatches it to the model it now names). Finished results of the
+/// lost attempt are discarded: the next one runs every prompt.
 pub async fn release(
     pool: &PgPool,
     id: Uuid,
@@ -51,36 +53,86 @@ pub async fn release(
     message: &str,
 ) -> sqlx::Result<Released> {
     let mut tx = pool.begin().await?;
-    let status: Option<JobStatus> = sqlx::query_scalar(
-        r#"update jobs set
-               status = case when attempt < max_attempts then 'queued' else 'failed' end,
+    let row: Option<(JobStatus, Option<String>)> = sqlx::query_as(
+        r#"update jobs j set
+               status = case when j.attempt < j.max_attempts or f.fall_back then 'queued'
+                             else 'failed' end,
+               routed_model = case when f.fall_back then j.fallback_model else j.routed_model end,
+               fallback_reason = case when f.fall_back
+                   then 'failed on ' || j.routed_model || ': ' || $4 else j.fallback_reason end,
+               max_attempts = case when f.fall_back then j.attempt + j.max_attempts
+                                   else j.max_attempts end,
                queued_at = now(), enqueued_at = now(),
-               finished_at = case when attempt < max_attempts then null else now() end,
+               finished_at = case when j.attempt < j.max_attempts or f.fall_back then null
+                                  else now() end,
                error_code = $3,
-               error_message = case when attempt < max_attempts then $4
-                                    else $4 || ' (gave up after ' || attempt || ' attempts)' end
-           where id = $1 and attempt = $2 and status = 'running'
-           returning status"#,
+               error_message = case when j.attempt < j.max_attempts or f.fall_back then $4
+                                    else $4 || ' (gave up after ' || j.attempt || ' attempts)' end
+           from (select id, attempt >= max_attempts and $5 and fallback_model is not null
+                            and routed_model is distinct from fallback_model as fall_back
+                 from jobs where id = $1) f
+           where j.id = f.id and j.attempt = $2 and j.status = 'running'
+           returning j.status, case when f.fall_back then j.fallback_model end"#,
     )
     .bind(id)
     .bind(attempt)
     .bind(code)
     .bind(message)
+    .bind(falls_back_for(code))
     .fetch_optional(&mut *tx)
     .await?;
-    if status.is_some() {
+    if row.is_some() {
         attempts::end(&mut *tx, id, attempt, AttemptOutcome::Released, None).await?;
     }
-    let released = match status {
+    let released = match row {
         None => Released::Stale,
-        Some(JobStatus::Queued) => {
+        Some((JobStatus::Queued, fallback)) => {
             generations::delete_of_jobs(&mut *tx, &[id]).await?;
+            if let Some(fallback) = fallback {
+                crate::metrics::fell_back(&fallback, "failed");
+                tracing::warn!(task_id = %id, %fallback, "job moved to its fallback model");
+            }
             Released::Requeued
         }
         Some(_) => Released::Failed,
     };
     tx.commit().await?;
     Ok(released)
+}
+
+/// The failures that send a job out of attempts to its fallback model: the model's engine failed
+/// it, not the job's own input or a deadline.
+pub fn falls_back_for(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::InferenceError | ErrorCode::WorkerStopped | ErrorCode::WorkerLost
+    )
+}
+
+/// Moves queued jobs that waited longer than their fallback's patience for a model with no live
+/// worker to their fallback model; returns (job, fallback model) for dispatch there.
+pub async fn fall_back_unserved(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as(
+        r#"update jobs set routed_model = fallback_model, queued_at = now(),
+                  fallback_reason = 'no live worker of ' || routed_model || ' for '
+                                    || fallback_after_secs || ' s'
+           where id in (
+               select j.id from jobs j
+               where j.status = 'queued' and j.fallback_model is not null
+                 and j.fallback_after_secs is not null
+                 and j.routed_model is distinct from j.fallback_model
+                 and j.enqueued_at < now() - make_interval(secs => j.fallback_after_secs)
+                 and not exists (select 1 from workers w
+                                 where w.model = j.routed_model and w.stopped_at is null
+                                   and w.last_seen > now() - make_interval(secs => $2))
+               order by j.enqueued_at limit $1
+               for update skip locked)
+           returning id, routed_model"#,
+    )
+    .bind(limit)
+    .bind(crate::db::workers::LIVE_WITHIN_SECS)
+    .fetch_all(pool)
+    .await
 }
 
 /// Up to `batch` queued jobs past their deadline end failed with code `timeout`; returns their
