@@ -105,6 +105,13 @@ fi
 # genqctl submit reads it.
 export GENQ_API_KEY="$api_key"
 
+# The model started here serves requests that name none, whatever an earlier run registered.
+if [ -n "${GENQ_MODEL_NAME:-}" ]; then
+    "$bin/genqctl" models default "$GENQ_MODEL_NAME"
+else
+    "$bin/genqctl" models default --file "$GENQ_MODEL"
+fi
+
 say "submitting a sample batch"
 "$bin/genqctl" submit --wait --max-tokens 32 --seed 7 \
     "Once upon a time" "The meaning of life is" "In a distant galaxy"

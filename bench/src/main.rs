@@ -13,6 +13,7 @@
 //!   `python`: transformers.
 //! - `reproducibility`: whether a seeded result depends on the batch around it.
 //! - `workers_per_host`: the several-workers-on-one-host benchmark.
+//! - `queues`: the per-model queues against an earlier single-queue build.
 //! - The genq processes themselves are started and stopped by `genq-harness`.
 
 mod ceiling;
@@ -22,6 +23,7 @@ mod measure;
 mod openai_batch;
 mod peer;
 mod python;
+mod queues;
 mod reproducibility;
 mod systems;
 mod table;
@@ -57,6 +59,9 @@ enum Mode {
     /// The OpenAI path against genq's own: a 50,000-line batch against bulk jobs, the upload and
     /// its memory, single-request latency.
     OpenaiBatch(openai_batch::Args),
+    /// The per-model queues against an earlier single-queue build: throughput of many short
+    /// jobs through one worker, and intake latency.
+    Queues(queues::Args),
 }
 
 /// Where PostgreSQL and Redis are.
@@ -136,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
     match args.mode {
         Some(Mode::WorkersPerHost(hosts)) => workers_per_host::run(hosts).await,
         Some(Mode::OpenaiBatch(args)) => openai_batch::run(args).await,
+        Some(Mode::Queues(args)) => queues::run(args).await,
         None => compare(args.compare).await,
     }
 }

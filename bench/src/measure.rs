@@ -127,7 +127,7 @@ pub fn median(values: Vec<f64>) -> f64 {
 }
 
 /// Nearest-rank percentile.
-fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

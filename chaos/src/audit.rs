@@ -36,6 +36,8 @@ pub struct Audit {
     pub stored_twice: i64,
     /// Results for a prompt the job does not have.
     pub misplaced: i64,
+    /// Completed jobs run by a worker of another model than the one they were routed to.
+    pub wrong_model: i64,
     /// Accepted ids whose final status as the client read it differs from PostgreSQL's.
     pub disagreements: usize,
     /// Jobs in PostgreSQL that no client was given an id for, and how many of those are unfinished.
@@ -57,6 +59,7 @@ impl Audit {
         self.lost() == 0
             && self.stored_twice == 0
             && self.misplaced == 0
+            && self.wrong_model == 0
             && self.disagreements == 0
             && self.unknown_unfinished == 0
     }
@@ -99,6 +102,7 @@ pub async fn run(pool: &PgPool, seen: &Seen) -> anyhow::Result<Audit> {
     audit.incomplete = report::completed_without_every_result(pool).await?;
     audit.stored_twice = generations::stored_twice(pool).await?;
     audit.misplaced = generations::misplaced(pool).await?;
+    audit.wrong_model = report::ran_on_another_model(pool).await?;
     audit.repeated = attempts::repeated_work(pool).await?;
     Ok(audit)
 }

@@ -60,12 +60,20 @@ pub struct Client {
     pub ledger: Arc<Ledger>,
     pub rng: ChaCha8Rng,
     pub cancel_percent: u32,
+    /// The models jobs go to, one chosen at random per job (`None`: name none, the default).
+    pub models: Vec<Option<String>>,
 }
 
 impl Client {
     /// A client of `cluster`'s API: it sends the cluster's API key with every request (without it
     /// every submission is a 401, refused for good) and gives up on an answer after 30 s.
-    pub fn new(cluster: &Cluster, ledger: Arc<Ledger>, seed: u64, cancel_percent: u32) -> Client {
+    pub fn new(
+        cluster: &Cluster,
+        ledger: Arc<Ledger>,
+        seed: u64,
+        cancel_percent: u32,
+        models: Vec<Option<String>>,
+    ) -> Client {
         Client {
             http: cluster
                 .client_builder()
@@ -76,6 +84,7 @@ impl Client {
             ledger,
             rng: ChaCha8Rng::seed_from_u64(seed),
             cancel_percent,
+            models,
         }
     }
 
@@ -117,6 +126,9 @@ impl Client {
         });
         if self.rng.random_ratio(1, 3) {
             body["seed"] = json!(self.rng.random_range(0..1_000_000u64));
+        }
+        if let Some(Some(model)) = self.models.choose(&mut self.rng) {
+            body["model"] = json!(model);
         }
         body
     }

@@ -58,6 +58,11 @@ struct Args {
     kinds: Vec<FaultKind>,
     #[arg(long, default_value_t = 3)]
     workers: usize,
+    /// Models the workers serve, in turn: the first is the model file's own name (the default),
+    /// the others `chaos-m1`, ... (the same file under other names). Clients spread their jobs
+    /// over them, so every fault meets several model queues.
+    #[arg(long, default_value_t = 2)]
+    models: usize,
     #[arg(long, default_value_t = 8)]
     slots: u32,
     /// Concurrent clients; each has one job in flight at a time.
@@ -120,8 +125,22 @@ async fn main() -> anyhow::Result<()> {
         // Several workers share two cores here; one thread each keeps them from fighting.
         ("GENQ_THREADS".into(), "1".into()),
     ];
+    // `None`: the default model (the file's name, which the API registers).
+    let models: Vec<Option<String>> = (0..args.models.max(1))
+        .map(|m| (m > 0).then(|| format!("chaos-m{m}")))
+        .collect();
+    config.worker_env_each = (0..args.workers)
+        .map(|i| match &models[i % models.len()] {
+            Some(name) => vec![("GENQ_MODEL_NAME".into(), name.clone())],
+            None => Vec::new(),
+        })
+        .collect();
     config.ready_within = Duration::from_secs(120);
     let mut cluster = Cluster::start(config).await?;
+    // Every model registered before clients name them.
+    cluster
+        .wait_workers_registered(&pool, Duration::from_secs(120))
+        .await?;
     eprintln!(
         "genq is up at {} with {} workers; logs in {}",
         cluster.base_url(),
@@ -139,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 ledger.clone(),
                 args.seed.wrapping_mul(1000).wrapping_add(i as u64),
                 args.cancel_percent,
+                models.clone(),
             );
             let (ledger, faults_done, target) = (ledger.clone(), faults_done.clone(), args.jobs);
             tokio::spawn(

@@ -47,6 +47,10 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
         audit.misplaced
     );
     println!(
+        "| completed on another model than the one routed to | {} |",
+        audit.wrong_model
+    );
+    println!(
         "| final status the client read differs from PostgreSQL | {} |",
         audit.disagreements
     );

@@ -49,8 +49,14 @@ enum ModelsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Make a model the default: the one of requests that name none.
-    Default { name: String },
+    /// Make a model the default: the one of requests that name none. With --file, the model a
+    /// GGUF file registers as (its `general.name`, else its file name).
+    Default {
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        file: Option<std::path::PathBuf>,
+    },
     /// Create or change an alias: `--to gpt2-v1=90 --to gpt2-v2=10`. Each user stays on one arm
     /// while the split is unchanged; moving weight moves only the users it must.
     Alias {
@@ -125,9 +131,16 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<Done> {
                         cancelled.len()
                     );
                 }),
-            ModelsCommand::Default { name } => db::models::set_default(&pool, &name)
-                .await
-                .map(|()| println!("{name} is the default model")),
+            ModelsCommand::Default { name, file } => {
+                let name = match (name, file) {
+                    (Some(name), _) => name,
+                    (None, Some(file)) => genq_model::ModelFile::read(&file)?.name().to_owned(),
+                    (None, None) => unreachable!("clap requires one"),
+                };
+                db::models::set_default(&pool, &name)
+                    .await
+                    .map(|()| println!("{name} is the default model"))
+            }
             ModelsCommand::Alias {
                 name,
                 arms,

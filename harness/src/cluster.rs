@@ -49,6 +49,9 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     /// Set for the workers only, after `env`.
     pub worker_env: Vec<(String, String)>,
+    /// Set for one worker (by index in `worker_names`), after `worker_env`: a worker of another
+    /// model (`GENQ_MODEL_NAME`), say.
+    pub worker_env_each: Vec<Vec<(String, String)>>,
     /// How long [`Cluster::start`] waits for `/ready`.
     pub ready_within: Duration,
     /// How long [`Cluster::stop`] waits after SIGTERM before SIGKILL.
@@ -77,6 +80,7 @@ impl Config {
             worker_names: vec!["worker".into()],
             env: Vec::new(),
             worker_env: Vec::new(),
+            worker_env_each: Vec::new(),
             ready_within: Duration::from_secs(60),
             stop_grace: Duration::from_secs(30),
         }
@@ -364,6 +368,12 @@ fn spawn_worker(config: &Config, addr: SocketAddr, index: usize) -> anyhow::Resu
         .chain(pairs(&config.env))
         .chain([("GENQ_WORKER_NAME", OsStr::new(name))])
         .chain(pairs(&config.worker_env))
+        .chain(pairs(
+            config
+                .worker_env_each
+                .get(index)
+                .map_or(&[][..], Vec::as_slice),
+        ))
         .collect();
     Process::spawn(Spawn {
         binary: &binary,

@@ -302,3 +302,36 @@ async fn pausing_or_stopping_one_models_workers_leaves_the_other_flowing_and_los
     other_worker.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_job_queued_before_models_existed_is_dispatched_to_the_default_models_queue() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(&json!({ "prompts": ["old"], "max_tokens": 4 }))
+        .await;
+    // As an upgrade finds it: no route, its task in the old single queue, past the grace.
+    genq_shared::queue::delete_namespace(&mut genq_tests::redis_connection().await, &app.queue)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update jobs set routed_model = null, requested_model = null,
+                         queued_at = now() - interval '1 minute'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let pass = app.genqctl(&["queue", "reconcile", "--json"]).await;
+    assert_exit(&pass, 0);
+    let pass: Value = serde_json::from_str(&stdout(&pass)).unwrap();
+    assert_eq!(
+        (&pass["full_check"], &pass["redispatched"]),
+        (&json!(true), &json!(1))
+    );
+    let worker = app.start_worker(1).await;
+    let view = app.wait_final(id).await;
+    assert_eq!(view.status, JobStatus::Completed);
+    assert_eq!(view.route.unwrap().model, tiny_model_name());
+    worker.stop().await;
+    app.stop().await;
+}

@@ -162,10 +162,23 @@ async fn the_dashboard_shows_jobs_cancels_one_and_pauses_intake_in_chromium_with
     let doomed = app
         .submit(&json!({ "prompts": ["cancel me from the page"], "max_tokens": 8 }))
         .await;
+    let tiny = genq_tests::tiny_model_name();
+    let alias = ["models", "alias", "split", "--to", &format!("{tiny}=100")];
+    genq_tests::assert_exit(&app.genqctl(&alias).await, 0);
     let driver = Driver::start().await;
     let browser = driver.browser().await;
 
     sign_in(&browser, &app, &admin).await;
+    until("the page lists the model and the alias's arm", || async {
+        let notes = text(
+            &browser,
+            &format!("#models tr[data-model='{tiny}'] td:nth-child(6)"),
+        )
+        .await;
+        let weight = text(&browser, "#aliases tr[data-alias='split'] td:nth-child(3)").await;
+        notes.as_deref() == Some("default") && weight.as_deref() == Some("100%")
+    })
+    .await;
     let queued_row = format!("tr[data-task-id='{doomed}'] button.cancel");
     browser
         .wait()

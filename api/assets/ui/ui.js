@@ -110,6 +110,50 @@ function drawJobs(jobs) {
   if (!jobs.length) cell(body.insertRow(), "No job yet.", "muted").colSpan = 6;
 }
 
+function drawModels(models) {
+  const body = $("models");
+  body.replaceChildren();
+  for (const m of models) {
+    const row = body.insertRow();
+    row.dataset.model = m.name;
+    cell(row, m.name);
+    cell(row, m.version ? m.version.slice(0, 12) : "–");
+    cell(row, String(m.live_workers));
+    cell(row, String(m.queued));
+    cell(row, String(m.running));
+    const notes = [];
+    if (m.is_default) notes.push("default");
+    if (m.intake_paused) notes.push("intake paused");
+    if (m.fallback) notes.push(`falls back to ${m.fallback}`);
+    cell(row, notes.join(", "), "muted");
+  }
+  if (!models.length) cell(body.insertRow(), "No model registered yet.", "muted").colSpan = 6;
+}
+
+// One row per arm: its weight, and its figures if it answered jobs in the last hour.
+function drawAliases(aliases) {
+  const body = $("aliases");
+  body.replaceChildren();
+  const secs = (v) => (v == null ? "–" : v < 1 ? `${Math.round(v * 1000)} ms` : seconds(v));
+  for (const alias of aliases) {
+    for (const arm of alias.arms) {
+      const s = alias.stats.find((x) => x.model === arm.model);
+      const row = body.insertRow();
+      row.dataset.alias = alias.name;
+      cell(row, alias.name);
+      cell(row, arm.model);
+      cell(row, `${arm.weight}%`);
+      cell(row, s ? String(s.jobs) : "0");
+      cell(row, s ? s.tokens_per_sec.toFixed(1) : "–");
+      cell(row, s ? secs(s.queue_wait_p50_secs) : "–");
+      cell(row, s ? secs(s.latency_p50_secs) : "–");
+      cell(row, s ? secs(s.latency_p95_secs) : "–");
+      cell(row, s ? `${(s.failure_rate * 100).toFixed(1)}%` : "–");
+    }
+  }
+  if (!aliases.length) cell(body.insertRow(), "No alias.", "muted").colSpan = 9;
+}
+
 function drawBatches(batches) {
   const body = $("batches");
   body.replaceChildren();
@@ -160,6 +204,8 @@ async function refresh() {
     $("state").textContent = o.intake_paused ? "intake paused" : "intake open";
     drawWorkers(o.workers);
     drawJobs(o.jobs);
+    drawModels(o.models);
+    drawAliases(o.aliases);
     drawBatches((await call("GET", "/v1/batches?limit=10")).data);
     $("error").textContent = "";
   } catch (e) {

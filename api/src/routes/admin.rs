@@ -4,7 +4,11 @@
 
 use axum::{Json, extract::State};
 use genq_shared::{
-    db,
+    db::{
+        self,
+        models::{ArmStats, ModelOverview},
+    },
+    routing::Arm,
     types::{JobSummary, QueueStats, WorkerOverview},
 };
 use serde::Serialize;
@@ -105,7 +109,23 @@ pub struct Overview {
     pub workers: Vec<WorkerOverview>,
     /// The newest jobs of every tenant, newest first.
     pub jobs: Vec<JobSummary>,
+    /// The model catalogue, with each model's workers and backlog.
+    pub models: Vec<ModelOverview>,
+    /// Each alias, its split, and how its models compare over the last hour.
+    pub aliases: Vec<AliasOverview>,
 }
+
+/// An alias on the dashboard: its arms and their figures (`genqctl models stats`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AliasOverview {
+    pub name: String,
+    pub arms: Vec<Arm>,
+    /// Per model that answered the alias's jobs of the last hour.
+    pub stats: Vec<ArmStats>,
+}
+
+/// The window the dashboard compares an alias's arms over.
+const ARM_STATS_WINDOW_SECS: f64 = 3600.0;
 
 /// How many of the newest jobs the overview lists.
 const OVERVIEW_JOBS: i64 = 25;
@@ -132,6 +152,16 @@ async fn overview(State(state): State<AppState>) -> Result<Json<Overview>> {
     let backlog = db::jobs::backlog(&state.db, None).await?;
     let workers = db::workers::overview(&state.db).await?;
     let jobs = db::jobs::list(&state.db, None, OVERVIEW_JOBS).await?;
+    let models = db::models::overview(&state.db).await?;
+    let mut aliases = Vec::new();
+    for alias in db::models::catalogue(&state.db).await?.aliases {
+        let stats = db::models::arm_stats(&state.db, &alias.name, ARM_STATS_WINDOW_SECS).await?;
+        aliases.push(AliasOverview {
+            name: alias.name,
+            arms: alias.arms,
+            stats,
+        });
+    }
     Ok(Json(Overview {
         queued: backlog.queued,
         running: backlog.running,
@@ -140,5 +170,7 @@ async fn overview(State(state): State<AppState>) -> Result<Json<Overview>> {
         generated_tokens: workers.iter().map(|w| w.generated_tokens).sum(),
         workers,
         jobs,
+        models,
+        aliases,
     }))
 }

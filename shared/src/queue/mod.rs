@@ -72,7 +72,10 @@ pub fn storage_for(conn: &ConnectionManager, ns: &str) -> Storage {
 /// every queued job against it. Gone when Redis lost its data (a restart without persistence, a
 /// flush), which makes the next pass check every queued job again.
 pub fn intact_marker(queue: &str) -> String {
-    format!("{queue}:genq:intact")
+    // Renamed when jobs moved to per-model queues: the first pass after that upgrade finds no
+    // marker and checks every queued job, dispatching again to its model's queue those still
+    // waiting in the old single queue, which no worker reads any more.
+    format!("{queue}:genq:intact-per-model")
 }
 
 const INTACT: &str = "intact";

@@ -36,6 +36,16 @@ pub async fn completed_without_every_result(pool: &PgPool) -> sqlx::Result<Vec<U
     .await
 }
 
+/// Completed jobs that ran on another model than the one whose queue they were in.
+pub async fn ran_on_another_model(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from jobs
+           where status = 'completed' and routed_model is not null and model <> routed_model"#,
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Jobs not yet final (queued or running).
 pub async fn unfinished(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(r#"select id from jobs where status in ('queued', 'running')"#)
