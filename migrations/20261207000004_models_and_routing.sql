@@ -47,7 +47,11 @@ alter table jobs
     -- The version (SHA-256 of the GGUF) of the model that ran it.
     add column model_version text;
 
--- The reconciler's fallback step: queued jobs of a model, oldest first.
-create index jobs_queued_by_model on jobs (routed_model, enqueued_at) where status = 'queued';
+-- The reconciler's fallback step, every pass: queued jobs that have a fallback, oldest first.
+create index jobs_queued_with_fallback on jobs (enqueued_at)
+    where status = 'queued' and fallback_model is not null and fallback_after_secs is not null;
+-- Per-model figures (genqctl queue stats --model, /metrics, genqctl models list).
+create index jobs_unfinished_by_model on jobs (routed_model, status)
+    where status in ('queued', 'running');
 -- `genqctl models stats`: the jobs that asked for an alias, newest first.
 create index jobs_requested_model on jobs (requested_model, created_at) where requested_model is not null;

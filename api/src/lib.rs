@@ -279,11 +279,13 @@ impl Application {
             webhook_allow_private: config.webhooks.webhook_allow_private,
         };
         let deliverer = webhooks::Deliverer::new(pool.clone(), &config.webhooks)?;
-        let reconciler = (config.reconcile_interval_secs > 0).then(|| Reconciler {
-            db: pool.clone(),
-            redis: redis.clone(),
-            queue: config.queue.queue.clone(),
-            config: config.reconcile.clone(),
+        let reconciler = (config.reconcile_interval_secs > 0).then(|| {
+            Reconciler::new(
+                pool.clone(),
+                redis.clone(),
+                config.queue.queue.clone(),
+                config.reconcile.clone(),
+            )
         });
         if config.auth == AuthMode::Off {
             tracing::warn!(

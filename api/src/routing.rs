@@ -131,6 +131,22 @@ pub async fn route_request(
     Ok(route)
 }
 
+/// Locks the routed models for the recording transaction (see `db::models::lock_for_jobs`);
+/// a model removed since this replica read the catalogue is refused as unknown.
+pub async fn lock_models(tx: &mut sqlx::PgConnection, models: &[&str]) -> Result<()> {
+    let mut wanted: Vec<&str> = models.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let found = db::models::lock_for_jobs(tx, &wanted).await?;
+    match wanted.iter().find(|m| !found.iter().any(|f| f == *m)) {
+        None => Ok(()),
+        Some(gone) => Err(ApiError::invalid(
+            "model",
+            format!("the model '{gone}' was removed; retry to be routed anew"),
+        )),
+    }
+}
+
 /// Dispatches recorded jobs of one tenant, each to its model's queue and lane. Jobs Redis did not
 /// take are marked for the reconciler, which dispatches them once Redis answers: the jobs are
 /// recorded, and PostgreSQL is the record.

@@ -3,7 +3,6 @@
 
 use clap::{Args, Subcommand};
 use genq_shared::{
-    config::DatabaseConfig,
     db::{
         self,
         models::{CatalogueError, NewModel},
@@ -11,14 +10,14 @@ use genq_shared::{
     routing::{Alias, Arm, short_version},
 };
 
-use crate::{Done, connect_db};
+use crate::{Backends, Done, connect_db, jobs::take_out_of_redis, warn};
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
     #[command(subcommand)]
     command: ModelsCommand,
     #[command(flatten)]
-    database: DatabaseConfig,
+    backends: Backends,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +101,7 @@ fn parse_arm(text: &str) -> Result<Arm, CatalogueError> {
 }
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<Done> {
-    let pool = connect_db(&args.database).await?;
+    let pool = connect_db(&args.backends.database).await?;
     let outcome =
         match args.command {
             ModelsCommand::Add {
@@ -123,14 +122,25 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<Done> {
                 })
             }
             ModelsCommand::List { json } => return list(&pool, json).await,
-            ModelsCommand::Remove { name, force } => db::models::remove(&pool, &name, force)
-                .await
-                .map(|cancelled| {
-                    println!(
-                        "model {name} removed ({} queued job(s) cancelled)",
-                        cancelled.len()
-                    );
-                }),
+            ModelsCommand::Remove { name, force } => {
+                match db::models::remove(&pool, &name, force).await {
+                    Ok(cancelled) => {
+                        // Best effort, as for `queue purge`: PostgreSQL holds the cancellations.
+                        if let Err(e) = take_out_of_redis(&pool, &args.backends, &cancelled).await {
+                            warn(format_args!(
+                                "the jobs are cancelled, but Redis failed ({e:#}): their tasks \
+                                 stay in Redis"
+                            ));
+                        }
+                        println!(
+                            "model {name} removed ({} queued job(s) cancelled)",
+                            cancelled.len()
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             ModelsCommand::Default { name, file } => {
                 let name = match (name, file) {
                     (Some(name), _) => name,

@@ -139,12 +139,7 @@ async fn reconcile(
 ) -> anyhow::Result<Done> {
     // Lazily: with Redis down its two steps fail and the PostgreSQL steps still run.
     let redis = dispatch::connect_lazy(&backends.queue)?;
-    let mut reconciler = Reconciler {
-        db: pool,
-        redis,
-        queue: backends.queue.queue.clone(),
-        config,
-    };
+    let mut reconciler = Reconciler::new(pool, redis, backends.queue.queue.clone(), config);
     let pass = reconciler.pass().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&pass)?);

@@ -123,14 +123,31 @@ impl Pass {
 }
 
 pub struct Reconciler {
-    pub db: PgPool,
-    pub redis: ConnectionManager,
+    db: PgPool,
+    redis: ConnectionManager,
     /// The deployment's queue namespace; each model's queue is under it.
-    pub queue: String,
+    queue: String,
     pub config: ReconcileConfig,
+    /// The registered models as last read: moving due tasks goes on while PostgreSQL is down.
+    models: Vec<String>,
 }
 
 impl Reconciler {
+    pub fn new(
+        db: PgPool,
+        redis: ConnectionManager,
+        queue: String,
+        config: ReconcileConfig,
+    ) -> Reconciler {
+        Reconciler {
+            db,
+            redis,
+            queue,
+            config,
+            models: Vec::new(),
+        }
+    }
+
     /// Runs every step, each on its own: a Redis outage must not stop deadlines or retention,
     /// nor a PostgreSQL error the Redis vacuum. Failed steps are logged and listed in the pass.
     pub async fn pass(&mut self) -> Pass {
@@ -262,6 +279,11 @@ impl Reconciler {
             }
         }
         jobs::set_checked_until(&self.db, &self.queue, window.until).await?;
+        if full_check.is_some() && jobs::unrouted_queued(&self.db).await? {
+            // Left unfinished, so the next pass checks every queued job again.
+            tracing::warn!("queued jobs wait for a default model to be registered");
+            return Ok(());
+        }
         if let Some(check) = full_check
             && !queue::finish_full_check(&mut self.redis, &self.queue, &check).await?
         {
@@ -336,8 +358,12 @@ impl Reconciler {
     }
 
     async fn promote_due(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
-        for model in jobs_models(&self.db).await? {
-            let config = queue::storage_config(&queue::model_queue(&self.queue, &model));
+        match jobs_models(&self.db).await {
+            Ok(models) => self.models = models,
+            Err(e) => tracing::debug!(error = %e, "moving due tasks of the models last read"),
+        }
+        for model in &self.models {
+            let config = queue::storage_config(&queue::model_queue(&self.queue, model));
             pass.promoted += queue::promote_all_due(&mut self.redis, &config).await?;
         }
         Ok(())

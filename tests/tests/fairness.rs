@@ -125,21 +125,18 @@ async fn a_model_without_a_live_worker_sends_its_waiting_jobs_to_its_fallback_af
     let id = app
         .submit(&json!({ "prompts": ["anyone?"], "max_tokens": 4, "model": "ghost" }))
         .await;
-    let mut reconciler = Reconciler {
-        db: app.pool.clone(),
-        redis: queue::connect(&QueueConfig {
-            redis_url: redis_url().parse().unwrap(),
-            queue: app.queue.clone(),
-        })
-        .await
-        .unwrap(),
+    let redis = queue::connect(&QueueConfig {
+        redis_url: redis_url().parse().unwrap(),
         queue: app.queue.clone(),
-        config: ReconcileConfig {
-            worker_stale_secs: 15,
-            redispatch_after_secs: 10,
-            retention_secs: 0,
-        },
+    })
+    .await
+    .unwrap();
+    let config = ReconcileConfig {
+        worker_stale_secs: 15,
+        redispatch_after_secs: 10,
+        retention_secs: 0,
     };
+    let mut reconciler = Reconciler::new(app.pool.clone(), redis, app.queue.clone(), config);
     assert_eq!(reconciler.pass().await.fell_back, 0, "not before its time");
     sqlx::query("update jobs set enqueued_at = now() - interval '31 seconds' where id = $1")
         .bind(id)

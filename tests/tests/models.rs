@@ -309,8 +309,16 @@ async fn a_job_queued_before_models_existed_is_dispatched_to_the_default_models_
     let id = app
         .submit(&json!({ "prompts": ["old"], "max_tokens": 4 }))
         .await;
-    // As an upgrade finds it: no route, its task in the old single queue, past the grace.
-    genq_shared::queue::delete_namespace(&mut genq_tests::redis_connection().await, &app.queue)
+    // As an upgrade finds it: no route, its task in the old single queue (which no worker reads
+    // any more), past the grace, checked by the old build's last pass, which marked Redis intact.
+    let mut redis = genq_tests::redis_connection().await;
+    genq_shared::queue::delete_namespace(&mut redis, &app.queue)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg(format!("{}:genq:intact", app.queue))
+        .arg("intact")
+        .query_async::<()>(&mut redis)
         .await
         .unwrap();
     sqlx::query(
@@ -320,6 +328,11 @@ async fn a_job_queued_before_models_existed_is_dispatched_to_the_default_models_
     .execute(&app.pool)
     .await
     .unwrap();
+    sqlx::query("insert into reconciler_marks (queue, checked_until) values ($1, now())")
+        .bind(&app.queue)
+        .execute(&app.pool)
+        .await
+        .unwrap();
 
     let pass = app.genqctl(&["queue", "reconcile", "--json"]).await;
     assert_exit(&pass, 0);
@@ -331,7 +344,8 @@ async fn a_job_queued_before_models_existed_is_dispatched_to_the_default_models_
     let worker = app.start_worker(1).await;
     let view = app.wait_final(id).await;
     assert_eq!(view.status, JobStatus::Completed);
-    assert_eq!(view.route.unwrap().model, tiny_model_name());
+    let route = view.route.unwrap();
+    assert_eq!((route.requested, route.model), (tiny_model_name(), tiny_model_name()));
     worker.stop().await;
     app.stop().await;
 }

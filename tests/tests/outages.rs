@@ -144,16 +144,12 @@ async fn a_failed_reconciler_step_does_not_skip_the_others() {
     })
     .await
     .unwrap();
-    let mut reconciler = Reconciler {
-        db: app.pool.clone(),
-        redis: connection,
-        queue: app.queue.clone(),
-        config: ReconcileConfig {
-            worker_stale_secs: 15,
-            redispatch_after_secs: 10,
-            retention_secs: 3600,
-        },
+    let config = ReconcileConfig {
+        worker_stale_secs: 15,
+        redispatch_after_secs: 10,
+        retention_secs: 3600,
     };
+    let mut reconciler = Reconciler::new(app.pool.clone(), connection, app.queue.clone(), config);
 
     redis.cut();
     let pass = tokio::time::timeout(Duration::from_secs(60), reconciler.pass())

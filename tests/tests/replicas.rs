@@ -22,16 +22,12 @@ async fn reconciler(app: &TestApp) -> Reconciler {
     })
     .await
     .unwrap();
-    Reconciler {
-        db: app.pool.clone(),
-        redis,
-        queue: app.queue.clone(),
-        config: ReconcileConfig {
-            worker_stale_secs: 15,
-            redispatch_after_secs: 10,
-            retention_secs: 0,
-        },
-    }
+    let config = ReconcileConfig {
+        worker_stale_secs: 15,
+        redispatch_after_secs: 10,
+        retention_secs: 0,
+    };
+    Reconciler::new(app.pool.clone(), redis, app.queue.clone(), config)
 }
 
 /// Submits `count` single-prompt jobs in one bulk request.

@@ -41,7 +41,7 @@ use crate::{
     auth::Caller,
     error::ApiError,
     routes::batch::check_quotas,
-    routing::{dispatch_recorded, sticky},
+    routing::{RoutingRefusal, dispatch_recorded, lock_models, sticky},
     validate,
 };
 
@@ -311,6 +311,8 @@ async fn validate_and_start(state: &AppState, batch: &BatchRow) -> anyhow::Resul
                 .await
             {
                 Ok(route) => routes.push(route),
+                // The catalogue could not be read: the step is tried again under its lease.
+                Err(RoutingRefusal::Api(e)) => return Err(anyhow::anyhow!("{e}")),
                 Err(refusal) => {
                     let message = ApiError::from(refusal).to_string();
                     let error = line_error(*number, "model_not_found", message, Some("body.model"));
@@ -322,6 +324,12 @@ async fn validate_and_start(state: &AppState, batch: &BatchRow) -> anyhow::Resul
         }
     }
     let mut tx = state.db.begin().await?;
+    let models: Vec<&str> = routes.iter().map(|r| r.model.as_str()).collect();
+    if let Err(gone) = lock_models(&mut tx, &models).await {
+        tx.rollback().await?;
+        let error = line_error(0, "model_not_found", gone.to_string(), Some("body.model"));
+        return Ok(db::openai_batches::fail(&state.db, &batch.id, &json!([error])).await?);
+    }
     let mut route = routes.iter();
     let new_jobs: Vec<NewJob> = lines_jobs
         .iter()

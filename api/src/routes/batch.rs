@@ -36,7 +36,7 @@ use crate::{
     error::{ApiError, Result},
     extract::JsonBody,
     rate_limit,
-    routing::{dispatch_recorded, route_request},
+    routing::{dispatch_recorded, lock_models, route_request},
     validate::{BatchRequest, ValidJob, validate},
 };
 
@@ -163,6 +163,7 @@ pub(crate) async fn submit(
         key_id: caller.key.as_ref().map(|k| k.id),
     };
     let mut tx = state.db.begin().await?;
+    lock_models(&mut tx, &[&route.model]).await?;
     let callback_url = job.callback_url.as_deref();
     db::jobs::insert(
         &mut *tx,

@@ -31,7 +31,7 @@ use crate::{
     error::{ApiError, Result},
     extract::{BodyLimit, JsonBody},
     routes::batch::{check_quotas, check_webhook_secret},
-    routing::{dispatch_recorded, route_request},
+    routing::{dispatch_recorded, lock_models, route_request},
     validate::{BatchRequest, validate_all},
 };
 
@@ -158,6 +158,8 @@ async fn submit_batches(
     };
     let budget = jobs.iter().map(|j| j.token_budget()).sum();
     let mut tx = state.db.begin().await?;
+    let models: Vec<&str> = routes.iter().map(|r| r.model.as_str()).collect();
+    lock_models(&mut tx, &models).await?;
     db::jobs::insert_many(&mut *tx, &new_jobs, state.max_attempts, owner, None).await?;
     if let Some(refusal) = check_quotas(&mut tx, &caller, budget, "these jobs need").await? {
         tx.rollback().await?;

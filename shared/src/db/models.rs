@@ -70,26 +70,38 @@ pub async fn names(pool: &PgPool) -> sqlx::Result<Vec<String>> {
 /// Registers a model a worker (or API replica) loaded, unless registered already; records the
 /// file's version either way. The first model ever registered becomes the default.
 pub async fn register_loaded(pool: &PgPool, name: &str, version: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"insert into models (name, version, is_default)
-           values ($1, $2, not exists (select 1 from models where is_default))
-           on conflict (name) do update set version = excluded.version"#,
-    )
-    .bind(name)
-    .bind(version)
-    .execute(pool)
-    .await
-    .map(|_| ())
-    .or_else(ignore_default_race)
+    let register = |as_default: bool| {
+        sqlx::query(
+            r#"insert into models (name, version, is_default)
+               values ($1, $2, $3 and not exists (select 1 from models where is_default))
+               on conflict (name) do update set version = excluded.version"#,
+        )
+        .bind(name)
+        .bind(version)
+        .bind(as_default)
+        .execute(pool)
+    };
+    match register(true).await {
+        // Two first registrations at once both tried to be the default: this one lost, and
+        // registers as an ordinary model.
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("models_one_default") => {
+            register(false).await.map(|_| ())
+        }
+        other => other.map(|_| ()),
+    }
 }
 
-/// Two first registrations at once both try to be the default: the loser registers again, not
-/// as the default.
-fn ignore_default_race(e: sqlx::Error) -> sqlx::Result<()> {
-    match &e {
-        sqlx::Error::Database(db) if db.constraint() == Some("models_one_default") => Ok(()),
-        _ => Err(e),
-    }
+/// Of `models`, those registered, locked (`FOR KEY SHARE`) until the caller's transaction ends:
+/// jobs recorded in it for them cannot outlive a concurrent `genqctl models remove`, which waits
+/// for the transaction and then finds them.
+pub async fn lock_for_jobs(
+    tx: &mut sqlx::PgConnection,
+    models: &[&str],
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(r#"select name from models where name = any($1) for key share"#)
+        .bind(models)
+        .fetch_all(tx)
+        .await
 }
 
 /// A model as `genqctl models add` registers it.
@@ -232,6 +244,19 @@ pub async fn remove(pool: &PgPool, name: &str, force: bool) -> Result<Vec<uuid::
     .await?;
     if !users.is_empty() {
         return refused(format!("{name} is used by {}", users.join(", ")));
+    }
+    let falling_back: i64 = sqlx::query_scalar(
+        r#"select count(*) from jobs where status in ('queued', 'running') and fallback_model = $1
+               and routed_model <> $1"#,
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if falling_back > 0 {
+        return refused(format!(
+            "{falling_back} unfinished job(s) of other models would fall back to {name}; \
+             remove it once they are done"
+        ));
     }
     let (queued, running): (i64, i64) = sqlx::query_as(
         r#"select count(*) filter (where status = 'queued'), count(*) filter (where status = 'running')

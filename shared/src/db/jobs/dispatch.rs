@@ -40,7 +40,8 @@ pub async fn renew_dispatches(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<V
     let fresh: Vec<Uuid> = job_ids.iter().map(|_| Uuid::now_v7()).collect();
     sqlx::query_as(&format!(
         r#"update jobs j set dispatch_id = d.dispatch_id, queued_at = now(), undispatched = false,
-                  routed_model = {ROUTED_MODEL}
+                  routed_model = {ROUTED_MODEL},
+                  requested_model = coalesce(j.requested_model, {ROUTED_MODEL})
            from unnest($1::uuid[], $2::uuid[]) as d(job_id, dispatch_id)
            where j.id = d.job_id and j.status = 'queued' and {ROUTED_MODEL} is not null
            returning j.id as job_id, j.dispatch_id, j.attempt as claims, j.routed_model as model,
@@ -49,6 +50,16 @@ pub async fn renew_dispatches(pool: &PgPool, job_ids: &[Uuid]) -> sqlx::Result<V
     .bind(job_ids)
     .bind(&fresh)
     .fetch_all(pool)
+    .await
+}
+
+/// Whether a queued job waits without a model to go to: recorded before models existed, while no
+/// default model is registered yet. The reconciler checks every queued job again until none does.
+pub async fn unrouted_queued(pool: &PgPool) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        r#"select exists (select 1 from jobs where status = 'queued' and routed_model is null)"#,
+    )
+    .fetch_one(pool)
     .await
 }
 

@@ -283,7 +283,8 @@ pub async fn view(pool: &PgPool, id: Uuid, scope: Scope<'_>) -> sqlx::Result<Opt
                        left join webhook_deliveries d on d.job_id = jobs.id)
                   end as webhook,
                   case when routed_model is not null then
-                      json_build_object('requested', requested_model, 'model', routed_model,
+                      json_build_object('requested', coalesce(requested_model, routed_model),
+                                        'model', routed_model,
                                         'version', model_version,
                                         'fallback_reason', fallback_reason)
                   end as route

@@ -109,8 +109,9 @@ pub fn falls_back_for(code: ErrorCode) -> bool {
     )
 }
 
-/// Moves queued jobs that waited longer than their fallback's patience for a model with no live
-/// worker to their fallback model; returns (job, fallback model) for dispatch there.
+/// Moves queued jobs that waited longer than their fallback's patience for a model no worker
+/// served for as long to their fallback model; returns (job, fallback model) for dispatch there.
+/// An index range of `jobs_queued_with_fallback`: jobs without a fallback cost nothing.
 pub async fn fall_back_unserved(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(Uuid, String)>> {
     sqlx::query_as(
         r#"update jobs set routed_model = fallback_model, queued_at = now(),
@@ -122,9 +123,12 @@ pub async fn fall_back_unserved(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(
                  and j.fallback_after_secs is not null
                  and j.routed_model is distinct from j.fallback_model
                  and j.enqueued_at < now() - make_interval(secs => j.fallback_after_secs)
+                 -- No worker of the model seen for that long either: a worker restarting (its
+                 -- model briefly without one) does not send the backlog away.
                  and not exists (select 1 from workers w
-                                 where w.model = j.routed_model and w.stopped_at is null
-                                   and w.last_seen > now() - make_interval(secs => $2))
+                                 where w.model = j.routed_model
+                                   and w.last_seen > now() - make_interval(
+                                       secs => greatest(j.fallback_after_secs, $2)))
                order by j.enqueued_at limit $1
                for update skip locked)
            returning id, routed_model"#,
