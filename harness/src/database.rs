@@ -23,6 +23,18 @@ impl Database {
             .with_context(|| format!("recreating the throwaway database {name}"))?;
         Ok(Database { url, pool })
     }
+
+    /// As [`Database::recreate`], but empty: the binaries started on it migrate it. For an earlier
+    /// build's binaries, which refuse a database this build migrated further.
+    pub async fn recreate_unmigrated(postgres: &str, name: &str) -> anyhow::Result<Database> {
+        use sqlx::migrate::MigrateDatabase;
+        let url = format!("{}/{name}", postgres.trim_end_matches('/'));
+        sqlx::Postgres::force_drop_database(&url)
+            .await
+            .with_context(|| format!("dropping the throwaway database {name}"))?;
+        let pool = genq_shared::db::connect(&url.parse()?, 4).await?;
+        Ok(Database { url, pool })
+    }
 }
 
 /// `{prefix}_` and 8 random hex digits: a Redis namespace of its own, so tasks an earlier run left
