@@ -102,75 +102,74 @@ fn parse_arm(text: &str) -> Result<Arm, CatalogueError> {
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<Done> {
     let pool = connect_db(&args.backends.database).await?;
-    let outcome =
-        match args.command {
-            ModelsCommand::Add {
+    let outcome = match args.command {
+        ModelsCommand::Add {
+            name,
+            fallback,
+            fallback_after_secs,
+            default,
+        } => {
+            let new = NewModel {
                 name,
                 fallback,
                 fallback_after_secs,
-                default,
-            } => {
-                let new = NewModel {
-                    name,
-                    fallback,
-                    fallback_after_secs,
-                    make_default: default,
-                };
-                db::models::add(&pool, &new).await.map(|inserted| {
-                    let done = if inserted { "registered" } else { "updated" };
-                    println!("model {} {done}", new.name);
-                })
-            }
-            ModelsCommand::List { json } => return list(&pool, json).await,
-            ModelsCommand::Remove { name, force } => {
-                match db::models::remove(&pool, &name, force).await {
-                    Ok(cancelled) => {
-                        // Best effort, as for `queue purge`: PostgreSQL holds the cancellations.
-                        if let Err(e) = take_out_of_redis(&pool, &args.backends, &cancelled).await {
-                            warn(format_args!(
-                                "the jobs are cancelled, but Redis failed ({e:#}): their tasks \
+                make_default: default,
+            };
+            db::models::add(&pool, &new).await.map(|inserted| {
+                let done = if inserted { "registered" } else { "updated" };
+                println!("model {} {done}", new.name);
+            })
+        }
+        ModelsCommand::List { json } => return list(&pool, json).await,
+        ModelsCommand::Remove { name, force } => {
+            match db::models::remove(&pool, &name, force).await {
+                Ok(cancelled) => {
+                    // Best effort, as for `queue purge`: PostgreSQL holds the cancellations.
+                    if let Err(e) = take_out_of_redis(&pool, &args.backends, &cancelled).await {
+                        warn(format_args!(
+                            "the jobs are cancelled, but Redis failed ({e:#}): their tasks \
                                  stay in Redis"
-                            ));
-                        }
-                        println!(
-                            "model {name} removed ({} queued job(s) cancelled)",
-                            cancelled.len()
-                        );
-                        Ok(())
+                        ));
                     }
-                    Err(e) => Err(e),
+                    println!(
+                        "model {name} removed ({} queued job(s) cancelled)",
+                        cancelled.len()
+                    );
+                    Ok(())
                 }
+                Err(e) => Err(e),
             }
-            ModelsCommand::Default { name, file } => {
-                let name = match (name, file) {
-                    (Some(name), _) => name,
-                    (None, Some(file)) => genq_model::ModelFile::read(&file)?.name().to_owned(),
-                    (None, None) => unreachable!("clap requires one"),
-                };
-                db::models::set_default(&pool, &name)
-                    .await
-                    .map(|()| println!("{name} is the default model"))
+        }
+        ModelsCommand::Default { name, file } => {
+            let name = match (name, file) {
+                (Some(name), _) => name,
+                (None, Some(file)) => genq_model::ModelFile::read(&file)?.name().to_owned(),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            db::models::set_default(&pool, &name)
+                .await
+                .map(|()| println!("{name} is the default model"))
+        }
+        ModelsCommand::Alias {
+            name,
+            arms,
+            fallback,
+            fallback_after_secs,
+        } => set_alias(&pool, name, &arms, fallback, fallback_after_secs).await,
+        ModelsCommand::Unalias { name } => {
+            if !db::models::remove_alias(&pool, &name).await? {
+                eprintln!("genqctl: there is no alias '{name}'");
+                return Ok(Done::Failed);
             }
-            ModelsCommand::Alias {
-                name,
-                arms,
-                fallback,
-                fallback_after_secs,
-            } => set_alias(&pool, name, &arms, fallback, fallback_after_secs).await,
-            ModelsCommand::Unalias { name } => {
-                if !db::models::remove_alias(&pool, &name).await? {
-                    eprintln!("genqctl: there is no alias '{name}'");
-                    return Ok(Done::Failed);
-                }
-                println!("alias {name} removed");
-                Ok(())
-            }
-            ModelsCommand::Stats {
-                name,
-                window_secs,
-                json,
-            } => return stats(&pool, &name, window_secs, json).await,
-        };
+            println!("alias {name} removed");
+            Ok(())
+        }
+        ModelsCommand::Stats {
+            name,
+            window_secs,
+            json,
+        } => return stats(&pool, &name, window_secs, json).await,
+    };
     match outcome {
         Ok(()) => Ok(Done::Ok),
         Err(CatalogueError::Refused(why)) => {

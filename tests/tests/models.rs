@@ -345,7 +345,10 @@ async fn a_job_queued_before_models_existed_is_dispatched_to_the_default_models_
     let view = app.wait_final(id).await;
     assert_eq!(view.status, JobStatus::Completed);
     let route = view.route.unwrap();
-    assert_eq!((route.requested, route.model), (tiny_model_name(), tiny_model_name()));
+    assert_eq!(
+        (route.requested, route.model),
+        (tiny_model_name(), tiny_model_name())
+    );
     worker.stop().await;
     app.stop().await;
 }
