@@ -37,6 +37,9 @@ export GENQ_OPENAI_PYTHON
 build_release
 say "running the tests"
 cd "$GENQ_ROOT"
+# The end-to-end tests mostly wait on PostgreSQL, Redis and the workers: four at a time finish the
+# suite in about 110 s here instead of 190 s with one per core (2 cores). RUST_TEST_THREADS wins.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 cargo test --release --workspace --locked --no-fail-fast "$@"
 
 # The tests must have cleaned up after themselves.

@@ -352,3 +352,45 @@ async fn a_job_queued_before_models_existed_is_dispatched_to_the_default_models_
     worker.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn queue_stats_and_purge_with_model_touch_only_that_models_jobs() {
+    let app = TestApp::spawn().await;
+    register_other(&app, &[]).await;
+    let body = |model: &str| json!({ "prompts": ["hi"], "max_tokens": 4, "model": model });
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        kept.push(app.submit(&body(&tiny_model_name())).await);
+    }
+    for _ in 0..3 {
+        app.submit(&body(OTHER_MODEL)).await;
+    }
+
+    let stats = app
+        .genqctl(&["queue", "stats", "--model", OTHER_MODEL, "--json"])
+        .await;
+    assert_exit(&stats, 0);
+    let stats: Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    assert_eq!(
+        (&stats["queued"], &stats["live_workers"]),
+        (&json!(3), &json!(0))
+    );
+    let purged = app
+        .genqctl(&["queue", "purge", "--model", OTHER_MODEL, "--yes"])
+        .await;
+    assert_exit(&purged, 0);
+    assert_eq!(
+        stdout(&purged),
+        "purged 3 queued jobs (3 taken out of Redis)\n"
+    );
+    for id in kept {
+        assert_eq!(app.status(id).await, JobStatus::Queued);
+    }
+    assert_eq!(
+        genq_tests::waiting_tasks(&genq_shared::queue::model_queue(&app.queue, OTHER_MODEL))
+            .await
+            .len(),
+        0
+    );
+    app.stop().await;
+}
