@@ -51,17 +51,22 @@ pub fn redis_url() -> String {
     std::env::var("GENQ_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A tiny model synthesized with `seed` into a temp dir that lives as long as the test binary.
+fn synthesized(file: &str, seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(file);
+    synth::write_model(&path, synth::Shape::Tiny, seed).expect("synthesizing a tiny model");
+    (dir, path)
+}
+
+fn loaded(path: &Path) -> Arc<Model> {
+    Arc::new(Model::load(path, Placement::default()).expect("loading a tiny model"))
+}
+
 /// The tiny model, written once per test binary.
 pub fn tiny_model_path() -> &'static Path {
     static PATH: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &PATH
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let path = dir.path().join("gpt2-tiny.gguf");
-            synth::write_model(&path, synth::Shape::Tiny, 1).expect("synthesizing the tiny model");
-            (dir, path)
-        })
-        .1
+    &PATH.get_or_init(|| synthesized("gpt2-tiny.gguf", 1)).1
 }
 
 /// A second tiny model: the same shape with other weights (seed 2), so its text differs. Workers
@@ -69,12 +74,7 @@ pub fn tiny_model_path() -> &'static Path {
 pub fn other_model_path() -> &'static Path {
     static PATH: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &PATH
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let path = dir.path().join("gpt2-tiny-other.gguf");
-            synth::write_model(&path, synth::Shape::Tiny, 2).expect("synthesizing the model");
-            (dir, path)
-        })
+        .get_or_init(|| synthesized("gpt2-tiny-other.gguf", 2))
         .1
 }
 
@@ -83,14 +83,7 @@ pub const OTHER_MODEL: &str = "tiny-other";
 
 pub fn other_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            Arc::new(
-                Model::load(other_model_path(), Placement::default())
-                    .expect("loading the other model"),
-            )
-        })
-        .clone()
+    MODEL.get_or_init(|| loaded(other_model_path())).clone()
 }
 
 /// The catalogue name of the tiny model (its `general.name`), the default of every [`TestApp`].
@@ -118,14 +111,7 @@ pub async fn waiting_tasks(ns: &str) -> Vec<String> {
 
 pub fn tiny_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            Arc::new(
-                Model::load(tiny_model_path(), Placement::default())
-                    .expect("loading the tiny model"),
-            )
-        })
-        .clone()
+    MODEL.get_or_init(|| loaded(tiny_model_path())).clone()
 }
 
 fn init_logs() {
@@ -302,6 +288,46 @@ impl TestApp {
             .unwrap()
         })
         .await;
+    }
+
+    /// A reconciler of this app's database and queue, as the API runs it (tests run its passes
+    /// themselves), with retention after `retention_secs` (0: none).
+    pub async fn reconciler(&self, retention_secs: u64) -> genq_shared::reconcile::Reconciler {
+        let redis = genq_shared::queue::connect(&genq_shared::config::QueueConfig {
+            redis_url: redis_url().parse().unwrap(),
+            queue: self.queue.clone(),
+        })
+        .await
+        .expect("connecting to Redis");
+        let config = genq_shared::reconcile::ReconcileConfig {
+            worker_stale_secs: 15,
+            redispatch_after_secs: 10,
+            retention_secs,
+        };
+        genq_shared::reconcile::Reconciler::new(
+            self.pool.clone(),
+            redis,
+            self.queue.clone(),
+            config,
+        )
+    }
+
+    /// Starts the real `genq-worker` binary with `args` (from [`TestApp::worker_args`], the
+    /// program name first) and further environment, its output discarded; killed if dropped.
+    pub fn spawn_worker_process(
+        &self,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Child {
+        tokio::process::Command::new(binary("genq-worker"))
+            .args(&args[1..])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting genq-worker")
     }
 
     /// The tiny model's queue namespace in Redis.

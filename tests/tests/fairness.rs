@@ -1,18 +1,11 @@
 //! Priorities, fairness and fallbacks: an interactive job and another tenant's single job go
 //! ahead of a 5,000-job backlog, and a job its model cannot serve runs on the fallback model.
 
-use std::process::Stdio;
-
 use chrono::{DateTime, Utc};
-use genq_shared::{
-    config::QueueConfig,
-    queue,
-    reconcile::{ReconcileConfig, Reconciler},
-    types::JobStatus,
-};
+use genq_shared::types::JobStatus;
 use genq_tests::{
-    AppOptions, OTHER_MODEL, PATIENCE, TestApp, assert_exit, binary, other_model_path, redis_url,
-    submit_to, tiny_model_name,
+    AppOptions, OTHER_MODEL, PATIENCE, TestApp, assert_exit, other_model_path, submit_to,
+    tiny_model_name,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -125,18 +118,7 @@ async fn a_model_without_a_live_worker_sends_its_waiting_jobs_to_its_fallback_af
     let id = app
         .submit(&json!({ "prompts": ["anyone?"], "max_tokens": 4, "model": "ghost" }))
         .await;
-    let redis = queue::connect(&QueueConfig {
-        redis_url: redis_url().parse().unwrap(),
-        queue: app.queue.clone(),
-    })
-    .await
-    .unwrap();
-    let config = ReconcileConfig {
-        worker_stale_secs: 15,
-        redispatch_after_secs: 10,
-        retention_secs: 0,
-    };
-    let mut reconciler = Reconciler::new(app.pool.clone(), redis, app.queue.clone(), config);
+    let mut reconciler = app.reconciler(0).await;
     assert_eq!(reconciler.pass().await.fell_back, 0, "not before its time");
     sqlx::query("update jobs set enqueued_at = now() - interval '31 seconds' where id = $1")
         .bind(id)
@@ -183,16 +165,13 @@ async fn a_job_that_fails_on_its_model_completes_on_the_fallback() {
     let mut failing_args = app.worker_args(1);
     failing_args[1] = format!("--model={}", other_model_path().display());
     failing_args.push(format!("--model-name={OTHER_MODEL}"));
-    let mut failing = tokio::process::Command::new(binary("genq-worker"))
-        .args(&failing_args[1..])
-        .env("GENQ_FAULT_ENGINE_PANIC_AFTER_TOKENS", "5")
-        .env("GENQ_WORKER_HTTP_ADDR", "off")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting genq-worker");
+    let mut failing = app.spawn_worker_process(
+        &failing_args,
+        &[
+            ("GENQ_FAULT_ENGINE_PANIC_AFTER_TOKENS", "5"),
+            ("GENQ_WORKER_HTTP_ADDR", "off"),
+        ],
+    );
 
     let id = app
         .submit(&json!({ "prompts": ["fails here"], "max_tokens": 20, "model": OTHER_MODEL }))

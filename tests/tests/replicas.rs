@@ -4,31 +4,10 @@
 
 use std::collections::HashSet;
 
-use genq_shared::{
-    config::QueueConfig,
-    db::jobs::try_reconciler_lock,
-    queue,
-    reconcile::{ReconcileConfig, Reconciler},
-    types::JobStatus,
-};
-use genq_tests::{TestApp, redis_connection, redis_url, until, waiting_tasks};
+use genq_shared::{db::jobs::try_reconciler_lock, queue, types::JobStatus};
+use genq_tests::{TestApp, redis_connection, until, waiting_tasks};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-async fn reconciler(app: &TestApp) -> Reconciler {
-    let redis = queue::connect(&QueueConfig {
-        redis_url: redis_url().parse().unwrap(),
-        queue: app.queue.clone(),
-    })
-    .await
-    .unwrap();
-    let config = ReconcileConfig {
-        worker_stale_secs: 15,
-        redispatch_after_secs: 10,
-        retention_secs: 0,
-    };
-    Reconciler::new(app.pool.clone(), redis, app.queue.clone(), config)
-}
 
 /// Submits `count` single-prompt jobs in one bulk request.
 async fn submit_many(app: &TestApp, count: usize) -> Vec<Uuid> {
@@ -77,7 +56,7 @@ async fn a_reconciler_pass_does_nothing_while_another_pass_holds_the_lock() {
     let app = TestApp::spawn().await;
     let jobs = submit_many(&app, 3).await;
     lose_redis_data(&app).await;
-    let mut reconciler = reconciler(&app).await;
+    let mut reconciler = app.reconciler(0).await;
 
     let other_pass = try_reconciler_lock(&app.pool, &app.queue)
         .await
@@ -99,7 +78,7 @@ async fn a_reconciler_pass_does_nothing_while_another_pass_holds_the_lock() {
 #[tokio::test]
 async fn after_a_full_check_a_pass_checks_only_what_was_dispatched_since() {
     let app = TestApp::spawn().await;
-    let mut reconciler = reconciler(&app).await;
+    let mut reconciler = app.reconciler(0).await;
     let mut jobs = submit_many(&app, 3).await;
     let first = reconciler.pass().await;
     assert!(first.full_check, "{first:?}");
@@ -179,7 +158,7 @@ async fn a_reconciler_pass_makes_every_due_task_ready() {
     }
     schedule.query_async::<()>(&mut redis).await.unwrap();
 
-    let pass = reconciler(&app).await.pass().await;
+    let pass = app.reconciler(0).await.pass().await;
     assert_eq!(pass.promoted, 9_000, "{pass:?}");
     let (scheduled, ready): (u64, Vec<String>) = redis::pipe()
         .zcard(config.scheduled_jobs_set())
@@ -202,7 +181,7 @@ async fn a_reconciler_pass_makes_every_due_task_ready() {
 #[tokio::test]
 async fn one_pass_expires_and_deletes_jobs_beyond_a_page() {
     let app = TestApp::spawn().await;
-    let mut reconciler = reconciler(&app).await;
+    let mut reconciler = app.reconciler(0).await;
     reconciler.config.retention_secs = 3600;
     let jobs = submit_many(&app, 2500).await;
     sqlx::query("update jobs set deadline = now() - interval '1 second'")
@@ -228,7 +207,7 @@ async fn concurrent_passes_dispatch_each_lost_job_once() {
     let app = TestApp::spawn().await;
     let jobs = submit_many(&app, 300).await;
     lose_redis_data(&app).await;
-    let (mut first, mut second) = (reconciler(&app).await, reconciler(&app).await);
+    let (mut first, mut second) = (app.reconciler(0).await, app.reconciler(0).await);
 
     let (a, b) = tokio::join!(first.pass(), second.pass());
 

@@ -132,15 +132,10 @@ async fn a_worker_whose_engine_dies_hands_its_jobs_back_at_once_and_exits_non_ze
         app.submit(&json!({ "prompts": ["three"], "max_tokens": 40 }))
             .await,
     ];
-    let mut worker = tokio::process::Command::new(binary("genq-worker"))
-        .args(&app.worker_args(4)[1..])
-        .env("GENQ_FAULT_ENGINE_PANIC_AFTER_TOKENS", "30")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting genq-worker");
+    let mut worker = app.spawn_worker_process(
+        &app.worker_args(4),
+        &[("GENQ_FAULT_ENGINE_PANIC_AFTER_TOKENS", "30")],
+    );
 
     let exit = tokio::time::timeout(PATIENCE, worker.wait())
         .await
