@@ -59,6 +59,13 @@ def chat(c, model):
     }
 
 
+def users(c, model, *names):
+    """One completion per user, in order, each naming its `user`."""
+    for name in names:
+        c.completions.create(model=model, prompt="Hi", max_tokens=2, seed=1, user=name)
+    return {"sent": len(names)}
+
+
 def models(c):
     return {"ids": [m.id for m in c.models.list()]}
 
@@ -226,6 +233,8 @@ def main():
         out = chat(c, *args)
     elif scenario == "models":
         out = models(c)
+    elif scenario == "users":
+        out = users(c, *args)
     elif scenario == "batch":
         out = batch(c, *args)
     elif scenario == "bad_batch":

@@ -394,3 +394,55 @@ async fn queue_stats_and_purge_with_model_touch_only_that_models_jobs() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_openai_sdks_user_keeps_each_user_on_the_arm_its_hash_picks() {
+    let app = TestApp::spawn().await;
+    let tiny = tiny_model_name();
+    let tiny_worker = app.start_worker(2).await;
+    let other_worker = app.start_other_worker(2, &[]).await;
+    app.until_model_served(OTHER_MODEL).await;
+    set_alias(
+        &app,
+        "gpt2",
+        &[&format!("{tiny}=50"), &format!("{OTHER_MODEL}=50")],
+    )
+    .await;
+    let users: Vec<String> = (0..8)
+        .flat_map(|i| [format!("u{i}"), format!("u{i}")])
+        .collect();
+    let mut args = vec!["gpt2"];
+    args.extend(users.iter().map(String::as_str));
+
+    let sent = super::openai::sdk(&app, &app.key, "users", &args).await;
+    assert_eq!(sent, json!({ "sent": 16 }));
+
+    let routed: Vec<String> = sqlx::query_scalar(
+        "select model from jobs where requested_model = 'gpt2' and status = 'completed'
+         order by created_at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let arms = [
+        genq_shared::routing::Arm {
+            model: tiny.clone(),
+            weight: 50,
+        },
+        genq_shared::routing::Arm {
+            model: OTHER_MODEL.into(),
+            weight: 50,
+        },
+    ];
+    let expected: Vec<String> = users
+        .iter()
+        .map(|u| {
+            let arm = genq_shared::routing::choose_arm("gpt2", &arms, &format!("user:{u}"));
+            arm.unwrap().model.clone()
+        })
+        .collect();
+    assert_eq!(routed, expected, "each request ran on its user's arm");
+    tiny_worker.stop().await;
+    other_worker.stop().await;
+    app.stop().await;
+}

@@ -23,7 +23,7 @@ fn python() -> PathBuf {
 }
 
 /// Runs a scenario of sdk.py against the app with `key`; its JSON output.
-async fn sdk(app: &TestApp, key: &str, scenario: &str, args: &[&str]) -> Value {
+pub(crate) async fn sdk(app: &TestApp, key: &str, scenario: &str, args: &[&str]) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("openai/sdk.py");
     let output = tokio::process::Command::new(python())
         .arg(script)
