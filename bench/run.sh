@@ -11,7 +11,8 @@
 #                                     1, 2 and 3 workers with default settings on this host, and 3
 #                                     with GENQ_DECODE_LOCK=off, on the tiny model (a few minutes)
 # Flags are genq-bench's (--help; `genq-bench workers-per-host --help`). The peer rows need
-# scripts/peer-build.sh's binaries (built here on first use, about 8 minutes on 2 cores); the Python
+# scripts/peer-build.sh's binaries, built as llama.cpp's users build it and AVX2-only (both built
+# here on first use, about 6 minutes each on 2 cores); the Python
 # row needs torch and transformers, installed into bench/.venv on first use. Either row is skipped,
 # saying why, if its setup fails. Run nothing else meanwhile: every process shares the cores.
 
@@ -29,6 +30,8 @@ build_release
 if [ "${#mode[@]}" -eq 0 ] && [[ " $* " != *" --no-peer "* ]]; then
     "$GENQ_ROOT/scripts/peer-build.sh" >/dev/null ||
         warn "could not build llama-server and llama-batched-bench; their rows will say so"
+    GENQ_PEER_BUILD=avx2 "$GENQ_ROOT/scripts/peer-build.sh" >/dev/null ||
+        warn "could not build the AVX2-only llama-server and llama-batched-bench; their rows will say so"
 fi
 
 venv="$GENQ_ROOT/bench/.venv"

@@ -11,6 +11,23 @@ const KERNEL_DIR: &str = "ggml";
 fn main() {
     println!("cargo:rerun-if-env-changed=GGML_GENQ_OVERRIDES");
     println!("cargo:rerun-if-changed={KERNEL_DIR}");
+    let configured = std::env::var("GGML_GENQ_OVERRIDES").unwrap_or_default();
+    let upstream_kernels = std::env::var_os("CARGO_FEATURE_UPSTREAM_KERNELS").is_some();
+    if upstream_kernels || configured == "off" {
+        // Both or neither: the Rust side declares genq's kernel functions only when llama.cpp
+        // was built with them.
+        assert!(
+            upstream_kernels && configured == "off",
+            "genq-engine's `upstream-kernels` feature and GGML_GENQ_OVERRIDES=off go together \
+             (the feature is {}, GGML_GENQ_OVERRIDES is {configured:?}): a feature cannot change \
+             how llama-cpp-sys-2 builds llama.cpp. Build with both, in a target directory of \
+             their own so that llama.cpp is not rebuilt each way in turn: \
+             `GGML_GENQ_OVERRIDES=off cargo build --release --features \
+             genq-engine/upstream-kernels --target-dir target/upstream-kernels`",
+            if upstream_kernels { "on" } else { "off" }
+        );
+        return;
+    }
     // What `cat engine/ggml/*` reads: visible files (not an editor's swap files).
     let mut files: Vec<_> = std::fs::read_dir(KERNEL_DIR)
         .and_then(|entries| {
@@ -36,7 +53,6 @@ fn main() {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect();
-    let configured = std::env::var("GGML_GENQ_OVERRIDES").unwrap_or_default();
     assert!(
         configured == expected,
         "GGML_GENQ_OVERRIDES is {configured:?}, the digest of engine/ggml/ is {expected:?}: set \

@@ -135,9 +135,37 @@ ensure_services() {
 # dependencies' features per invocation and dev-dependencies change some, so test.sh, fuzz.sh,
 # chaos.sh and bench/run.sh all build the same way and none rebuilds (llama.cpp included) after
 # another. Otherwise passes its arguments (`-p genq-api ...`, as up.sh does).
+#
+# llama.cpp is built for this host's CPU (scripts/host-cpu-flags.sh). llama-cpp-sys-2 configures
+# llama.cpp's CMake build once and ignores later option changes, so a build configured with
+# other instruction sets is cleaned first (once: several minutes).
 build_release() {
+    use_host_cpu_flags
     say "building genq (release; the first build compiles llama.cpp and takes several minutes)"
     local what=("$@")
     [ "${#what[@]}" -gt 0 ] || what=(--workspace --bins --tests)
     (cd "$GENQ_ROOT" && cargo build --release --locked "${what[@]}")
+}
+
+# The instruction-set options to build llama.cpp with, exported (and so in force for `cargo test`
+# after build_release too). $1: the target directory, relative to the workspace (default target).
+GENQ_CPU_OPTIONS=(GGML_AVX512 GGML_AVX512_VBMI GGML_AVX512_VNNI GGML_AVX512_BF16 GGML_AVX_VNNI)
+use_host_cpu_flags() {
+    local target_dir="${1:-target}"
+    eval "$("$GENQ_ROOT/scripts/host-cpu-flags.sh")"
+    local option cache configured
+    for option in "${GENQ_CPU_OPTIONS[@]}"; do
+        export "$option=${!option:-OFF}"
+    done
+    for cache in "$GENQ_ROOT/$target_dir"/release/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt; do
+        [ -f "$cache" ] || continue
+        for option in "${GENQ_CPU_OPTIONS[@]}"; do
+            configured=$(sed -n "s/^$option:[A-Z]*=//p" "$cache")
+            if [ "${configured:-OFF}" != "${!option}" ]; then
+                say "llama.cpp was configured with $option=${configured:-OFF}, this host's build wants ${!option}: rebuilding it"
+                (cd "$GENQ_ROOT" && cargo clean --release -p llama-cpp-sys-2 --target-dir "$target_dir")
+                return
+            fi
+        done
+    done
 }

@@ -2,23 +2,28 @@
 # Builds llama.cpp's `llama-server` and `llama-batched-bench`, the benchmark's peer and limit rows,
 # from PyPI's llama-cpp-python source distribution (it vendors the whole llama.cpp tree; neither
 # tool is packaged here). Everything goes under .genq/peer/ (gitignored):
-#   .genq/peer/src/     the downloaded sdist, unpacked
-#   .genq/peer/build/   the cmake build; the binaries and their shared libraries are in build/bin/
+#   .genq/peer/src/          the downloaded sdist, unpacked
+#   .genq/peer/build/        the build as llama.cpp's users make it; binaries in build/bin/
+#   .genq/peer/build-avx2/   the AVX2-only build (GENQ_PEER_BUILD=avx2)
 #
 #   scripts/peer-build.sh                 build once (about 8 minutes on 2 cores); later runs only
 #                                         print where the binaries are
+#   GENQ_PEER_BUILD=avx2 scripts/peer-build.sh
+#                                         the second, AVX2-only build
 #   GENQ_PEER_VERSION=0.3.36 scripts/peer-build.sh
 #                                         a given llama-cpp-python release instead of the newest
-#   GENQ_PEER_CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=ON" scripts/peer-build.sh
+#   GENQ_PEER_CMAKE_ARGS="-DGGML_OPENMP=OFF" scripts/peer-build.sh
 #                                         other llama.cpp build options (rebuilds when they change)
 #
-# llama.cpp is built with the CPU options genq's own llama.cpp gets from llama-cpp-sys-2 (see its
-# CMakeCache.txt under target/release/build/): AVX2, FMA, F16C and BMI2, no -march=native, no
-# OpenMP. So the rows compare serving, not instruction sets or thread pools. llama.cpp's default
-# (-march=native) is also unusable on this machine kind: the CPU reports AMX, the native build uses
-# it, and both binaries die with SIGILL at the first matrix multiplication (`tilezero`: the sandbox
-# does not grant AMX). The server's web UI is not fetched (LLAMA_USE_PREBUILT_UI=OFF: no download
-# at build time; the benchmark runs it with --no-webui anyway).
+# The default build is llama.cpp's own defaults, as its README's `cmake -B build` makes it:
+# GGML_NATIVE=ON (-march=native) and OpenMP. One exception: on a CPU that reports AMX, a native
+# build uses it, and where the sandbox refuses AMX (this machine kind's Intel Xeons) both binaries
+# die with SIGILL at the first matrix product; there the build turns on instead every AVX-512
+# extension the CPU reports (scripts/host-cpu-flags.sh), keeps OpenMP, and says so.
+# GENQ_PEER_BUILD=avx2 is the build genq's own llama.cpp gets from llama-cpp-sys-2 without
+# scripts/lib.sh's host flags (AVX2, FMA, F16C, BMI2; no OpenMP): a second, labelled row.
+# The server's web UI is not fetched (LLAMA_USE_PREBUILT_UI=OFF: no download at build time; the
+# benchmark runs it with --no-webui anyway).
 #
 # The last line of stdout is the bin directory; the binaries need it in LD_LIBRARY_PATH.
 
@@ -26,12 +31,33 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 peer="$GENQ_ROOT/.genq/peer"
 src="$peer/src"
-build="$peer/build"
-bin="$build/bin"
 
 options=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_CURL=OFF
-    -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-    -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_OPENMP=OFF -DLLAMA_USE_PREBUILT_UI=OFF)
+    -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF)
+case "${GENQ_PEER_BUILD:-default}" in
+    default)
+        build="$peer/build"
+        if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+            isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+            while read -r _ assignment; do
+                isa+=("-D$assignment")
+            done < <(GENQ_CPU_BUILD=host "$GENQ_ROOT/scripts/host-cpu-flags.sh")
+            warn "this CPU reports AMX, which a native build would use and a sandbox may refuse \
+(SIGILL): building with ${isa[*]} and OpenMP instead of GGML_NATIVE"
+            options+=("${isa[@]}")
+        fi
+        ;;
+    avx2)
+        build="$peer/build-avx2"
+        options+=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+            -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_OPENMP=OFF)
+        ;;
+    *)
+        warn "GENQ_PEER_BUILD is default or avx2, not ${GENQ_PEER_BUILD}"
+        exit 1
+        ;;
+esac
+bin="$build/bin"
 # shellcheck disable=SC2206 # split on purpose: several options in one variable
 options+=(${GENQ_PEER_CMAKE_ARGS:-})
 

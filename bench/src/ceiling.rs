@@ -20,6 +20,7 @@ use llama_cpp_2::{
 
 use crate::{measure::Run, workload::Request};
 
+#[derive(Debug, Clone, Copy)]
 pub struct Shape {
     pub slots: u32,
     pub context_per_slot: u32,
@@ -40,28 +41,48 @@ struct Sequence {
     logits_at: Option<i32>,
 }
 
-/// Selects ggml's attention and matrix kernels while it lives: this row is llama.cpp as it ships,
-/// while genq rows run genq's kernels (docs/performance.md, "Engine settings").
-struct ShippedKernels;
+/// Which kernels llama.cpp's CPU backend runs (`genq_engine::kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    pub attention: Kernel,
+    pub matmul: Kernel,
+}
 
-impl ShippedKernels {
-    fn select() -> ShippedKernels {
-        use_attention_kernel(Kernel::LlamaCpp);
-        use_matmul_kernel(Kernel::LlamaCpp);
-        ShippedKernels
+impl Kernels {
+    /// llama.cpp as it ships: the ceiling row's, while genq rows run genq's kernels
+    /// (docs/performance.md, "Engine settings").
+    pub const SHIPPED: Kernels = Kernels {
+        attention: Kernel::LlamaCpp,
+        matmul: Kernel::LlamaCpp,
+    };
+}
+
+/// Selects kernels while it lives, genq's defaults again after.
+struct SelectedKernels;
+
+impl SelectedKernels {
+    fn select(kernels: Kernels) -> SelectedKernels {
+        use_attention_kernel(kernels.attention);
+        use_matmul_kernel(kernels.matmul);
+        SelectedKernels
     }
 }
 
-impl Drop for ShippedKernels {
+impl Drop for SelectedKernels {
     fn drop(&mut self) {
         use_attention_kernel(Kernel::default());
         use_matmul_kernel(Kernel::default());
     }
 }
 
-pub fn run(model: &Model, requests: &[Request], shape: &Shape) -> anyhow::Result<Run> {
+pub fn run(
+    model: &Model,
+    requests: &[Request],
+    shape: &Shape,
+    kernels: Kernels,
+) -> anyhow::Result<Run> {
     const BATCH_TOKENS: u32 = 512;
-    let _shipped_kernels = ShippedKernels::select();
+    let _kernels = SelectedKernels::select(kernels);
     let llama = model.llama();
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(shape.slots * shape.context_per_slot))

@@ -14,11 +14,13 @@
 //! - `reproducibility`: whether a seeded result depends on the batch around it.
 //! - `workers_per_host`: the several-workers-on-one-host benchmark.
 //! - `queues`: the per-model queues against an earlier single-queue build.
+//! - `kernels`: genq's kernels against ggml's, in llama.cpp alone.
 //! - The genq processes themselves are started and stopped by `genq-harness`.
 
 mod ceiling;
 mod clients;
 mod e2e;
+mod kernels;
 mod measure;
 mod openai_batch;
 mod peer;
@@ -62,6 +64,9 @@ enum Mode {
     /// The per-model queues against an earlier single-queue build: throughput of many short
     /// jobs through one worker, and intake latency.
     Queues(queues::Args),
+    /// genq's attention and matrix kernels against ggml's, in llama.cpp alone: one sequence at a
+    /// time and 32 at once.
+    Kernels(kernels::Args),
 }
 
 /// Where PostgreSQL and Redis are.
@@ -87,14 +92,15 @@ pub struct Compare {
     /// GGUF model; synthesized (GPT-2 124M shape, Q8_0) if the file does not exist.
     #[arg(long, default_value = "models/gpt2-124m-synthetic-q8_0.gguf")]
     model: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
     workloads: Vec<Workload>,
     /// Rows to measure (each only on the workloads it applies to).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "llama-cpp,batched-bench,llama-server,genq-poll,genq-long-poll,genq-sse,\
-                         genq-no-prefix-sharing,python"
+        default_value = "llama-cpp,batched-bench,batched-bench-avx2,llama-server,\
+                         llama-server-avx2,genq-poll,genq-long-poll,genq-sse,genq-no-prefix-sharing,\
+                         python"
     )]
     systems: Vec<System>,
     /// Repetitions of each row, interleaved across rows (A, B, A, B ...) with fresh seeds each;
@@ -114,6 +120,9 @@ pub struct Compare {
     /// Where scripts/peer-build.sh put llama-server and llama-batched-bench.
     #[arg(long, default_value = ".genq/peer/build/bin")]
     peer_bin: PathBuf,
+    /// Where `GENQ_PEER_BUILD=avx2 scripts/peer-build.sh` put the AVX2-only build.
+    #[arg(long, default_value = ".genq/peer/build-avx2/bin")]
+    peer_avx2_bin: PathBuf,
     /// Worker slots (and the ceiling's and llama-server's); default: the worker's own default.
     #[arg(long)]
     slots: Option<u32>,
@@ -142,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Mode::WorkersPerHost(hosts)) => workers_per_host::run(hosts).await,
         Some(Mode::OpenaiBatch(args)) => openai_batch::run(args).await,
         Some(Mode::Queues(args)) => queues::run(args).await,
+        Some(Mode::Kernels(args)) => kernels::run(args).await,
         None => compare(args.compare).await,
     }
 }

@@ -29,6 +29,8 @@ pub struct Peer {
     bin_dir: PathBuf,
     /// `llama-server --version`'s line, for the table's header.
     pub version: String,
+    /// How it was built: scripts/peer-build.sh's record of the CMake options, else "unknown".
+    pub build: String,
 }
 
 impl Peer {
@@ -49,7 +51,25 @@ impl Peer {
             .map_err(|e| format!("llama-server --version: {e}"))?;
         let text = String::from_utf8_lossy(&version.stderr).into_owned()
             + &String::from_utf8_lossy(&version.stdout);
+        // peer-build.sh writes "<source tree> <options...>" next to bin/.
+        let build = bin_dir
+            .parent()
+            .and_then(|dir| std::fs::read_to_string(dir.join("genq-peer-build")).ok())
+            .map(|stamp| {
+                let options: Vec<&str> = stamp
+                    .split_whitespace()
+                    .skip(1)
+                    .filter(|o| o.starts_with("-DGGML_"))
+                    .collect();
+                if options.is_empty() {
+                    "llama.cpp's default CPU options (GGML_NATIVE, OpenMP)".to_owned()
+                } else {
+                    format!("built with {}", options.join(" "))
+                }
+            })
+            .unwrap_or_else(|| "build options unknown".to_owned());
         Ok(Peer {
+            build,
             bin_dir: bin_dir.to_path_buf(),
             version: text
                 .lines()

@@ -18,7 +18,7 @@ use crate::{
     measure::{Run, Summary, summarize},
     peer::{self, LlamaServer, Peer},
     python::Python,
-    workload::{Request, Workload},
+    workload::{ALONE_TOKENS, Request, Workload},
 };
 
 /// One line of the results table (`table::print`): a system on a workload, and its medians or
@@ -40,6 +40,10 @@ pub enum System {
     BatchedBench,
     /// llama-server, one HTTP client per prompt.
     LlamaServer,
+    /// llama-batched-bench built for AVX2 only, without OpenMP (`GENQ_PEER_BUILD=avx2`).
+    BatchedBenchAvx2,
+    /// llama-server built for AVX2 only, without OpenMP.
+    LlamaServerAvx2,
     /// genq, each client polling GET /batch_result every 0.5 s.
     GenqPoll,
     /// genq, each client long-polling GET /batch_result?wait=60.
@@ -70,6 +74,13 @@ impl System {
                 "llama-server, cache_prompt".into()
             }
             (System::LlamaServer, _) => "llama-server".into(),
+            (System::BatchedBenchAvx2, _) => {
+                "llama-batched-bench S_TG, AVX2-only build (limit)".into()
+            }
+            (System::LlamaServerAvx2, _) if workload.shares_prefix() => {
+                "llama-server, AVX2-only build, cache_prompt".into()
+            }
+            (System::LlamaServerAvx2, _) => "llama-server, AVX2-only build".into(),
             (System::GenqNoPrefixSharing, _) => "genq, GENQ_PREFIX_SHARING=off, polling".into(),
             (System::Python, _) => "python transformers".into(),
             (_, Some(waiting)) => format!("genq, {}", waiting.describe()),
@@ -100,6 +111,7 @@ pub struct Bench {
     pub shape: peer::Shape,
     genq: e2e::Options,
     peer: Result<Peer, String>,
+    peer_avx2: Result<Peer, String>,
     python: Result<Python, String>,
     python_all: bool,
     logs: PathBuf,
@@ -132,6 +144,11 @@ impl Bench {
         } else {
             Peer::find(&std::path::absolute(&args.peer_bin)?)
         };
+        let peer_avx2 = if args.no_peer {
+            Err("--no-peer".to_owned())
+        } else {
+            Peer::find(&std::path::absolute(&args.peer_avx2_bin)?)
+        };
         let python = if args.no_python {
             Err("--no-python".to_owned())
         } else {
@@ -154,6 +171,7 @@ impl Bench {
             },
             model_path,
             peer,
+            peer_avx2,
             python,
             python_all: args.python_all,
             logs: args.logs.clone(),
@@ -164,9 +182,14 @@ impl Bench {
     /// but cannot run here says why in the table.
     pub fn plan(&self, system: System, workload: Workload) -> Option<Plan> {
         let skip = match system {
-            System::BatchedBench if workload != Workload::B => return None,
+            System::BatchedBench | System::BatchedBenchAvx2 if workload != Workload::B => {
+                return None;
+            }
             System::GenqNoPrefixSharing if !workload.shares_prefix() => return None,
             System::BatchedBench | System::LlamaServer => self.peer.as_ref().err().cloned(),
+            System::BatchedBenchAvx2 | System::LlamaServerAvx2 => {
+                self.peer_avx2.as_ref().err().cloned()
+            }
             System::Python => match &self.python {
                 Err(why) => Some(why.clone()),
                 Ok(_) if workload == Workload::C && !self.python_all => Some(
@@ -202,10 +225,13 @@ impl Bench {
                     threads: self.shape.threads as i32,
                 };
                 // Decoding blocks this thread for the whole run; nothing else runs meanwhile.
-                tokio::task::block_in_place(|| ceiling::run(&self.model, requests, &shape))
-                    .map(Measured::Run)
+                tokio::task::block_in_place(|| {
+                    ceiling::run(&self.model, requests, &shape, ceiling::Kernels::SHIPPED)
+                })
+                .map(Measured::Run)
             }
-            System::BatchedBench => {
+            System::BatchedBench | System::BatchedBenchAvx2 => {
+                let peer = self.peer(system)?;
                 let prompts: Vec<&String> = requests.iter().flat_map(|r| &r.prompts).collect();
                 let prompt_tokens: usize = prompts
                     .iter()
@@ -218,14 +244,15 @@ impl Bench {
                     parallel: prompts.len() as u32,
                 };
                 let log = self.logs.join("llama-batched-bench.log");
-                peer::batched_bench(self.peer()?, &self.model_path, self.shape, batch, &log)
+                peer::batched_bench(peer, &self.model_path, self.shape, batch, &log)
                     .await
                     .map(Measured::TokensPerS)
             }
-            System::LlamaServer => {
+            System::LlamaServer | System::LlamaServerAvx2 => {
                 let log = self.logs.join("llama-server.log");
                 let server = Arc::new(
-                    LlamaServer::start(self.peer()?, &self.model_path, self.shape, &log).await?,
+                    LlamaServer::start(self.peer(system)?, &self.model_path, self.shape, &log)
+                        .await?,
                 );
                 let run = server.run(requests, workload.shares_prefix()).await?;
                 if let Ok(server) = Arc::try_unwrap(server) {
@@ -266,8 +293,12 @@ impl Bench {
         }
     }
 
-    fn peer(&self) -> anyhow::Result<&Peer> {
-        self.peer.as_ref().map_err(|why| anyhow::anyhow!("{why}"))
+    fn peer(&self, system: System) -> anyhow::Result<&Peer> {
+        let peer = match system {
+            System::BatchedBenchAvx2 | System::LlamaServerAvx2 => &self.peer_avx2,
+            _ => &self.peer,
+        };
+        peer.as_ref().map_err(|why| anyhow::anyhow!("{why}"))
     }
 
     /// The lines above the table: what was measured, and how.
@@ -290,8 +321,11 @@ impl Bench {
             args.reps,
         );
         match &self.peer {
-            Ok(peer) => header += &format!("; peer: llama-server {}", peer.version),
+            Ok(peer) => header += &format!("; peer: llama-server {}, {}", peer.version, peer.build),
             Err(why) => header += &format!("; no peer rows: {why}"),
+        }
+        if let Err(why) = &self.peer_avx2 {
+            header += &format!("; no AVX2-only peer rows: {why}");
         }
         if !self.genq.worker_env.is_empty() {
             let env: Vec<String> = self
@@ -409,21 +443,35 @@ impl Plan {
             }
         };
         let note = match self.system {
-            System::BatchedBench => {
+            System::BatchedBench | System::BatchedBenchAvx2 => {
                 "generation phase only: one batch of equal prompts, no scheduling or HTTP"
             }
-            System::LlamaServer if self.workload.shares_prefix() => {
+            System::LlamaServer | System::LlamaServerAvx2 if self.workload.shares_prefix() => {
                 "each slot reuses the cached prefix of the prompt it served before"
             }
             System::LlamaCpp if self.workload.shares_prefix() => "no prefix reuse",
             _ => "",
+        };
+        // Alone, the whole request's latency over its tokens is what a user waits per token.
+        let note = match (&outcome, self.workload) {
+            (
+                Ok(Summary {
+                    latency: Some(latency),
+                    ..
+                }),
+                Workload::E,
+            ) => format!(
+                "{:.2} ms per token (p50 / {ALONE_TOKENS})",
+                1000.0 * latency.p50_s / f64::from(ALONE_TOKENS)
+            ),
+            _ => note.to_owned(),
         };
         Row {
             workload: self.workload,
             system: self.system,
             label: self.label,
             outcome,
-            note: note.to_owned(),
+            note,
         }
     }
 }

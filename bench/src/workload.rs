@@ -18,6 +18,9 @@ pub enum Workload {
     /// 64 prompts sharing one ~300-token few-shot prefix, each with its own ~20-token ending,
     /// 32 new tokens each: one genq job, 64 requests at once to llama-server.
     D,
+    /// One sequence at a time: 8 single-prompt requests of 128 new tokens, 2.5 s apart (each
+    /// done long before the next arrives), what an interactive user waits on per token.
+    E,
 }
 
 impl Workload {
@@ -27,6 +30,7 @@ impl Workload {
             Workload::B => "(b) 32 requests at once x 64 tokens",
             Workload::C => "(c) 200 requests over time, 8..128 tokens",
             Workload::D => "(d) 64 prompts, one ~300-token prefix, x 32 tokens",
+            Workload::E => "(e) one sequence at a time, 8 x 128 tokens",
         }
     }
 
@@ -50,6 +54,10 @@ impl Request {
         Duration::from_secs_f64(self.arrival_s)
     }
 }
+
+/// New tokens of each of workload (e)'s requests: its p50 latency over this is the time per token
+/// (the prompt, 5 to 10 tokens, included).
+pub const ALONE_TOKENS: u32 = 128;
 
 /// Requests at or under this many tokens are "short" in workload (c)'s latency split.
 pub const SHORT_JOB_TOKENS: u32 = 32;
@@ -129,6 +137,14 @@ fn base_requests(workload: Workload) -> Vec<Request> {
             arrival_s: 0.0,
             seed: 1,
         }],
+        Workload::E => (0..8)
+            .map(|i| Request {
+                prompts: vec![prompt(i)],
+                max_tokens: ALONE_TOKENS,
+                arrival_s: 2.5 * i as f64,
+                seed: i as u32 + 1,
+            })
+            .collect(),
     }
 }
 

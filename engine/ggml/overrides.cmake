@@ -13,6 +13,59 @@ if(CMAKE_VERSION VERSION_LESS 3.19)
     message(FATAL_ERROR "genq's kernels need CMake 3.19 or newer, not ${CMAKE_VERSION}")
 endif()
 
+# GGML_GENQ_OVERRIDES=off (with genq-engine's `upstream-kernels` feature) builds llama.cpp as it
+# ships: no kernel added, nothing renamed.
+if(GGML_GENQ_OVERRIDES STREQUAL "off")
+    message(STATUS "genq: GGML_GENQ_OVERRIDES=off, llama.cpp's own kernels only")
+    set(GENQ_KERNELS OFF)
+else()
+    set(GENQ_KERNELS ON)
+endif()
+
+# The llama.cpp sources genq's kernels were read against: the operators they replace and call
+# (ops.cpp, llamafile/sgemm.*), how ggml calls them and lays out their tensors and parameters
+# (ggml-cpu.c, ggml.c, ggml.h, ggml-common.h). A new llama.cpp can change any of these without
+# breaking the build (a flash-attention parameter added to op_params, a new case routed through
+# llamafile_sgemm) and the kernels would then compute something else. After reading the changes
+# against engine/ggml/ and running the kernel tests, record the new digests here
+# (`sha256sum` of each file under llama-cpp-sys-2's llama.cpp/).
+set(GENQ_CHECKED_SOURCES
+    ggml/include/ggml.h 12ee71f99db7db9b353bc02b1fbb57c344ee17c01ac5fb7952b41a637a747ea9
+    ggml/src/ggml.c 7e8bf2b60598b50d718f46aa3c36c9293b10f4e7dfde6844f0693e6fc976d505
+    ggml/src/ggml-common.h 0061131b615c5721fc88a78feeb22c1f8c450f1c2646a317d80796a653bf595c
+    ggml/src/ggml-cpu/ggml-cpu.c 45b22f8c83b2cbccabfc2f81a38ef8a5810223e1ce366b7c6f77d42faa5cc6f3
+    ggml/src/ggml-cpu/ops.cpp 215d16e7ebbb4066920e2d7a5f7ea6c46636d298aedd553e00f0b3ebb0d59305
+    ggml/src/ggml-cpu/ops.h 2727d0414c23f1d06ade33d277c3ca1f0726c7902642c0e36d839c20781b1694
+    ggml/src/ggml-cpu/llamafile/sgemm.cpp 8413c9a0828ddea7289aee72a32c03bd56a23ee40179ec3600f9b0589a21e338
+    ggml/src/ggml-cpu/llamafile/sgemm.h 6ec12aa9244a8ffb13ae56b2e391f905b1d152ae25ff45da6a66e18daf650b3b
+)
+
+function(genq_check_sources)
+    set(changed "")
+    set(entries ${GENQ_CHECKED_SOURCES})
+    while(entries)
+        list(POP_FRONT entries file expected)
+        set(path "${CMAKE_SOURCE_DIR}/${file}")
+        if(EXISTS "${path}")
+            file(SHA256 "${path}" actual)
+        else()
+            set(actual "missing")
+        endif()
+        if(NOT actual STREQUAL expected)
+            string(APPEND changed "\n  ${file}: ${actual}, checked: ${expected}")
+        endif()
+    endwhile()
+    if(changed)
+        message(FATAL_ERROR "genq: this llama.cpp (${CMAKE_SOURCE_DIR}) differs from the one "
+            "genq's kernels in engine/ggml/ were checked against:${changed}\n"
+            "Read the changes against the kernels, run `cargo test --release -p genq-engine "
+            "--test kernels`, then record the new digests in GENQ_CHECKED_SOURCES "
+            "(engine/ggml/overrides.cmake). Or build without genq's kernels: "
+            "GGML_GENQ_OVERRIDES=off and genq-engine's `upstream-kernels` feature "
+            "(docs/performance.md, \"Upgrading llama.cpp\").")
+    endif()
+endfunction()
+
 # Compiles the one ggml-cpu source matching source_regex with `definition` (old=new), so that the
 # function it defines is renamed there and genq's file can take the old name.
 function(genq_rename_in_source source_regex definition why_missing)
@@ -63,5 +116,8 @@ function(genq_compile_unused_libraries_unoptimized)
 endfunction()
 
 set(GENQ_GGML_DIR ${CMAKE_CURRENT_LIST_DIR})
-cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL genq_apply_ggml_overrides)
+if(GENQ_KERNELS)
+    genq_check_sources()
+    cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL genq_apply_ggml_overrides)
+endif()
 cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL genq_compile_unused_libraries_unoptimized)

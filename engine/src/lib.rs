@@ -24,7 +24,9 @@ mod sampler;
 pub use decode_loop::MIN_SHARED_PREFIX;
 pub use engine::{Engine, EngineConfig, EngineStats, Tuning, default_slots};
 pub use genq_model::{DEFAULT_CONTEXT_PER_SLOT, context_per_slot};
-pub use kernels::{Kernel, genq_kernels_available, use_attention_kernel, use_matmul_kernel};
+pub use kernels::{
+    Kernel, genq_kernels_available, llama_system_info, use_attention_kernel, use_matmul_kernel,
+};
 pub use model::{Model, Placement};
 pub use request::{FinishReason, Generation, GenerationError, GenerationParams, TextSink};
 

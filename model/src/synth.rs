@@ -21,6 +21,9 @@ pub enum Shape {
     Tiny,
     /// GPT-2 small (124M parameters), context 1024: the shape benchmarks use.
     Gpt2_124m,
+    /// GPT-2 small's widths (768, 12 heads of 64) in 2 layers, context 256: the shapes genq's
+    /// kernels meet in production, in tests that cannot wait for 12 layers.
+    Gpt2Widths,
 }
 
 struct Dims {
@@ -47,6 +50,13 @@ impl Shape {
                 layers: 12,
                 heads: 12,
                 context: 1024,
+            },
+            Shape::Gpt2Widths => Dims {
+                name: "gpt2-widths-synthetic",
+                embd: 768,
+                layers: 2,
+                heads: 12,
+                context: 256,
             },
         }
     }

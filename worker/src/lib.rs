@@ -225,9 +225,17 @@ async fn serve(
         [config.attention_kernel, config.matmul_kernel].contains(&Kernel::Genq);
     if genq_kernels_chosen && !genq_engine::genq_kernels_available() {
         tracing::warn!(
-            "genq's attention and matrix kernels need AVX2, FMA and F16C, which this build lacks: ggml's run instead"
+            "genq's attention and matrix kernels are not in this build (the upstream-kernels feature, or a CPU target without AVX2, FMA and F16C): ggml's run instead"
         );
     }
+    // Which instruction sets this build of llama.cpp uses: a distribution build on a CPU with
+    // more than it was compiled for leaves them unused (docs/performance.md, "CPU builds").
+    tracing::info!(
+        llama_cpp = %genq_engine::llama_system_info(),
+        attention_kernel = ?config.attention_kernel,
+        matmul_kernel = ?config.matmul_kernel,
+        "llama.cpp build"
+    );
     if engine_config.tuning.kv_unified {
         tracing::warn!(
             "GENQ_KV_UNIFIED=on: seeded results now depend on the batch around them (not reproducible, and the result cache may answer with results another batch would not give)"

@@ -9,17 +9,22 @@ use llama_cpp_2::{
     context::params::LlamaContextParams, llama_batch::LlamaBatch, token::LlamaToken,
 };
 
-/// The tiny model on the CPU: a cuda build would otherwise run the layers on the GPU, through
-/// none of the CPU kernels these tests are about.
-pub fn tiny_cpu_model() -> (tempfile::TempDir, Model) {
+/// A synthesized model on the CPU: a cuda build would otherwise run the layers on the GPU,
+/// through none of the CPU kernels these tests are about.
+pub fn cpu_model(shape: synth::Shape) -> (tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    synth::write_model(&path, synth::Shape::Tiny, 1).unwrap();
+    let path = dir.path().join("model.gguf");
+    synth::write_model(&path, shape, 1).unwrap();
     let placement = Placement {
         n_gpu_layers: Some(0),
     };
     let model = Model::load(&path, placement).unwrap();
     (dir, model)
+}
+
+/// The tiny model (heads 16 wide) on the CPU.
+pub fn tiny_cpu_model() -> (tempfile::TempDir, Model) {
+    cpu_model(synth::Shape::Tiny)
 }
 
 #[derive(Clone, Copy, PartialEq)]

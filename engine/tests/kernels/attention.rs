@@ -4,11 +4,11 @@
 //! f16 rounding makes any two attention kernels disagree a little, and this 2-layer random model
 //! amplifies it, so the yardstick is ggml's other attention path (the plain matrix products,
 //! flash attention off): genq's kernel must land no further from it than ggml's flash attention
-//! does. The test model's heads are 16 wide; GPT-2's 64 are covered by the benchmark's check
-//! that seeded results are identical alone and in a batch.
+//! does. On the tiny model (heads 16 wide) and on GPT-2's widths (12 heads of 64).
 
-use crate::common::logits::{Together, context_params, decode_logits, tiny_cpu_model};
+use crate::common::logits::{Together, context_params, cpu_model, decode_logits};
 use genq_engine::{Kernel, Model, use_attention_kernel};
+use genq_model::synth;
 
 /// Prompt lengths, four sequences with a KV cache each: llama.cpp decodes their prompts in
 /// separate passes of one sequence each, all under 64 tokens (genq's kernel), then every step
@@ -18,8 +18,17 @@ const STEPS: usize = 12;
 
 #[test]
 fn genq_attention_kernel_is_no_further_from_ggmls_plain_attention_than_ggmls_own_kernel() {
+    no_further_than_ggmls_kernel(synth::Shape::Tiny);
+}
+
+#[test]
+fn genq_attention_kernel_is_no_further_from_ggmls_plain_attention_on_gpt2_widths() {
+    no_further_than_ggmls_kernel(synth::Shape::Gpt2Widths);
+}
+
+fn no_further_than_ggmls_kernel(shape: synth::Shape) {
     let _settings = crate::kernel_settings();
-    let (_dir, model) = tiny_cpu_model();
+    let (_dir, model) = cpu_model(shape);
     let genq = logits_with(&model, Kernel::Genq, FlashAttention::On);
     let ggml = logits_with(&model, Kernel::LlamaCpp, FlashAttention::On);
     let ggml_plain = logits_with(&model, Kernel::LlamaCpp, FlashAttention::Off);

@@ -1,6 +1,8 @@
 //! Tests of genq's own attention and matrix kernels against ggml's. Which kernel llama.cpp runs is a
 //! process-wide setting, so they have this binary to themselves (another test decoding meanwhile
-//! would run whichever kernel is set) and take [`KERNEL_SETTINGS`] in turn.
+//! would run whichever kernel is set) and take [`KERNEL_SETTINGS`] in turn. The `upstream-kernels`
+//! build has no genq kernels, and this binary no tests.
+#![cfg(not(feature = "upstream-kernels"))]
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -9,6 +11,7 @@ mod common;
 
 mod attention;
 mod matmul;
+mod matmul_exact;
 
 static KERNEL_SETTINGS: Mutex<()> = Mutex::new(());
 

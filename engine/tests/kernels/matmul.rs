@@ -5,10 +5,9 @@
 //! the weights as stored; both must give every row exactly the same result, or a sequence's
 //! seeded output would depend on what else is decoding.
 
-use crate::common::logits::{
-    Together, context_params, decode_logits, differing_logits, tiny_cpu_model,
-};
+use crate::common::logits::{Together, context_params, cpu_model, decode_logits, differing_logits};
 use genq_engine::{Kernel, use_matmul_kernel};
+use genq_model::synth;
 
 /// Prompt lengths of the sequences, each with a KV cache of its own. 16 decoding together put 16
 /// rows in every step's matrix products (the repacked path); alone, a step has one row (the
@@ -18,8 +17,29 @@ const STEPS: usize = 6;
 
 #[test]
 fn genq_matmul_kernel_gives_a_sequence_the_same_logits_alone_as_in_a_batch_and_stays_near_ggmls() {
+    alone_as_in_a_batch_and_near_ggml(synth::Shape::Tiny, Nearness::RoundingLevel);
+}
+
+/// GPT-2's widths: rows of 768 and 3072 values, 2304 to 50257 rows per matrix.
+#[test]
+fn genq_matmul_kernel_gives_the_same_logits_alone_as_in_a_batch_on_gpt2_widths() {
+    alone_as_in_a_batch_and_near_ggml(synth::Shape::Gpt2Widths, Nearness::Unchecked);
+}
+
+/// How close to ggml's logits genq's must be.
+#[derive(PartialEq)]
+enum Nearness {
+    /// Within 1e-5 of the largest logit.
+    RoundingLevel,
+    /// Not checked: through two layers of width 768, rounding differences move a requantized
+    /// activation by a step now and then, and the logits by up to 1% (seen: 0.035 of 2.8).
+    /// `matmul_exact` checks the kernel's arithmetic at these widths instead.
+    Unchecked,
+}
+
+fn alone_as_in_a_batch_and_near_ggml(shape: synth::Shape, nearness: Nearness) {
     let _settings = crate::kernel_settings();
-    let (_dir, model) = tiny_cpu_model();
+    let (_dir, model) = cpu_model(shape);
     let logits = |together| {
         decode_logits(
             &model,
@@ -47,7 +67,7 @@ fn genq_matmul_kernel_gives_a_sequence_the_same_logits_alone_as_in_a_batch_and_s
     // the gap stays at rounding level (seen: 8e-8 of the largest logit), far below what a wrong
     // row, block or scale gives (a scale off by 1e-4 moved logits by 1e-2).
     assert!(
-        worst <= 1e-5 * scale,
+        nearness == Nearness::Unchecked || worst <= 1e-5 * scale,
         "genq's kernel is off ggml's by {worst}, with logits up to {scale}"
     );
     // Identical logits would mean one kernel ran both times.
