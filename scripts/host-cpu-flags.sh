@@ -10,7 +10,8 @@
 set -euo pipefail
 
 [ "${GENQ_CPU_BUILD:-host}" = portable ] && exit 0
-flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+# Nothing to add where /proc/cpuinfo has no x86 flags line (another architecture).
+flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2 || true) "
 has() {
     local flag
     for flag in "$@"; do [[ "$flags" == *" $flag "* ]] || return 1; done

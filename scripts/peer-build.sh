@@ -6,7 +6,7 @@
 #   .genq/peer/build/        the build as llama.cpp's users make it; binaries in build/bin/
 #   .genq/peer/build-avx2/   the AVX2-only build (GENQ_PEER_BUILD=avx2)
 #
-#   scripts/peer-build.sh                 build once (about 8 minutes on 2 cores); later runs only
+#   scripts/peer-build.sh                 build once (about 6 minutes on 2 cores); later runs only
 #                                         print where the binaries are
 #   GENQ_PEER_BUILD=avx2 scripts/peer-build.sh
 #                                         the second, AVX2-only build
@@ -87,7 +87,7 @@ if [ -x "$bin/llama-server" ] && [ -x "$bin/llama-batched-bench" ] &&
 fi
 
 ensure_build_tools
-say "building llama-server and llama-batched-bench from $tree (about 8 minutes on 2 cores)"
+say "building llama-server and llama-batched-bench from $tree (about 6 minutes on 2 cores)"
 rm -f "$stamp" "$build/CMakeCache.txt"
 cmake -S "$tree" -B "$build" "${options[@]}" >/dev/null
 cmake --build "$build" --target llama-server llama-batched-bench -j2

@@ -23,8 +23,8 @@ else()
 endif()
 
 # The llama.cpp sources genq's kernels were read against: the operators they replace and call
-# (ops.cpp, llamafile/sgemm.*), how ggml calls them and lays out their tensors and parameters
-# (ggml-cpu.c, ggml.c, ggml.h, ggml-common.h). A new llama.cpp can change any of these without
+# (ops.*, vec.*, llamafile/sgemm.*), how ggml calls them and lays out their tensors, parameters
+# and thread shares (ggml-cpu.c, ggml-cpu-impl.h, common.h, ggml.c, ggml.h, ggml-common.h). A new llama.cpp can change any of these without
 # breaking the build (a flash-attention parameter added to op_params, a new case routed through
 # llamafile_sgemm) and the kernels would then compute something else. After reading the changes
 # against engine/ggml/ and running the kernel tests, record the new digests here
@@ -36,6 +36,10 @@ set(GENQ_CHECKED_SOURCES
     ggml/src/ggml-cpu/ggml-cpu.c 45b22f8c83b2cbccabfc2f81a38ef8a5810223e1ce366b7c6f77d42faa5cc6f3
     ggml/src/ggml-cpu/ops.cpp 215d16e7ebbb4066920e2d7a5f7ea6c46636d298aedd553e00f0b3ebb0d59305
     ggml/src/ggml-cpu/ops.h 2727d0414c23f1d06ade33d277c3ca1f0726c7902642c0e36d839c20781b1694
+    ggml/src/ggml-cpu/vec.cpp 31e43ec66a1e2920a549dd2f71e6ce474e68f2fc298c4d2942404ca327e763d1
+    ggml/src/ggml-cpu/vec.h 885a50e405f20f75ea70cb7fb062934812beffc9229ddb56a003aa150163d2fa
+    ggml/src/ggml-cpu/ggml-cpu-impl.h 785a19aac84bd35671d34b1986b920baadccdf61cd8b81e787028f6ac24cae60
+    ggml/src/ggml-cpu/common.h db7c19747a28c819d18922aa43b91b224df3730e424e6d8a4cf4fd16bfb1db14
     ggml/src/ggml-cpu/llamafile/sgemm.cpp 8413c9a0828ddea7289aee72a32c03bd56a23ee40179ec3600f9b0589a21e338
     ggml/src/ggml-cpu/llamafile/sgemm.h 6ec12aa9244a8ffb13ae56b2e391f905b1d152ae25ff45da6a66e18daf650b3b
 )
@@ -58,9 +62,10 @@ function(genq_check_sources)
     if(changed)
         message(FATAL_ERROR "genq: this llama.cpp (${CMAKE_SOURCE_DIR}) differs from the one "
             "genq's kernels in engine/ggml/ were checked against:${changed}\n"
-            "Read the changes against the kernels, run `cargo test --release -p genq-engine "
-            "--test kernels`, then record the new digests in GENQ_CHECKED_SOURCES "
-            "(engine/ggml/overrides.cmake). Or build without genq's kernels: "
+            "Read the changes against the kernels, record the new digests in "
+            "GENQ_CHECKED_SOURCES (engine/ggml/overrides.cmake), run `cargo test --release -p "
+            "genq-engine --test kernels`, and keep the digests only if it passes. Or build "
+            "without genq's kernels: "
             "GGML_GENQ_OVERRIDES=off and genq-engine's `upstream-kernels` feature "
             "(docs/performance.md, \"Upgrading llama.cpp\").")
     endif()

@@ -59,10 +59,14 @@ pub fn use_matmul_kernel(kernel: Kernel) {
 }
 
 /// llama.cpp's account of its build, one line: the CPU backend's instruction sets (`AVX2 = 1`,
-/// `AVX512_VNNI = 1`, ...), llamafile, OpenMP. Call it at start-up: llama.cpp rewrites one static
-/// string on every call.
-pub fn llama_system_info() -> String {
-    // SAFETY: llama.cpp returns a NUL-terminated string it owns, copied here before returning.
-    let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
-    info.to_string_lossy().trim().to_owned()
+/// `AVX512_VNNI = 1`, ...), llamafile, OpenMP.
+pub fn llama_system_info() -> &'static str {
+    // llama.cpp rebuilds one static string on every call: two threads asking at once would race.
+    static INFO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INFO.get_or_init(|| {
+        // SAFETY: llama.cpp returns a NUL-terminated string it owns, copied here at once; the
+        // OnceLock makes this the only call.
+        let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+        info.to_string_lossy().trim().to_owned()
+    })
 }
