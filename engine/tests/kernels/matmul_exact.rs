@@ -114,13 +114,22 @@ const GPT2_SHAPES: [(usize, usize); 5] =
 /// 65 activation rows: past the 64 the kernel widens at a time.
 const MOST_ROWS: usize = 65;
 
-#[test]
-fn genq_matmul_kernel_computes_the_exact_product_within_rounding_on_gpt2s_matrix_shapes() {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for (rows, blocks) in GPT2_SHAPES {
+/// For each of GPT-2's shapes: random weights, MOST_ROWS rows of activations, and genq's product
+/// of the two in two thread shares.
+fn products(seed: u64) -> impl Iterator<Item = (Matrix, Matrix, Vec<f32>)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    GPT2_SHAPES.into_iter().map(move |(rows, blocks)| {
         let a = Matrix::random(rows, blocks, &mut rng, false);
         let b = Matrix::random(MOST_ROWS, blocks, &mut rng, true);
         let c = genq_product(&a, &b, MOST_ROWS, 2);
+        (a, b, c)
+    })
+}
+
+#[test]
+fn genq_matmul_kernel_computes_the_exact_product_within_rounding_on_gpt2s_matrix_shapes() {
+    for (a, b, c) in products(7) {
+        let (rows, blocks) = (a.rows, a.blocks);
         // Every weight row against activation rows from each tile and path.
         for j in [0, 11, 12, 63, 64] {
             for i in 0..rows {
@@ -140,11 +149,8 @@ fn genq_matmul_kernel_computes_the_exact_product_within_rounding_on_gpt2s_matrix
 
 #[test]
 fn genq_matmul_kernel_gives_each_row_the_same_bits_whatever_the_batch_and_thread_split() {
-    let mut rng = ChaCha8Rng::seed_from_u64(8);
-    for (rows, blocks) in GPT2_SHAPES {
-        let a = Matrix::random(rows, blocks, &mut rng, false);
-        let b = Matrix::random(MOST_ROWS, blocks, &mut rng, true);
-        let full = genq_product(&a, &b, MOST_ROWS, 2);
+    for (a, b, full) in products(8) {
+        let (rows, blocks) = (a.rows, a.blocks);
         // 1 and 11 rows take the direct path, 12 and more the repacked one.
         for n in [1, 2, 11, 12, 16] {
             for nth in [1, 3] {
