@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The fault-injection suite: genq's API and three workers on the tiny model under load, while
-# workers are SIGKILLed and restarted, Redis is restarted empty and flushed, PostgreSQL is restarted
-# and the API is killed and restarted. Then every job is audited in PostgreSQL: it fails (exit 1)
-# if any accepted job was lost or any result stored twice.
+# workers are SIGKILLed and restarted, Redis is restarted empty, flushed and filled to maxmemory,
+# PostgreSQL is restarted, the API is killed and restarted, and a worker, each in a network
+# namespace of its own, is cut off from PostgreSQL, Redis or both, or its links turn slow, silent or
+# cut. Then every job is audited in PostgreSQL: it fails (exit 1) if any accepted job was lost or
+# any result stored twice.
 #
-#   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind (about 13 minutes)
-#   scripts/chaos.sh --short         CI's run: at least 300 jobs, 1 fault of each kind (about a minute)
+#   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind
+#   scripts/chaos.sh --short         CI's run: at least 300 jobs, 1 fault of each kind, each lasting
+#                                    fault 5 s
 #   scripts/chaos.sh [--short] -- --jobs 10000 --workers 2 ...   any genq-chaos flag after --
 #
 # It restarts this machine's local PostgreSQL and Redis (127.0.0.1:5432 and :6379) and leaves
@@ -17,7 +20,7 @@ close_inherited_fds
 
 run=(--jobs 5000 --faults-per-kind 20)
 if [ "${1:-}" = "--short" ]; then
-    run=(--jobs 300 --faults-per-kind 1)
+    run=(--jobs 300 --faults-per-kind 1 --short-faults)
     shift
 fi
 if [ "${1:-}" = "--" ]; then shift; fi
@@ -46,10 +49,19 @@ if [ "$(id -u)" -ne 0 ]; then
     redis_restart="sudo sh -c \"$redis_restart\""
     postgres_restart="sudo $postgres_restart"
 fi
-kinds=()
+kinds="worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart,redis-maxmemory"
 if [ -z "$pg_cluster" ]; then
     warn "no Debian PostgreSQL cluster on port 5432: PostgreSQL restarts are left out"
-    kinds=(--kinds worker-kill,redis-restart,redis-flushall,api-restart)
+    kinds="${kinds/postgres-restart,/}"
+fi
+# Partitions and link faults put each worker in a network namespace: root only.
+if [ "$(id -u)" -eq 0 ]; then
+    command -v iptables >/dev/null || apt_install iptables
+    command -v ip >/dev/null || apt_install iproute2
+    kinds+=",partition-postgres,partition-redis,partition-both,slow-link,stalled-link"
+    kinds+=",dropped-connections"
+else
+    warn "not root: partitions and link faults (network namespaces, iptables) are left out"
 fi
 
 # Earlier runs' queues: the reconciler vacuums finished tasks, but a killed run leaves some.
@@ -58,4 +70,4 @@ redis-cli --scan --pattern 'genq_chaos_*' | xargs -r redis-cli del >/dev/null
 say "running the fault-injection suite (${run[*]} $*)"
 cd "$GENQ_ROOT"
 "$bin/genq-chaos" --model "$model" --redis-restart "$redis_restart" \
-    --postgres-restart "$postgres_restart" "${kinds[@]}" "${run[@]}" "$@"
+    --postgres-restart "$postgres_restart" --kinds "$kinds" "${run[@]}" "$@"

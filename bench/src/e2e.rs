@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::ensure;
+use anyhow::{Context, bail, ensure};
 use genq_harness::{Cluster, Config, Database, fresh_queue};
 use genq_shared::types::{JobStatus, JobView};
 use serde_json::json;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::{
     clients::{self, Waiting},
     measure::{Run, peak_rss_bytes},
+    streamed::{self, Dialect, Streamed},
     workload::{Request, at_arrivals},
 };
 
@@ -111,6 +112,103 @@ impl Genq {
         run.peak_rss_bytes = peak_rss_bytes(self.cluster.worker_pid(0));
         run.detail = waiting_detail(&views, &finishes, tokens);
         Ok(run)
+    }
+
+    /// One run of single-prompt `requests`, each a `POST /v1/completions` as OpenAI's clients
+    /// send it, streamed (time to first token too) or answered whole.
+    pub async fn run_completions(
+        self: &Arc<Self>,
+        requests: &[Request],
+        stream: bool,
+    ) -> anyhow::Result<Run> {
+        let model = self.model_name().await?;
+        let done = at_arrivals(requests, |request| {
+            let genq = Arc::clone(self);
+            let model = model.clone();
+            async move { genq.complete(&model, &request, stream).await }
+        })
+        .await?;
+        let mut run = if stream {
+            Run::streamed(requests, &done)
+        } else {
+            let finishes: Vec<Duration> = done.iter().map(|(_, at)| *at).collect();
+            Run::from_finishes(
+                done.iter().map(|(s, _)| s.tokens).sum(),
+                requests,
+                &finishes,
+            )
+        };
+        run.peak_rss_bytes = peak_rss_bytes(self.cluster.worker_pid(0));
+        Ok(run)
+    }
+
+    /// The first model `GET /v1/models` lists: the one the worker serves.
+    async fn model_name(&self) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(format!("{}/v1/models", self.base_url))
+            .send()
+            .await?;
+        ensure!(
+            response.status() == 200,
+            "GET /v1/models answered {}",
+            response.status()
+        );
+        let models: serde_json::Value = response.json().await?;
+        models["data"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("GET /v1/models listed no model")
+    }
+
+    /// One `POST /v1/completions` of `request`'s one prompt. genq's OpenAI path takes no `top_k`:
+    /// it samples with top-p and temperature as OpenAI's clients ask.
+    async fn complete(
+        &self,
+        model: &str,
+        request: &Request,
+        stream: bool,
+    ) -> anyhow::Result<Streamed> {
+        let [prompt] = &request.prompts[..] else {
+            bail!("a /v1/completions request here has one prompt");
+        };
+        let mut body = json!({
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": request.max_tokens,
+            "temperature": 0.8,
+            "top_p": 0.95,
+            "seed": request.seed,
+        });
+        if stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        let sent = tokio::time::Instant::now();
+        let response = self
+            .http
+            .post(format!("{}/v1/completions", self.base_url))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        ensure!(
+            status == 200,
+            "POST /v1/completions answered {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        if stream {
+            return streamed::read(response, sent, Dialect::OpenAi).await;
+        }
+        let completion: serde_json::Value = response.json().await?;
+        let tokens = completion["usage"]["completion_tokens"]
+            .as_u64()
+            .context("a completion without usage.completion_tokens")?;
+        // Answered whole: the first token reaches the user with the last.
+        Ok(Streamed {
+            tokens,
+            first_token: sent.elapsed(),
+        })
     }
 
     /// SIGTERM to both, as an orchestrator would, and wait for them. Dropping a `Genq` instead (a

@@ -10,6 +10,7 @@
 //! - `systems`: the rows, and one run of each; `table`: the printed table.
 //! - `ceiling`: llama.cpp alone; `peer`: llama-server and llama-batched-bench; `e2e`: genq's API
 //!   and worker processes; `clients`: the three ways a client waits for a job over HTTP;
+//!   `streamed`: streamed completions and their time to first token;
 //!   `python`: transformers.
 //! - `reproducibility`: whether a seeded result depends on the batch around it.
 //! - `workers_per_host`: the several-workers-on-one-host benchmark.
@@ -27,6 +28,7 @@ mod peer;
 mod python;
 mod queues;
 mod reproducibility;
+mod streamed;
 mod systems;
 mod table;
 mod workers_per_host;
@@ -100,7 +102,7 @@ pub struct Compare {
         value_delimiter = ',',
         default_value = "llama-cpp,batched-bench,batched-bench-avx2,llama-server,\
                          llama-server-avx2,genq-poll,genq-long-poll,genq-sse,genq-no-prefix-sharing,\
-                         python"
+                         genq-completions,genq-completions-stream,python"
     )]
     systems: Vec<System>,
     /// Repetitions of each row, interleaved across rows (A, B, A, B ...) with fresh seeds each;

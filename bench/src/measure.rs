@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::workload::{Request, SHORT_JOB_TOKENS};
+use crate::{
+    streamed::Streamed,
+    workload::{Request, SHORT_JOB_TOKENS},
+};
 
 /// One run: every request's latency (finish minus arrival) and finish time, both from the first
 /// arrival.
@@ -14,6 +17,9 @@ pub struct Run {
     pub wall_s: f64,
     pub latencies_s: Vec<f64>,
     pub finishes_s: Vec<f64>,
+    /// Each request's time to its first token (from its arrival), where its client streams.
+    #[serde(default)]
+    pub first_tokens_s: Option<Vec<f64>>,
     /// The serving process's peak resident memory, where known.
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
@@ -36,9 +42,23 @@ impl Run {
                 .map(|(r, f)| f.saturating_sub(r.arrival()).as_secs_f64())
                 .collect(),
             finishes_s: finishes.iter().map(Duration::as_secs_f64).collect(),
+            first_tokens_s: None,
             peak_rss_bytes: None,
             detail: None,
         }
+    }
+
+    /// From streamed requests, each with its finish time (since the first arrival).
+    pub fn streamed(requests: &[Request], done: &[(Streamed, Duration)]) -> Run {
+        let tokens = done.iter().map(|(s, _)| s.tokens).sum();
+        let finishes: Vec<Duration> = done.iter().map(|(_, at)| *at).collect();
+        let mut run = Run::from_finishes(tokens, requests, &finishes);
+        run.first_tokens_s = Some(
+            done.iter()
+                .map(|(s, _)| s.first_token.as_secs_f64())
+                .collect(),
+        );
+        run
     }
 }
 
@@ -60,6 +80,10 @@ pub struct Latency {
     pub first_result_s: f64,
     pub p95_short_s: Option<f64>,
     pub p95_long_s: Option<f64>,
+    /// The median request's latency over its new tokens: what a user waits per token.
+    pub per_token_s: f64,
+    /// The median time to first token, where the clients stream.
+    pub first_token_p50_s: Option<f64>,
 }
 
 impl Summary {
@@ -117,6 +141,19 @@ pub fn summarize(runs: &[Run], requests: &[Request]) -> Summary {
             }),
             p95_short_s: split(true),
             p95_long_s: split(false),
+            per_token_s: per_run(&|run: &Run| {
+                let per_token = requests.iter().zip(&run.latencies_s);
+                median(
+                    per_token
+                        .map(|(r, l)| l / f64::from(r.max_tokens))
+                        .collect(),
+                )
+            }),
+            first_token_p50_s: runs
+                .iter()
+                .map(|run| Some(median(run.first_tokens_s.clone()?)))
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
         }),
         peak_rss_bytes: runs.iter().filter_map(|r| r.peak_rss_bytes).max(),
     }

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::{
     measure::{Run, peak_rss_bytes},
+    streamed::{self, Dialect, Streamed},
     workload::{Request, at_arrivals},
 };
 
@@ -181,6 +182,34 @@ impl LlamaServer {
         struct Completion {
             tokens_predicted: u64,
         }
+        let response = self
+            .post_completion(prompt, max_tokens, seed, cache_prompt, false)
+            .await?;
+        Ok(response.json::<Completion>().await?.tokens_predicted)
+    }
+
+    /// One `POST /completion` with `stream: true`, read as it arrives.
+    async fn complete_streamed(
+        &self,
+        prompt: &str,
+        max_tokens: u32,
+        seed: u32,
+    ) -> anyhow::Result<Streamed> {
+        let sent = tokio::time::Instant::now();
+        let response = self
+            .post_completion(prompt, max_tokens, seed, false, true)
+            .await?;
+        streamed::read(response, sent, Dialect::LlamaServer).await
+    }
+
+    async fn post_completion(
+        &self,
+        prompt: &str,
+        max_tokens: u32,
+        seed: u32,
+        cache_prompt: bool,
+        stream: bool,
+    ) -> anyhow::Result<reqwest::Response> {
         // genq's sampler chain and nothing else: llama-server's default chain adds min_p 0.05
         // (and penalties, DRY, XTC, typical-p, all off by default).
         let body = json!({
@@ -194,6 +223,7 @@ impl LlamaServer {
             "seed": seed,
             "ignore_eos": true,
             "cache_prompt": cache_prompt,
+            "stream": stream,
         });
         let response = self
             .http
@@ -207,7 +237,7 @@ impl LlamaServer {
             "POST /completion answered {status}: {}",
             response.text().await.unwrap_or_default()
         );
-        Ok(response.json::<Completion>().await?.tokens_predicted)
+        Ok(response)
     }
 
     /// One run of `requests`: every prompt its own `POST /completion`, sent at its request's
@@ -232,6 +262,26 @@ impl LlamaServer {
         let tokens = done.iter().map(|(n, _)| n).sum();
         let finishes: Vec<Duration> = done.iter().map(|(_, at)| *at).collect();
         let mut run = Run::from_finishes(tokens, requests, &finishes);
+        run.peak_rss_bytes = self.child.id().and_then(peak_rss_bytes);
+        Ok(run)
+    }
+
+    /// One run of single-prompt `requests`, each a streamed `POST /completion` sent at its
+    /// arrival: also the time to each one's first token.
+    pub async fn run_streamed(self: &Arc<Self>, requests: &[Request]) -> anyhow::Result<Run> {
+        let done = at_arrivals(requests, |request| {
+            let server = Arc::clone(self);
+            async move {
+                let [prompt] = &request.prompts[..] else {
+                    bail!("a streamed request has one prompt");
+                };
+                server
+                    .complete_streamed(prompt, request.max_tokens, request.seed)
+                    .await
+            }
+        })
+        .await?;
+        let mut run = Run::streamed(requests, &done);
         run.peak_rss_bytes = self.child.id().and_then(peak_rss_bytes);
         Ok(run)
     }

@@ -18,7 +18,7 @@ use crate::{
     measure::{Run, Summary, summarize},
     peer::{self, LlamaServer, Peer},
     python::Python,
-    workload::{ALONE_TOKENS, Request, Workload},
+    workload::{Request, Workload},
 };
 
 /// One line of the results table (`table::print`): a system on a workload, and its medians or
@@ -52,6 +52,10 @@ pub enum System {
     GenqSse,
     /// genq with GENQ_PREFIX_SHARING=off, polling; on workloads that share a prefix only.
     GenqNoPrefixSharing,
+    /// genq's `POST /v1/completions`, answered whole; on one-sequence workloads only.
+    GenqCompletions,
+    /// genq's `POST /v1/completions` with `stream: true`; on one-sequence workloads only.
+    GenqCompletionsStream,
     /// transformers + torch generate, one request at a time.
     Python,
 }
@@ -73,6 +77,7 @@ impl System {
             (System::LlamaServer, _) if workload.shares_prefix() => {
                 "llama-server, cache_prompt".into()
             }
+            (System::LlamaServer, _) if workload.streams() => "llama-server, streamed".into(),
             (System::LlamaServer, _) => "llama-server".into(),
             (System::BatchedBenchAvx2, _) => {
                 "llama-batched-bench S_TG, AVX2-only build (limit)".into()
@@ -80,8 +85,13 @@ impl System {
             (System::LlamaServerAvx2, _) if workload.shares_prefix() => {
                 "llama-server, AVX2-only build, cache_prompt".into()
             }
+            (System::LlamaServerAvx2, _) if workload.streams() => {
+                "llama-server, AVX2-only build, streamed".into()
+            }
             (System::LlamaServerAvx2, _) => "llama-server, AVX2-only build".into(),
             (System::GenqNoPrefixSharing, _) => "genq, GENQ_PREFIX_SHARING=off, polling".into(),
+            (System::GenqCompletions, _) => "genq, /v1/completions".into(),
+            (System::GenqCompletionsStream, _) => "genq, /v1/completions streamed".into(),
             (System::Python, _) => "python transformers".into(),
             (_, Some(waiting)) => format!("genq, {}", waiting.describe()),
             (_, None) => format!("{self:?}"),
@@ -186,6 +196,9 @@ impl Bench {
                 return None;
             }
             System::GenqNoPrefixSharing if !workload.shares_prefix() => return None,
+            System::GenqCompletions | System::GenqCompletionsStream if !workload.streams() => {
+                return None;
+            }
             System::BatchedBench | System::LlamaServer => self.peer.as_ref().err().cloned(),
             System::BatchedBenchAvx2 | System::LlamaServerAvx2 => {
                 self.peer_avx2.as_ref().err().cloned()
@@ -254,7 +267,11 @@ impl Bench {
                     LlamaServer::start(self.peer(system)?, &self.model_path, self.shape, &log)
                         .await?,
                 );
-                let run = server.run(requests, workload.shares_prefix()).await?;
+                let run = if workload.streams() {
+                    server.run_streamed(requests).await?
+                } else {
+                    server.run(requests, workload.shares_prefix()).await?
+                };
                 if let Ok(server) = Arc::try_unwrap(server) {
                     server.stop().await;
                 }
@@ -266,6 +283,19 @@ impl Bench {
                     .as_ref()
                     .map_err(|why| anyhow::anyhow!("{why}"))?;
                 tokio::task::block_in_place(|| python.run(requests)).map(Measured::Run)
+            }
+            System::GenqCompletions | System::GenqCompletionsStream => {
+                let genq = Arc::new(
+                    Genq::start(&self.genq, &[])
+                        .await
+                        .context("starting genq")?,
+                );
+                let stream = system == System::GenqCompletionsStream;
+                let run = genq.run_completions(requests, stream).await?;
+                if let Ok(genq) = Arc::try_unwrap(genq) {
+                    genq.stop().await;
+                }
+                Ok(Measured::Run(run))
             }
             System::GenqPoll
             | System::GenqLongPoll
@@ -452,7 +482,7 @@ impl Plan {
             System::LlamaCpp if self.workload.shares_prefix() => "no prefix reuse",
             _ => "",
         };
-        // Alone, the whole request's latency over its tokens is what a user waits per token.
+        // Alone, a request's latency over its tokens is what a user waits per token.
         let note = match (&outcome, self.workload) {
             (
                 Ok(Summary {
@@ -460,10 +490,15 @@ impl Plan {
                     ..
                 }),
                 Workload::E,
-            ) => format!(
-                "{:.2} ms per token (p50 / {ALONE_TOKENS})",
-                1000.0 * latency.p50_s / f64::from(ALONE_TOKENS)
-            ),
+            ) => {
+                let first = latency.first_token_p50_s.map_or(String::new(), |s| {
+                    format!(", first token {:.0} ms (p50)", 1000.0 * s)
+                });
+                format!(
+                    "{:.2} ms per token (median request){first}",
+                    1000.0 * latency.per_token_s
+                )
+            }
             _ => note.to_owned(),
         };
         Row {

@@ -18,8 +18,8 @@ pub enum Workload {
     /// 64 prompts sharing one ~300-token few-shot prefix, each with its own ~20-token ending,
     /// 32 new tokens each: one genq job, 64 requests at once to llama-server.
     D,
-    /// One sequence at a time: 8 single-prompt requests of 128 new tokens, 2.5 s apart (each
-    /// done long before the next arrives), what an interactive user waits on per token.
+    /// One sequence at a time: 8 single-prompt requests of 16 to 256 new tokens, 3 s apart (each
+    /// done before the next arrives), what an interactive user waits per token and for the first.
     E,
 }
 
@@ -30,13 +30,19 @@ impl Workload {
             Workload::B => "(b) 32 requests at once x 64 tokens",
             Workload::C => "(c) 200 requests over time, 8..128 tokens",
             Workload::D => "(d) 64 prompts, one ~300-token prefix, x 32 tokens",
-            Workload::E => "(e) one sequence at a time, 8 x 128 tokens",
+            Workload::E => "(e) one sequence at a time, 8 x 16..256 tokens",
         }
     }
 
     /// Whether the prompts share a long prefix, so that reusing its KV cache is the point.
     pub fn shares_prefix(self) -> bool {
         self == Workload::D
+    }
+
+    /// Whether the clients that can stream do, so that the time to first token shows: one
+    /// sequence at a time, as an interactive user waits.
+    pub fn streams(self) -> bool {
+        self == Workload::E
     }
 }
 
@@ -55,9 +61,9 @@ impl Request {
     }
 }
 
-/// New tokens of each of workload (e)'s requests: its p50 latency over this is the time per token
-/// (the prompt, 5 to 10 tokens, included).
-pub const ALONE_TOKENS: u32 = 128;
+/// New tokens of workload (e)'s requests, in order: short answers pay the fixed costs (the queue,
+/// the prompt) over few tokens, long ones show the decode step.
+const ALONE_TOKENS: [u32; 8] = [16, 256, 64, 128, 32, 256, 128, 16];
 
 /// Requests at or under this many tokens are "short" in workload (c)'s latency split.
 pub const SHORT_JOB_TOKENS: u32 = 32;
@@ -137,11 +143,11 @@ fn base_requests(workload: Workload) -> Vec<Request> {
             arrival_s: 0.0,
             seed: 1,
         }],
-        Workload::E => (0..8)
+        Workload::E => (0..ALONE_TOKENS.len())
             .map(|i| Request {
                 prompts: vec![prompt(i)],
-                max_tokens: ALONE_TOKENS,
-                arrival_s: 2.5 * i as f64,
+                max_tokens: ALONE_TOKENS[i],
+                arrival_s: 3.0 * i as f64,
                 seed: i as u32 + 1,
             })
             .collect(),

@@ -1,16 +1,25 @@
 //! Injecting faults one at a time while the load runs, and timing each recovery in PostgreSQL.
 //!
 //! Recovery of a fault: from the moment it is injected until every job that was unfinished at
-//! that moment has finished (completed, failed or cancelled). For a killed worker the pickup is
-//! timed too: until every job the worker held runs again elsewhere or has finished.
+//! that moment has finished (completed, failed or cancelled). A fault that lasts (a partition, a
+//! slow link, a full Redis) is healed after 5 to 60 s, and its recovery is also timed from the
+//! healing. For a fault that hits one worker the pickup is timed too: until every job the worker
+//! held runs again elsewhere or has finished.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use genq_harness::Cluster;
 use genq_shared::db::jobs::report;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::{
+    links::{Cut, Link},
+    relay::Mode,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum FaultKind {
@@ -24,6 +33,20 @@ pub enum FaultKind {
     PostgresRestart,
     /// SIGKILL the API, then start it again on the same address.
     ApiRestart,
+    /// Drop every packet from a worker to PostgreSQL, then heal.
+    PartitionPostgres,
+    /// Drop every packet from a worker to Redis, then heal.
+    PartitionRedis,
+    /// Drop every packet from a worker to PostgreSQL and Redis, then heal.
+    PartitionBoth,
+    /// A worker's links to PostgreSQL and Redis 200 ms slower each way, then back.
+    SlowLink,
+    /// A worker's links go silent, connections left open, then speak again.
+    StalledLink,
+    /// Every connection from a worker to PostgreSQL and Redis closed at once.
+    DroppedConnections,
+    /// Redis at `maxmemory` (noeviction): every write refused with OOM, then room again.
+    RedisMaxmemory,
 }
 
 impl FaultKind {
@@ -34,9 +57,52 @@ impl FaultKind {
             FaultKind::RedisFlushall => "Redis FLUSHALL",
             FaultKind::PostgresRestart => "PostgreSQL restart",
             FaultKind::ApiRestart => "API SIGKILL + restart",
+            FaultKind::PartitionPostgres => "worker cut from PostgreSQL",
+            FaultKind::PartitionRedis => "worker cut from Redis",
+            FaultKind::PartitionBoth => "worker cut from both",
+            FaultKind::SlowLink => "worker's links +200 ms",
+            FaultKind::StalledLink => "worker's links silent",
+            FaultKind::DroppedConnections => "worker's connections dropped",
+            FaultKind::RedisMaxmemory => "Redis at maxmemory",
+        }
+    }
+
+    /// Whether it hits one worker, whose jobs must then run elsewhere or finish.
+    pub fn has_victim(self) -> bool {
+        self == FaultKind::WorkerKill || self.needs_links()
+    }
+
+    /// Whether it needs each worker on a link of its own (`links`).
+    pub fn needs_links(self) -> bool {
+        matches!(
+            self,
+            FaultKind::PartitionPostgres
+                | FaultKind::PartitionRedis
+                | FaultKind::PartitionBoth
+                | FaultKind::SlowLink
+                | FaultKind::StalledLink
+                | FaultKind::DroppedConnections
+        )
+    }
+
+    /// Whether it lasts until healed.
+    fn lasts(self) -> bool {
+        self.needs_links() && self != FaultKind::DroppedConnections
+            || self == FaultKind::RedisMaxmemory
+    }
+
+    fn cut(self) -> Option<Cut> {
+        match self {
+            FaultKind::PartitionPostgres => Some(Cut::Postgres),
+            FaultKind::PartitionRedis => Some(Cut::Redis),
+            FaultKind::PartitionBoth => Some(Cut::Both),
+            _ => None,
         }
     }
 }
+
+/// The added latency of a slow link, each way.
+const SLOW_LINK_DELAY: Duration = Duration::from_millis(200);
 
 /// Shell commands that restart the stores; they differ from machine to machine.
 pub struct Commands {
@@ -52,9 +118,13 @@ pub struct Fault {
     pub unfinished: usize,
     /// `None`: not recovered within the patience given.
     pub recovery: Option<Duration>,
-    /// Killed workers only: jobs it held, and how long until they all ran again or finished.
+    /// Faults with a victim only: jobs it held, and how long until they all ran again or
+    /// finished.
     pub held: usize,
     pub pickup: Option<Duration>,
+    /// Faults that last: how long, and the recovery from their healing on.
+    pub lasted: Option<Duration>,
+    pub after_healing: Option<Duration>,
 }
 
 pub struct Injector<'a> {
@@ -62,14 +132,21 @@ pub struct Injector<'a> {
     pub pool: PgPool,
     pub commands: Commands,
     pub patience: Duration,
+    /// One per worker, by index; empty unless a kind needs them.
+    pub links: &'a [Link],
+    pub redis: redis::Client,
+    /// Picks how long each lasting fault lasts.
+    pub rng: ChaCha8Rng,
+    /// Lasting faults last 5 s (CI's run), not 5 to 60.
+    pub short: bool,
 }
 
 impl Injector<'_> {
     pub async fn inject(&mut self, kind: FaultKind) -> anyhow::Result<Fault> {
         self.until_jobs_run().await;
-        let victim = match kind {
-            FaultKind::WorkerKill => Some(self.busiest_worker().await?),
-            _ => None,
+        let victim = match kind.has_victim() {
+            true => Some(self.busiest_worker().await?),
+            false => None,
         };
         let unfinished = retry_query(self.patience, || report::unfinished(&self.pool)).await?;
         let held: Vec<Uuid> = match &victim {
@@ -79,6 +156,17 @@ impl Injector<'_> {
             None => Vec::new(),
         };
 
+        let lasts = kind.lasts().then(|| {
+            if self.short {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(self.rng.random_range(5..=60))
+            }
+        });
+        // Copied out, so that the link outlives this borrow of `self`.
+        let links = self.links;
+        let link = victim.as_ref().and_then(|(index, _)| links.get(*index));
+        let mut redis_settings = Vec::new();
         let injected = Instant::now();
         match (kind, &victim) {
             (FaultKind::WorkerKill, Some((index, _))) => {
@@ -88,13 +176,44 @@ impl Injector<'_> {
             (FaultKind::RedisRestart, _) => shell(&self.commands.redis_restart).await?,
             (FaultKind::RedisFlushall, _) => shell(&self.commands.redis_flushall).await?,
             (FaultKind::PostgresRestart, _) => shell(&self.commands.postgres_restart).await?,
-            (FaultKind::WorkerKill, None) => unreachable!("a worker kill always has a victim"),
+            (FaultKind::RedisMaxmemory, _) => redis_settings = self.fill_redis().await?,
+            (kind, _) if kind.needs_links() => {
+                let link = link.context("a link fault needs --links")?;
+                match kind.cut() {
+                    Some(cut) => link.partition(cut).await?,
+                    None if kind == FaultKind::SlowLink => {
+                        link.set_mode(Mode::Delay(SLOW_LINK_DELAY))
+                    }
+                    None if kind == FaultKind::StalledLink => link.set_mode(Mode::Stall),
+                    None => link.drop_connections(),
+                }
+            }
+            (kind, _) => unreachable!("{kind:?} needs a victim"),
         }
 
-        let pickup = match &victim {
-            Some((_, name)) => self.until_picked_up(&held, name, injected).await,
-            None => None,
+        // The victim's jobs are watched while the fault lasts: they should run elsewhere.
+        let pickup = async {
+            match &victim {
+                Some((_, name)) => self.until_picked_up(&held, name, injected).await,
+                None => None,
+            }
         };
+        let heal = async {
+            let Some(lasting) = lasts else {
+                return anyhow::Ok(());
+            };
+            tokio::time::sleep(lasting).await;
+            match (kind.cut(), link) {
+                (Some(cut), Some(link)) => link.heal(cut).await,
+                (None, Some(link)) => {
+                    link.set_mode(Mode::Pass);
+                    Ok(())
+                }
+                _ => self.restore_redis(&redis_settings).await,
+            }
+        };
+        let (pickup, healed) = tokio::join!(pickup, heal);
+        healed.with_context(|| format!("healing {}", kind.label()))?;
         let recovery = self.until_finished(&unfinished, injected).await;
         Ok(Fault {
             kind,
@@ -102,7 +221,44 @@ impl Injector<'_> {
             recovery,
             held: held.len(),
             pickup,
+            lasted: lasts,
+            after_healing: lasts.zip(recovery).map(|(l, r)| r.saturating_sub(l)),
         })
+    }
+
+    /// Redis refuses every write from now on (`maxmemory` 1 byte, no eviction); returns the
+    /// settings it had, for [`Injector::restore_redis`].
+    async fn fill_redis(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut redis = self.redis.get_multiplexed_async_connection().await?;
+        let mut saved = Vec::new();
+        for name in ["maxmemory", "maxmemory-policy"] {
+            let (_, value): (String, String) = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut redis)
+                .await?;
+            saved.push((name.to_owned(), value));
+        }
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("noeviction")
+            .arg("maxmemory")
+            .arg(1)
+            .query_async::<()>(&mut redis)
+            .await?;
+        Ok(saved)
+    }
+
+    async fn restore_redis(&self, settings: &[(String, String)]) -> anyhow::Result<()> {
+        let mut redis = self.redis.get_multiplexed_async_connection().await?;
+        let mut restore = redis::cmd("CONFIG");
+        restore.arg("SET");
+        for (name, value) in settings {
+            restore.arg(name).arg(value);
+        }
+        restore.query_async::<()>(&mut redis).await?;
+        Ok(())
     }
 
     /// Faults are injected while jobs run, so they land mid-job.

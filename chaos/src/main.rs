@@ -1,19 +1,24 @@
 //! genq-chaos: runs the real genq binaries under load, injects faults one at a time (killed
-//! workers, Redis restarted or flushed, PostgreSQL restarted, the API killed), then audits every
-//! job in PostgreSQL and prints what it found. Exits non-zero if any job was lost or any result
+//! workers, Redis restarted, flushed or full, PostgreSQL restarted, the API killed, a worker cut
+//! off from PostgreSQL or Redis, its links slow, silent or cut), then audits every job in
+//! PostgreSQL and prints what it found. Exits non-zero if any job was lost or any result
 //! stored twice.
 //!
 //! `scripts/chaos.sh` builds everything, makes the tiny model and passes the restart commands.
 //!
 //! # Layout
 //! - `load`: the clients; `faults`: injecting faults and timing recoveries.
+//! - `links`: each worker's network namespace and veth pair; `relay`: the forwarder on its host
+//!   end, which can make the link slow, silent or cut.
 //! - `audit`: the final count from PostgreSQL; `report`: its tables.
 //! - The processes (API and workers) are started and stopped by `genq-harness`.
 
 mod audit;
 mod batches;
 mod faults;
+mod links;
 mod load;
+mod relay;
 mod report;
 
 use std::{
@@ -33,6 +38,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::{
     faults::{Commands, FaultKind, Injector},
+    links::Link,
     load::{Client, Ledger},
 };
 
@@ -53,9 +59,15 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart"
+        default_value = "worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart,\
+                         partition-postgres,partition-redis,partition-both,slow-link,stalled-link,\
+                         dropped-connections,redis-maxmemory"
     )]
     kinds: Vec<FaultKind>,
+    /// Faults that last (partitions, slow or silent links, a full Redis) last 5 s rather than
+    /// 5 to 60 s: CI's run.
+    #[arg(long)]
+    short_faults: bool,
     #[arg(long, default_value_t = 3)]
     workers: usize,
     /// Models the workers serve, in turn: the first is the model file's own name (the default),
@@ -135,6 +147,20 @@ async fn main() -> anyhow::Result<()> {
             None => Vec::new(),
         })
         .collect();
+    // Each worker on a network link of its own, where a fault needs one. Declared before the
+    // cluster, so dropped after it: the links go once the workers are gone.
+    let links = if args.kinds.iter().any(|k| k.needs_links()) {
+        make_links(&args).await.context(
+            "making each worker's network namespace (partition and link faults need root: ip \
+             netns, iptables)",
+        )?
+    } else {
+        Vec::new()
+    };
+    for (index, link) in links.iter().enumerate() {
+        config.worker_env_each[index].extend(link.worker_env(&config.database_url, &args.redis));
+    }
+    config.worker_wrapper_each = links.iter().map(Link::wrapper).collect();
     config.ready_within = Duration::from_secs(120);
     let mut cluster = Cluster::start(config).await?;
     // Every model registered before clients name them.
@@ -199,20 +225,27 @@ async fn main() -> anyhow::Result<()> {
         pool: pool.clone(),
         commands,
         patience: Duration::from_secs(args.recovery_patience_secs),
+        links: &links,
+        redis: redis::Client::open(args.redis.as_str())?,
+        rng: ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(1)),
+        short: args.short_faults,
     };
     let mut faults = Vec::with_capacity(schedule.len());
     for (n, kind) in schedule.iter().enumerate() {
         let fault = injector.inject(*kind).await?;
-        let pickup = match kind {
-            FaultKind::WorkerKill => format!(
-                " ({} held jobs running again in {})",
+        let pickup = match kind.has_victim() {
+            true => format!(
+                " ({} held jobs running again or finished in {})",
                 fault.held,
                 report::seconds(fault.pickup)
             ),
-            _ => String::new(),
+            false => String::new(),
         };
+        let lasted = fault
+            .lasted
+            .map_or(String::new(), |l| format!(" after {} s", l.as_secs()));
         eprintln!(
-            "[{:>7.1} s] fault {}/{}: {:<26} {:>4} unfinished jobs, recovered in {}{pickup}; {} jobs accepted so far",
+            "[{:>7.1} s] fault {}/{}: {:<28} {:>4} unfinished jobs, recovered in {}{lasted}{pickup}; {} jobs accepted so far",
             started.elapsed().as_secs_f64(),
             n + 1,
             schedule.len(),
@@ -247,6 +280,17 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("the fault-injection suite passed");
     Ok(())
+}
+
+/// One link per worker, in order.
+async fn make_links(args: &Args) -> anyhow::Result<Vec<Link>> {
+    let mut links = Vec::with_capacity(args.workers);
+    for n in 1..=args.workers {
+        let n = u8::try_from(n).context("at most 255 workers on links")?;
+        let postgres = links::host_port(&args.postgres);
+        links.push(Link::create("gqchaos", n, postgres, links::host_port(&args.redis)).await?);
+    }
+    Ok(links)
 }
 
 fn commands(args: &Args) -> anyhow::Result<Commands> {

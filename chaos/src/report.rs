@@ -106,9 +106,9 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
     }
     println!();
     println!(
-        "| fault | injected | unfinished jobs at the fault (max) | recovery: median | recovery: longest | killed worker's jobs running again: longest |"
+        "| fault | injected | lasted | unfinished jobs at the fault (max) | recovery: median | recovery: longest | after healing: longest | the hit worker's jobs running again or finished: longest |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (kind, faults) in &by_kind {
         let unrecovered = faults.iter().filter(|f| f.recovery.is_none()).count();
         let mut recoveries: Vec<Duration> = faults.iter().filter_map(|f| f.recovery).collect();
@@ -120,7 +120,7 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
             seconds(recoveries.last().copied())
         };
         let pickup = match kind {
-            FaultKind::WorkerKill => {
+            kind if kind.has_victim() => {
                 let held: usize = faults.iter().map(|f| f.held).sum();
                 let longest = faults
                     .iter()
@@ -135,8 +135,22 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
             }
             _ => "-".into(),
         };
+        let lasted: Vec<Duration> = faults.iter().filter_map(|f| f.lasted).collect();
+        let lasted = match (lasted.iter().min(), lasted.iter().max()) {
+            (Some(low), Some(high)) => format!("{}-{} s", low.as_secs(), high.as_secs()),
+            _ => "-".into(),
+        };
+        let after_healing = if faults.iter().any(|f| f.lasted.is_some()) {
+            let longest = faults.iter().filter_map(|f| f.after_healing).max();
+            match unrecovered {
+                0 => seconds(longest),
+                _ => "NOT RECOVERED".into(),
+            }
+        } else {
+            "-".into()
+        };
         println!(
-            "| {} | {} | {} | {} | {longest} | {pickup} |",
+            "| {} | {} | {lasted} | {} | {} | {longest} | {after_healing} | {pickup} |",
             kind.label(),
             faults.len(),
             faults.iter().map(|f| f.unfinished).max().unwrap_or(0),
@@ -146,7 +160,8 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
     println!();
     println!(
         "recovery: from the fault until every job unfinished at that moment had finished \
-         (completed, failed or cancelled)."
+         (completed, failed or cancelled); after healing: the same, from the moment a fault \
+         that lasts was healed."
     );
 }
 

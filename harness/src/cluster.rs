@@ -52,6 +52,10 @@ pub struct Config {
     /// Set for one worker (by index in `worker_names`), after `worker_env`: a worker of another
     /// model (`GENQ_MODEL_NAME`), say.
     pub worker_env_each: Vec<Vec<(String, String)>>,
+    /// A command to start one worker through (by index), the binary and its arguments after it:
+    /// `ip netns exec NAME` runs it in a network namespace of its own, say. It must exec the
+    /// binary, so that the pid is the worker's.
+    pub worker_wrapper_each: Vec<Vec<String>>,
     /// How long [`Cluster::start`] waits for `/ready`.
     pub ready_within: Duration,
     /// How long [`Cluster::stop`] waits after SIGTERM before SIGKILL.
@@ -81,6 +85,7 @@ impl Config {
             env: Vec::new(),
             worker_env: Vec::new(),
             worker_env_each: Vec::new(),
+            worker_wrapper_each: Vec::new(),
             ready_within: Duration::from_secs(60),
             stop_grace: Duration::from_secs(30),
         }
@@ -354,6 +359,7 @@ fn spawn_api(config: &Config, addr: SocketAddr) -> anyhow::Result<Process> {
         .chain(pairs(&config.env))
         .collect();
     Process::spawn(Spawn {
+        wrapper: &[],
         binary: &binary,
         env,
         log: &config.log(&config.api_name),
@@ -376,6 +382,10 @@ fn spawn_worker(config: &Config, addr: SocketAddr, index: usize) -> anyhow::Resu
         ))
         .collect();
     Process::spawn(Spawn {
+        wrapper: config
+            .worker_wrapper_each
+            .get(index)
+            .map_or(&[][..], Vec::as_slice),
         binary: &binary,
         env,
         log: &config.log(name),

@@ -18,8 +18,10 @@ pub struct Process {
     pid: u32,
 }
 
-/// What to start: the binary, variables to set (later ones win), and the log file.
+/// What to start: the binary (through `wrapper`'s command, if any), variables to set (later ones
+/// win), and the log file.
 pub struct Spawn<'a> {
+    pub wrapper: &'a [String],
     pub binary: &'a Path,
     pub env: Vec<(&'a str, &'a OsStr)>,
     pub log: &'a Path,
@@ -32,7 +34,14 @@ impl Process {
             .append(true)
             .open(spec.log)
             .with_context(|| format!("opening {}", spec.log.display()))?;
-        let mut command = tokio::process::Command::new(spec.binary);
+        let mut command = match spec.wrapper {
+            [] => tokio::process::Command::new(spec.binary),
+            [program, args @ ..] => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(args).arg(spec.binary);
+                command
+            }
+        };
         // No genq setting is inherited from the caller's shell: a GENQ_SLOTS exported there would
         // silently change what a benchmark measures. Only `spec.env` configures the process.
         for (name, _) in std::env::vars_os() {

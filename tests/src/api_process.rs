@@ -67,6 +67,7 @@ impl ApiProcess {
         .chain(env.iter().copied())
         .collect();
         let mut process = Process::spawn(Spawn {
+            wrapper: &[],
             binary: &binary("genq-api"),
             env: settings.iter().map(|&(k, v)| (k, OsStr::new(v))).collect(),
             log: log.path(),

@@ -238,15 +238,16 @@ async fn two_api_replicas_reconciling_every_second_dispatch_each_lost_job_once()
         .unwrap();
     until("no pass checked the re-dispatched jobs", || async {
         // A pass marks the queue checked up to its start less the 10 s grace: this one has
-        // checked every re-dispatch against Redis again.
-        sqlx::query_scalar(
+        // checked every re-dispatch against Redis again. No mark yet: no pass has finished.
+        let checked: Option<bool> = sqlx::query_scalar(
             "select checked_until > $2::timestamptz from reconciler_marks where queue = $1",
         )
         .bind(&app.queue)
         .bind(&dispatched_by)
-        .fetch_one(&app.pool)
+        .fetch_optional(&app.pool)
         .await
-        .unwrap()
+        .unwrap();
+        checked == Some(true)
     })
     .await;
 
