@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The fault-injection suite: genq's API and three workers on the tiny model under load, while
 # workers are SIGKILLed and restarted, Redis is restarted empty, flushed and filled to maxmemory,
-# PostgreSQL is restarted, the API is killed and restarted, and a worker, each in a network
-# namespace of its own, is cut off from PostgreSQL, Redis or both, or its links turn slow, silent or
-# cut. Then every job is audited in PostgreSQL: it fails (exit 1) if any accepted job was lost or
-# any result stored twice.
+# PostgreSQL is restarted and its disk filled, the API is killed and restarted, and a worker, each
+# in a network namespace of its own, is cut off from PostgreSQL, Redis or both, or its links turn
+# slow, silent or cut. Then every job is audited in PostgreSQL: it fails (exit 1) if any accepted
+# job was lost or any result stored twice.
 #
 #   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind
 #   scripts/chaos.sh --short         CI's run: at least 300 jobs, 1 fault of each kind, each lasting
@@ -49,19 +49,44 @@ if [ "$(id -u)" -ne 0 ]; then
     redis_restart="sudo sh -c \"$redis_restart\""
     postgres_restart="sudo $postgres_restart"
 fi
-kinds="worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart,redis-maxmemory"
+# The suite's database goes in a tablespace of its own on a small tmpfs, made afresh each run (a
+# tmpfs does not outlive a reboot, and the tablespace must start empty).
+small_disk=/run/genq-chaos-disk
+prepare_small_disk() {
+    local psql=(psql -q -v ON_ERROR_STOP=1 "postgres://postgres@127.0.0.1:5432/postgres")
+    "${psql[@]}" -c "drop database if exists genq_chaos with (force)" \
+        -c "drop tablespace if exists genq_chaos_space"
+    mountpoint -q "$small_disk" && umount "$small_disk"
+    mkdir -p "$small_disk"
+    mount -t tmpfs -o size=1g genq-chaos-disk "$small_disk"
+    mkdir "$small_disk/data"
+    chown postgres:postgres "$small_disk/data"
+    "${psql[@]}" -c "create tablespace genq_chaos_space location '$small_disk/data'"
+}
+
+kinds="worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart,api-replicas-in-turn"
+kinds+=",redis-maxmemory"
 if [ -z "$pg_cluster" ]; then
     warn "no Debian PostgreSQL cluster on port 5432: PostgreSQL restarts are left out"
     kinds="${kinds/postgres-restart,/}"
 fi
-# Partitions and link faults put each worker in a network namespace: root only.
+# Partitions and link faults put each worker in a network namespace, and PostgreSQL's disk fills
+# a tmpfs mounted for the run: root only.
+disk=()
 if [ "$(id -u)" -eq 0 ]; then
     command -v iptables >/dev/null || apt_install iptables
     command -v ip >/dev/null || apt_install iproute2
     kinds+=",partition-postgres,partition-redis,partition-both,slow-link,stalled-link"
     kinds+=",dropped-connections"
+    if [ -n "$pg_cluster" ]; then
+        prepare_small_disk
+        kinds+=",postgres-disk-full"
+        disk=(--postgres-tablespace genq_chaos_space
+            --postgres-fill "dd if=/dev/zero of=$small_disk/filler bs=64k 2>/dev/null; true"
+            --postgres-free "rm -f $small_disk/filler")
+    fi
 else
-    warn "not root: partitions and link faults (network namespaces, iptables) are left out"
+    warn "not root: partitions, link faults and PostgreSQL's full disk are left out"
 fi
 
 # Earlier runs' queues: the reconciler vacuums finished tasks, but a killed run leaves some.
@@ -70,4 +95,4 @@ redis-cli --scan --pattern 'genq_chaos_*' | xargs -r redis-cli del >/dev/null
 say "running the fault-injection suite (${run[*]} $*)"
 cd "$GENQ_ROOT"
 "$bin/genq-chaos" --model "$model" --redis-restart "$redis_restart" \
-    --postgres-restart "$postgres_restart" --kinds "$kinds" "${run[@]}" "$@"
+    --postgres-restart "$postgres_restart" --kinds "$kinds" "${disk[@]}" "${run[@]}" "$@"

@@ -46,7 +46,6 @@ mkdir -p "$toolkit/lib/stubs"
 if [ ! -f "$toolkit/lib/stubs/libcuda.so" ]; then
     say "making a stub libcuda.so from cuda.h (every driver entry point, returning an error)"
     stub_dir="$(mktemp -d)"
-    trap 'rm -rf "$stub_dir"' EXIT
     # After the preprocessor, cuda.h's versioning macros have named each function's real symbol
     # (cuMemAlloc is cuMemAlloc_v2): those are what libcuda.so.1 exports.
     echo '#include <cuda.h>' | cc -E -P -I "$toolkit/include" - |
@@ -56,6 +55,7 @@ if [ ! -f "$toolkit/lib/stubs/libcuda.so" ]; then
     [ "$(wc -l <"$stub_dir/stub.c")" -gt 300 ] ||
         { warn "found only $(wc -l <"$stub_dir/stub.c") driver functions in cuda.h"; exit 1; }
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$toolkit/lib/stubs/libcuda.so" "$stub_dir/stub.c"
+    rm -rf "$stub_dir"
 fi
 "$toolkit/bin/nvcc" --version | tail -2
 
@@ -69,13 +69,22 @@ CUDA_PATH="$toolkit" CUDAToolkit_ROOT="$toolkit" PATH="$toolkit/bin:$PATH" \
 took=$(($(date +%s) - started))
 
 worker="$target_dir/release/genq-worker"
-cuda_lib="$(find "$target_dir/release" -maxdepth 1 -name 'libggml-cuda.so*' | head -1)"
-[ -n "$cuda_lib" ] || { warn "no libggml-cuda.so next to $worker"; exit 1; }
+# Built as shared libraries, llama.cpp's stay in its build script's output directory.
+lib_dir="$(ls -d "$target_dir"/release/build/llama-cpp-sys-2-*/out/lib | head -1)"
+cuda_lib="$(readlink -f "$lib_dir/libggml-cuda.so")"
+[ -f "$cuda_lib" ] || { warn "no libggml-cuda.so in $lib_dir"; exit 1; }
 # The kernels are there for each asked architecture: the CUDA library's fat binary names them.
 for arch in ${architectures//;/ }; do
     grep -aq "sm_${arch%%-*}" "$cuda_lib" ||
         { warn "$cuda_lib has no code for sm_${arch%%-*}"; exit 1; }
 done
-readelf -d "$worker" "$cuda_lib" | grep -E 'NEEDED.*(ggml-cuda|cublas|cudart|libcuda)' | sort -u
-say "genq-worker --features cuda compiled and linked in ${took} s ($(nproc) cores); \
-$(du -h "$cuda_lib" | cut -f1) $(basename "$cuda_lib"); not run (no GPU here)"
+readelf -d "$cuda_lib" | grep -E 'NEEDED.*(cublas|cudart|libcuda)'
+# Every symbol the worker and its libraries need resolves (LD_BIND_NOW), the driver's against the
+# stub: the binary loads. Running it on a GPU is what this cannot check.
+runtime="$(mktemp -d)"
+trap 'rm -rf "$runtime"' EXIT
+ln -s "$toolkit/lib/stubs/libcuda.so" "$runtime/libcuda.so.1"
+LD_BIND_NOW=1 LD_LIBRARY_PATH="$lib_dir:$toolkit/lib:$runtime" "$worker" --help >/dev/null ||
+    { warn "$worker does not load"; exit 1; }
+say "genq-worker --features cuda compiled, linked and loads (${took} s on $(nproc) cores; \
+$(du -h "$cuda_lib" | cut -f1) $(basename "$cuda_lib")); not run on a GPU (none here)"

@@ -31,8 +31,11 @@ pub enum FaultKind {
     RedisFlushall,
     /// Restart PostgreSQL (fast shutdown: open connections are cut).
     PostgresRestart,
-    /// SIGKILL the API, then start it again on the same address.
+    /// SIGKILL every API replica at once, then start each again on its address.
     ApiRestart,
+    /// SIGKILL one API replica and restart it, then the next once it is ready, and so on: the
+    /// balancer in front sends new connections to the others meanwhile.
+    ApiReplicasInTurn,
     /// Drop every packet from a worker to PostgreSQL, then heal.
     PartitionPostgres,
     /// Drop every packet from a worker to Redis, then heal.
@@ -47,6 +50,8 @@ pub enum FaultKind {
     DroppedConnections,
     /// Redis at `maxmemory` (noeviction): every write refused with OOM, then room again.
     RedisMaxmemory,
+    /// The disk under PostgreSQL's tablespace for the suite's database full, then freed.
+    PostgresDiskFull,
 }
 
 impl FaultKind {
@@ -57,6 +62,7 @@ impl FaultKind {
             FaultKind::RedisFlushall => "Redis FLUSHALL",
             FaultKind::PostgresRestart => "PostgreSQL restart",
             FaultKind::ApiRestart => "API SIGKILL + restart",
+            FaultKind::ApiReplicasInTurn => "API replicas killed in turn",
             FaultKind::PartitionPostgres => "worker cut from PostgreSQL",
             FaultKind::PartitionRedis => "worker cut from Redis",
             FaultKind::PartitionBoth => "worker cut from both",
@@ -64,6 +70,7 @@ impl FaultKind {
             FaultKind::StalledLink => "worker's links silent",
             FaultKind::DroppedConnections => "worker's connections dropped",
             FaultKind::RedisMaxmemory => "Redis at maxmemory",
+            FaultKind::PostgresDiskFull => "PostgreSQL's disk full",
         }
     }
 
@@ -88,7 +95,10 @@ impl FaultKind {
     /// Whether it lasts until healed.
     fn lasts(self) -> bool {
         self.needs_links() && self != FaultKind::DroppedConnections
-            || self == FaultKind::RedisMaxmemory
+            || matches!(
+                self,
+                FaultKind::RedisMaxmemory | FaultKind::PostgresDiskFull
+            )
     }
 
     fn cut(self) -> Option<Cut> {
@@ -109,6 +119,9 @@ pub struct Commands {
     pub redis_restart: String,
     pub redis_flushall: String,
     pub postgres_restart: String,
+    /// Fills the disk under the suite's database, and frees it.
+    pub postgres_fill: String,
+    pub postgres_free: String,
 }
 
 #[derive(Debug, Clone)]
@@ -173,10 +186,19 @@ impl Injector<'_> {
                 self.cluster.kill_and_restart_worker(*index).await?
             }
             (FaultKind::ApiRestart, _) => self.cluster.kill_and_restart_api().await?,
+            (FaultKind::ApiReplicasInTurn, _) => {
+                for replica in 0..self.cluster.api_replicas() {
+                    self.cluster.kill_and_restart_api_replica(replica).await?;
+                    self.cluster
+                        .wait_replica_ready(replica, self.patience)
+                        .await?;
+                }
+            }
             (FaultKind::RedisRestart, _) => shell(&self.commands.redis_restart).await?,
             (FaultKind::RedisFlushall, _) => shell(&self.commands.redis_flushall).await?,
             (FaultKind::PostgresRestart, _) => shell(&self.commands.postgres_restart).await?,
             (FaultKind::RedisMaxmemory, _) => redis_settings = self.fill_redis().await?,
+            (FaultKind::PostgresDiskFull, _) => shell(&self.commands.postgres_fill).await?,
             (kind, _) if kind.needs_links() => {
                 let link = link.context("a link fault needs --links")?;
                 match kind.cut() {
@@ -203,12 +225,13 @@ impl Injector<'_> {
                 return anyhow::Ok(());
             };
             tokio::time::sleep(lasting).await;
-            match (kind.cut(), link) {
-                (Some(cut), Some(link)) => link.heal(cut).await,
-                (None, Some(link)) => {
+            match (kind, kind.cut(), link) {
+                (_, Some(cut), Some(link)) => link.heal(cut).await,
+                (_, None, Some(link)) => {
                     link.set_mode(Mode::Pass);
                     Ok(())
                 }
+                (FaultKind::PostgresDiskFull, ..) => shell(&self.commands.postgres_free).await,
                 _ => self.restore_redis(&redis_settings).await,
             }
         };

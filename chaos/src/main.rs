@@ -60,8 +60,8 @@ struct Args {
         value_enum,
         value_delimiter = ',',
         default_value = "worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart,\
-                         partition-postgres,partition-redis,partition-both,slow-link,stalled-link,\
-                         dropped-connections,redis-maxmemory"
+                         api-replicas-in-turn,partition-postgres,partition-redis,partition-both,\
+                         slow-link,stalled-link,dropped-connections,redis-maxmemory"
     )]
     kinds: Vec<FaultKind>,
     /// Faults that last (partitions, slow or silent links, a full Redis) last 5 s rather than
@@ -70,6 +70,9 @@ struct Args {
     short_faults: bool,
     #[arg(long, default_value_t = 3)]
     workers: usize,
+    /// API replicas, behind a TCP balancer that the clients connect to.
+    #[arg(long, default_value_t = 3)]
+    api_replicas: usize,
     /// Models the workers serve, in turn: the first is the model file's own name (the default),
     /// the others `chaos-m1`, ... (the same file under other names). Clients spread their jobs
     /// over them, so every fault meets several model queues.
@@ -102,6 +105,14 @@ struct Args {
     /// Shell command that restarts PostgreSQL (needed for postgres-restart faults).
     #[arg(long)]
     postgres_restart: Option<String>,
+    /// The tablespace to make the suite's database in: on a disk of its own, small, which
+    /// `--postgres-fill` fills and `--postgres-free` frees (needed for postgres-disk-full faults).
+    #[arg(long)]
+    postgres_tablespace: Option<String>,
+    #[arg(long)]
+    postgres_fill: Option<String>,
+    #[arg(long)]
+    postgres_free: Option<String>,
     /// How long one fault may take to recover before it counts as not recovered.
     #[arg(long, default_value_t = 180)]
     recovery_patience_secs: u64,
@@ -119,7 +130,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let commands = commands(&args)?;
     // A fresh database each run, so the audit sees only this run's jobs.
-    let database = Database::recreate(&args.postgres, "genq_chaos").await?;
+    let database = match &args.postgres_tablespace {
+        Some(space) => {
+            Database::recreate_in_tablespace(&args.postgres, "genq_chaos", space).await?
+        }
+        None => Database::recreate(&args.postgres, "genq_chaos").await?,
+    };
     let pool = database.pool.clone();
     let mut config = Config::new(
         args.bin_dir
@@ -132,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         args.logs.clone(),
     );
     config.worker_names = (0..args.workers).map(|i| format!("chaos-w{i}")).collect();
+    config.api_replicas = args.api_replicas;
     config.worker_env = vec![
         ("GENQ_SLOTS".into(), args.slots.to_string()),
         // Several workers share two cores here; one thread each keeps them from fighting.
@@ -168,8 +185,9 @@ async fn main() -> anyhow::Result<()> {
         .wait_workers_registered(&pool, Duration::from_secs(120))
         .await?;
     eprintln!(
-        "genq is up at {} with {} workers; logs in {}",
+        "genq is up at {} ({} API replicas) with {} workers; logs in {}",
         cluster.base_url(),
+        args.api_replicas,
         args.workers,
         args.logs.display()
     );
@@ -302,6 +320,11 @@ fn commands(args: &Args) -> anyhow::Result<Commands> {
         );
         Ok(command.clone().unwrap_or_default())
     };
+    anyhow::ensure!(
+        !args.kinds.contains(&FaultKind::PostgresDiskFull) || args.postgres_tablespace.is_some(),
+        "--postgres-tablespace is needed for {} faults",
+        FaultKind::PostgresDiskFull.label()
+    );
     Ok(Commands {
         redis_restart: needs(
             FaultKind::RedisRestart,
@@ -312,6 +335,16 @@ fn commands(args: &Args) -> anyhow::Result<Commands> {
             FaultKind::PostgresRestart,
             &args.postgres_restart,
             "--postgres-restart",
+        )?,
+        postgres_fill: needs(
+            FaultKind::PostgresDiskFull,
+            &args.postgres_fill,
+            "--postgres-fill",
+        )?,
+        postgres_free: needs(
+            FaultKind::PostgresDiskFull,
+            &args.postgres_free,
+            "--postgres-free",
         )?,
         redis_flushall: args
             .redis_flushall

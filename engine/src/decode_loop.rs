@@ -487,6 +487,8 @@ impl<'m> DecodeLoop<'m> {
         let sequence = self.slots[slot].as_mut()?;
         let index = sequence.logits_at?;
         let token = sequence.sampler.sample(self.context.get_logits_ith(index));
+        // Read only by the fault-injection build's panic below.
+        #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
         let sampled = self.counters.generated.fetch_add(1, Ordering::Relaxed) + 1;
         #[cfg(feature = "fault-injection")]
         if let Some(limit) = self.panic_after_tokens

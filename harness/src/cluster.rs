@@ -1,5 +1,5 @@
-//! The genq processes under measurement or test: one `genq-api` on a free local port and N
-//! `genq-worker`s, started from the built binaries. Each process slot has one log file,
+//! The genq processes under measurement or test: one `genq-api` on a free local port (or several
+//! replicas behind a [`Balancer`]) and N `genq-worker`s, started from the built binaries. Each process slot has one log file,
 //! `{logs}/{name}.log`, emptied when the cluster starts and appended to by every process that
 //! takes the slot, so a restarted process's log follows its predecessor's.
 //!
@@ -21,7 +21,10 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::process::{Process, Spawn};
+use crate::{
+    balancer::Balancer,
+    process::{Process, Spawn},
+};
 
 /// How often readiness is asked for while waiting: a separate process has no other way to say it
 /// is up.
@@ -40,8 +43,12 @@ pub struct Config {
     pub model: PathBuf,
     /// Directory of the log files; created if missing.
     pub logs: PathBuf,
-    /// The API's log file is `{logs}/{api_name}.log`; the cluster's API key is named after it.
+    /// The API's log file is `{logs}/{api_name}.log` (replica N > 0's `{api_name}-N.log`); the
+    /// cluster's API key is named after it.
     pub api_name: String,
+    /// API replicas: more than one run on ports of their own behind a [`Balancer`], which
+    /// [`Cluster::base_url`] then names.
+    pub api_replicas: usize,
     /// One per worker: its log file `{logs}/{name}.log` and the prefix of the name it registers
     /// under (`GENQ_WORKER_NAME`; the worker appends its pid and a unique suffix).
     pub worker_names: Vec<String>,
@@ -81,6 +88,7 @@ impl Config {
             model,
             logs,
             api_name: "api".into(),
+            api_replicas: 1,
             worker_names: vec!["worker".into()],
             env: Vec::new(),
             worker_env: Vec::new(),
@@ -94,6 +102,19 @@ impl Config {
     fn log(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.log"))
     }
+
+    fn api_log_name(&self, replica: usize) -> String {
+        match replica {
+            0 => self.api_name.clone(),
+            n => format!("{}-{n}", self.api_name),
+        }
+    }
+}
+
+/// One API replica, on its own port.
+struct Api {
+    process: Process,
+    addr: SocketAddr,
 }
 
 /// The running API and workers. Dropping it SIGKILLs every process it started that is still
@@ -103,8 +124,10 @@ impl Config {
 /// [`stop`]: Cluster::stop
 pub struct Cluster {
     config: Config,
+    /// Where clients connect: the only replica, or the balancer.
     addr: SocketAddr,
-    api: Process,
+    apis: Vec<Api>,
+    _balancer: Option<Balancer>,
     workers: Vec<Process>,
     /// For `/ready` only, which asks for no key.
     http: reqwest::Client,
@@ -123,7 +146,7 @@ impl Cluster {
         // in between, and the API then exits saying so. The start is then made again on another.
         let mut config = config;
         for attempt in 1.. {
-            let mut cluster = Self::start_once(config)?;
+            let mut cluster = Self::start_once(config).await?;
             match cluster.wait_ready(cluster.config.ready_within).await {
                 Ok(()) => {
                     cluster.api_key = create_api_key(&cluster.config).await?;
@@ -143,20 +166,31 @@ impl Cluster {
         unreachable!("the loop returns")
     }
 
-    fn start_once(config: Config) -> anyhow::Result<Cluster> {
+    async fn start_once(config: Config) -> anyhow::Result<Cluster> {
         // Logs append across restarts within a run, so an earlier run's go first.
-        for name in std::iter::once(&config.api_name).chain(&config.worker_names) {
-            let _ = std::fs::remove_file(config.log(name));
+        let api_names = (0..config.api_replicas.max(1)).map(|r| config.api_log_name(r));
+        for name in api_names.chain(config.worker_names.iter().cloned()) {
+            let _ = std::fs::remove_file(config.log(&name));
         }
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let api = spawn_api(&config, addr)?;
+        let mut apis = Vec::new();
+        for replica in 0..config.api_replicas.max(1) {
+            let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let process = spawn_api(&config, addr, replica)?;
+            apis.push(Api { process, addr });
+        }
+        let balancer = match apis.len() {
+            1 => None,
+            _ => Some(Balancer::start(apis.iter().map(|api| api.addr).collect()).await?),
+        };
+        let addr = balancer.as_ref().map_or(apis[0].addr, Balancer::address);
         let workers = (0..config.worker_names.len())
             .map(|index| spawn_worker(&config, addr, index))
             .collect::<anyhow::Result<_>>()?;
         Ok(Cluster {
             config,
             addr,
-            api,
+            apis,
+            _balancer: balancer,
             workers,
             http: reqwest::Client::builder()
                 // A readiness answer takes milliseconds; a hung one must not stall the wait.
@@ -167,11 +201,13 @@ impl Cluster {
         })
     }
 
-    /// Whether the API exited because its port was taken before it could bind it.
+    /// Whether an API replica exited because its port was taken before it could bind it.
     fn api_lost_its_port(&mut self) -> bool {
-        self.api.exited().is_some()
-            && std::fs::read_to_string(self.api_log())
-                .is_ok_and(|log| log.contains("Address already in use"))
+        (0..self.apis.len()).any(|replica| {
+            self.apis[replica].process.exited().is_some()
+                && std::fs::read_to_string(self.api_log(replica))
+                    .is_ok_and(|log| log.contains("Address already in use"))
+        })
     }
 
     pub fn base_url(&self) -> String {
@@ -215,9 +251,13 @@ impl Cluster {
         &self.config.worker_names[index]
     }
 
-    /// The pid of the API's current process.
+    /// The pid of the (first) API replica's current process.
     pub fn api_pid(&self) -> u32 {
-        self.api.pid()
+        self.apis[0].process.pid()
+    }
+
+    pub fn api_replicas(&self) -> usize {
+        self.apis.len()
     }
 
     /// The pid of worker `index`'s current process.
@@ -232,23 +272,47 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGKILL the API and start it again on the same address.
+    /// SIGKILL every API replica at once, and start each again on its address.
     pub async fn kill_and_restart_api(&mut self) -> anyhow::Result<()> {
-        self.api.kill().await;
-        self.api = spawn_api(&self.config, self.addr)?;
+        for api in &mut self.apis {
+            api.process.kill().await;
+        }
+        for replica in 0..self.apis.len() {
+            self.apis[replica].process = spawn_api(&self.config, self.apis[replica].addr, replica)?;
+        }
         Ok(())
     }
 
-    /// Waits until `/ready` answers 200 (PostgreSQL and Redis reachable from the API). Fails at
-    /// once if the API process has exited.
+    /// SIGKILL API replica `replica` and start it again on its address.
+    pub async fn kill_and_restart_api_replica(&mut self, replica: usize) -> anyhow::Result<()> {
+        let api = &mut self.apis[replica];
+        api.process.kill().await;
+        api.process = spawn_api(&self.config, api.addr, replica)?;
+        Ok(())
+    }
+
+    /// Waits until every replica's `/ready` answers 200 (PostgreSQL and Redis reachable from the
+    /// API). Fails at once if an API process has exited.
     pub async fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
+        for replica in 0..self.apis.len() {
+            self.wait_replica_ready(replica, patience).await?;
+        }
+        Ok(())
+    }
+
+    /// As [`Cluster::wait_ready`], for one replica.
+    pub async fn wait_replica_ready(
+        &mut self,
+        replica: usize,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
         let give_up = Instant::now() + patience;
-        let url = format!("{}/ready", self.base_url());
+        let url = format!("http://{}/ready", self.apis[replica].addr);
         while Instant::now() < give_up {
-            if let Some(status) = self.api.exited() {
+            if let Some(status) = self.apis[replica].process.exited() {
                 bail!(
                     "genq-api exited ({status}); see {}",
-                    self.api_log().display()
+                    self.api_log(replica).display()
                 );
             }
             let ready = self.http.get(&url).send().await;
@@ -259,7 +323,7 @@ impl Cluster {
         }
         bail!(
             "genq-api was not ready within {patience:?}; see {}",
-            self.api_log().display()
+            self.api_log(replica).display()
         )
     }
 
@@ -305,10 +369,13 @@ impl Cluster {
         for worker in &mut self.workers {
             worker.wait_or_kill(deadline).await;
         }
-        self.api.terminate();
-        self.api
-            .wait_or_kill(Instant::now() + self.config.stop_grace)
-            .await;
+        for api in &mut self.apis {
+            api.process.terminate();
+        }
+        let deadline = Instant::now() + self.config.stop_grace;
+        for api in &mut self.apis {
+            api.process.wait_or_kill(deadline).await;
+        }
         // Each run takes a fresh namespace; leave none behind in Redis.
         let deleted = async {
             let client = redis::Client::open(self.config.redis_url.as_str())?;
@@ -323,8 +390,8 @@ impl Cluster {
         }
     }
 
-    fn api_log(&self) -> PathBuf {
-        self.config.log(&self.config.api_name)
+    fn api_log(&self, replica: usize) -> PathBuf {
+        self.config.log(&self.config.api_log_name(replica))
     }
 }
 
@@ -349,7 +416,7 @@ async fn create_api_key(config: &Config) -> anyhow::Result<String> {
     Ok(key)
 }
 
-fn spawn_api(config: &Config, addr: SocketAddr) -> anyhow::Result<Process> {
+fn spawn_api(config: &Config, addr: SocketAddr, replica: usize) -> anyhow::Result<Process> {
     let binary = config.bin_dir.join("genq-api");
     let addr = addr.to_string();
     let env = common_env(config, &addr)
@@ -362,7 +429,7 @@ fn spawn_api(config: &Config, addr: SocketAddr) -> anyhow::Result<Process> {
         wrapper: &[],
         binary: &binary,
         env,
-        log: &config.log(&config.api_name),
+        log: &config.log(&config.api_log_name(replica)),
     })
 }
 

@@ -24,6 +24,32 @@ impl Database {
         Ok(Database { url, pool })
     }
 
+    /// As [`Database::recreate`], with every table and index in `tablespace`: a small disk of its
+    /// own, which the fault suite fills.
+    pub async fn recreate_in_tablespace(
+        postgres: &str,
+        name: &str,
+        tablespace: &str,
+    ) -> anyhow::Result<Database> {
+        use sqlx::migrate::MigrateDatabase;
+        let server = postgres.trim_end_matches('/');
+        let url = format!("{server}/{name}");
+        sqlx::Postgres::force_drop_database(&url)
+            .await
+            .with_context(|| format!("dropping the throwaway database {name}"))?;
+        let maintenance = sqlx::PgPool::connect(&format!("{server}/postgres")).await?;
+        let created = sqlx::query(&format!(
+            r#"create database "{name}" tablespace "{tablespace}""#
+        ))
+        .execute(&maintenance)
+        .await;
+        maintenance.close().await;
+        created.with_context(|| format!("creating {name} in tablespace {tablespace}"))?;
+        let pool = genq_shared::db::connect(&url.parse()?, 4).await?;
+        genq_shared::db::migrate(&pool).await?;
+        Ok(Database { url, pool })
+    }
+
     /// As [`Database::recreate`], but empty: the binaries started on it migrate it. For an earlier
     /// build's binaries, which refuse a database this build migrated further.
     pub async fn recreate_unmigrated(postgres: &str, name: &str) -> anyhow::Result<Database> {

@@ -7,10 +7,12 @@
 //! - [`database`]: throwaway databases and fresh queue names.
 //! - [`cluster`]: [`Cluster`], the API and its workers: start, wait until ready, kill and
 //!   restart, stop; the API key it makes and clients that send it.
+//! - [`balancer`]: a TCP balancer in front of API replicas.
 //! - [`process`]: one child process: its environment and log, SIGTERM with a grace then SIGKILL
 //!   (also the end-to-end tests' second API).
 //! - [`client`]: HTTP requests as users' clients make them (with the cluster's key).
 
+pub mod balancer;
 pub mod client;
 pub mod cluster;
 pub mod database;
