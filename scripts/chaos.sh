@@ -7,8 +7,8 @@
 # job was lost or any result stored twice.
 #
 #   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind
-#   scripts/chaos.sh --short         CI's run: at least 300 jobs, 1 fault of each kind, each lasting
-#                                    fault 5 s
+#   scripts/chaos.sh --short         CI's run: at least 300 jobs, 1 fault of each kind; lasting
+#                                    faults 5 s, partitions 25 s (past a lease)
 #   scripts/chaos.sh [--short] -- --jobs 10000 --workers 2 ...   any genq-chaos flag after --
 #
 # It restarts this machine's local PostgreSQL and Redis (127.0.0.1:5432 and :6379) and leaves
@@ -77,17 +77,28 @@ if [ "$(id -u)" -eq 0 ]; then
     command -v iptables >/dev/null || apt_install iptables
     command -v ip >/dev/null || apt_install iproute2
     kinds+=",partition-postgres,partition-redis,partition-both,slow-link,stalled-link"
-    kinds+=",dropped-connections"
+    kinds+=",dropped-connections,api-partition-postgres,api-partition-redis"
     if [ -n "$pg_cluster" ]; then
         prepare_small_disk
         kinds+=",postgres-disk-full"
-        disk=(--postgres-tablespace genq_chaos_space
-            --postgres-fill "dd if=/dev/zero of=$small_disk/filler bs=64k 2>/dev/null; true"
+        # dd stops at the full disk, with an error; the check after it says whether it is full.
+        fill="dd if=/dev/zero of=$small_disk/filler bs=64k 2>/dev/null;"
+        fill+=" test \"\$(df --output=avail -k $small_disk | tail -1)\" -lt 1024"
+        disk=(--postgres-tablespace genq_chaos_space --postgres-fill "$fill"
             --postgres-free "rm -f $small_disk/filler")
     fi
 else
     warn "not root: partitions, link faults and PostgreSQL's full disk are left out"
 fi
+
+# A run stopped half-way must not leave Redis refusing writes or the small disk full.
+redis_memory=("$(redis_setting maxmemory)" "$(redis_setting maxmemory-policy)")
+restore() {
+    redis-cli -h 127.0.0.1 -p 6379 config set maxmemory "${redis_memory[0]}" \
+        maxmemory-policy "${redis_memory[1]}" >/dev/null 2>&1 || true
+    rm -f "$small_disk/filler"
+}
+trap restore EXIT
 
 # Earlier runs' queues: the reconciler vacuums finished tasks, but a killed run leaves some.
 redis-cli --scan --pattern 'genq_chaos_*' | xargs -r redis-cli del >/dev/null

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Compiles and links `genq-worker --features cuda` without a GPU, a driver or NVIDIA's installer:
 # the CUDA 13 toolkit comes from NVIDIA's PyPI wheels (nvcc, cicc, headers, cudart, cuBLAS, CCCL),
-# pinned below, into .genq/cuda-venv. Not in CI (it compiles llama.cpp's CUDA kernels for an hour
-# on 2 cores); docs/deployment.md says what it verifies and what it does not.
+# pinned below, into .genq/cuda-venv. Not in CI (a cold build took 27 minutes on 2 cores, most of
+# it llama.cpp's CUDA kernels); docs/deployment.md says what it verifies and what it does not.
 #
 #   scripts/check-cuda-build.sh            # compute capability 9.0 (H100, H200)
 #   GENQ_CUDA_ARCHITECTURES="80;90" scripts/check-cuda-build.sh
@@ -46,6 +46,7 @@ mkdir -p "$toolkit/lib/stubs"
 if [ ! -f "$toolkit/lib/stubs/libcuda.so" ]; then
     say "making a stub libcuda.so from cuda.h (every driver entry point, returning an error)"
     stub_dir="$(mktemp -d)"
+    trap 'rm -rf "$stub_dir"' EXIT
     # After the preprocessor, cuda.h's versioning macros have named each function's real symbol
     # (cuMemAlloc is cuMemAlloc_v2): those are what libcuda.so.1 exports.
     echo '#include <cuda.h>' | cc -E -P -I "$toolkit/include" - |
@@ -56,6 +57,7 @@ if [ ! -f "$toolkit/lib/stubs/libcuda.so" ]; then
         { warn "found only $(wc -l <"$stub_dir/stub.c") driver functions in cuda.h"; exit 1; }
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$toolkit/lib/stubs/libcuda.so" "$stub_dir/stub.c"
     rm -rf "$stub_dir"
+    trap - EXIT
 fi
 "$toolkit/bin/nvcc" --version | tail -2
 
@@ -70,7 +72,8 @@ took=$(($(date +%s) - started))
 
 worker="$target_dir/release/genq-worker"
 # Built as shared libraries, llama.cpp's stay in its build script's output directory.
-lib_dir="$(ls -d "$target_dir"/release/build/llama-cpp-sys-2-*/out/lib | head -1)"
+# The newest, should an older build's directory be there too.
+lib_dir="$(ls -td "$target_dir"/release/build/llama-cpp-sys-2-*/out/lib | head -1)"
 cuda_lib="$(readlink -f "$lib_dir/libggml-cuda.so")"
 [ -f "$cuda_lib" ] || { warn "no libggml-cuda.so in $lib_dir"; exit 1; }
 # The kernels are there for each asked architecture: the CUDA library's fat binary names them.

@@ -38,6 +38,8 @@ pub struct Audit {
     pub misplaced: i64,
     /// Completed jobs run by a worker of another model than the one they were routed to.
     pub wrong_model: i64,
+    /// Final jobs whose outcome a claim wrote after it had lost the job (fencing failed).
+    pub stale_claim_writes: i64,
     /// Accepted ids whose final status as the client read it differs from PostgreSQL's.
     pub disagreements: usize,
     /// Jobs in PostgreSQL that no client was given an id for, and how many of those are unfinished.
@@ -60,6 +62,7 @@ impl Audit {
             && self.stored_twice == 0
             && self.misplaced == 0
             && self.wrong_model == 0
+            && self.stale_claim_writes == 0
             && self.disagreements == 0
             && self.unknown_unfinished == 0
     }
@@ -103,6 +106,7 @@ pub async fn run(pool: &PgPool, seen: &Seen) -> anyhow::Result<Audit> {
     audit.stored_twice = generations::stored_twice(pool).await?;
     audit.misplaced = generations::misplaced(pool).await?;
     audit.wrong_model = report::ran_on_another_model(pool).await?;
+    audit.stale_claim_writes = report::finished_by_a_stale_claim(pool).await?;
     audit.repeated = attempts::repeated_work(pool).await?;
     Ok(audit)
 }

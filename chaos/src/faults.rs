@@ -48,6 +48,10 @@ pub enum FaultKind {
     StalledLink,
     /// Every connection from a worker to PostgreSQL and Redis closed at once.
     DroppedConnections,
+    /// Drop every packet from an API replica to PostgreSQL, then heal.
+    ApiPartitionPostgres,
+    /// Drop every packet from an API replica to Redis, then heal.
+    ApiPartitionRedis,
     /// Redis at `maxmemory` (noeviction): every write refused with OOM, then room again.
     RedisMaxmemory,
     /// The disk under PostgreSQL's tablespace for the suite's database full, then freed.
@@ -69,6 +73,8 @@ impl FaultKind {
             FaultKind::SlowLink => "worker's links +200 ms",
             FaultKind::StalledLink => "worker's links silent",
             FaultKind::DroppedConnections => "worker's connections dropped",
+            FaultKind::ApiPartitionPostgres => "API replica cut from PostgreSQL",
+            FaultKind::ApiPartitionRedis => "API replica cut from Redis",
             FaultKind::RedisMaxmemory => "Redis at maxmemory",
             FaultKind::PostgresDiskFull => "PostgreSQL's disk full",
         }
@@ -76,11 +82,24 @@ impl FaultKind {
 
     /// Whether it hits one worker, whose jobs must then run elsewhere or finish.
     pub fn has_victim(self) -> bool {
-        self == FaultKind::WorkerKill || self.needs_links()
+        self == FaultKind::WorkerKill || self.on_worker_link()
     }
 
-    /// Whether it needs each worker on a link of its own (`links`).
+    /// Whether it needs workers or API replicas on links of their own.
     pub fn needs_links(self) -> bool {
+        self.on_worker_link() || self.on_api_link()
+    }
+
+    /// Whether it hits an API replica's link.
+    pub fn on_api_link(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ApiPartitionPostgres | FaultKind::ApiPartitionRedis
+        )
+    }
+
+    /// Whether it hits a worker's link.
+    pub fn on_worker_link(self) -> bool {
         matches!(
             self,
             FaultKind::PartitionPostgres
@@ -103,13 +122,16 @@ impl FaultKind {
 
     fn cut(self) -> Option<Cut> {
         match self {
-            FaultKind::PartitionPostgres => Some(Cut::Postgres),
-            FaultKind::PartitionRedis => Some(Cut::Redis),
+            FaultKind::PartitionPostgres | FaultKind::ApiPartitionPostgres => Some(Cut::Postgres),
+            FaultKind::PartitionRedis | FaultKind::ApiPartitionRedis => Some(Cut::Redis),
             FaultKind::PartitionBoth => Some(Cut::Both),
             _ => None,
         }
     }
 }
+
+/// How long a partition lasts in the short run.
+const SHORT_PARTITION: Duration = Duration::from_secs(25);
 
 /// The added latency of a slow link, each way.
 const SLOW_LINK_DELAY: Duration = Duration::from_millis(200);
@@ -138,6 +160,9 @@ pub struct Fault {
     /// Faults that last: how long, and the recovery from their healing on.
     pub lasted: Option<Duration>,
     pub after_healing: Option<Duration>,
+    /// Lasting faults on one worker's links: from the healing until that worker, still the same
+    /// process, claimed a job again (`None`: not within patience).
+    pub rejoined: Option<Duration>,
 }
 
 pub struct Injector<'a> {
@@ -147,10 +172,12 @@ pub struct Injector<'a> {
     pub patience: Duration,
     /// One per worker, by index; empty unless a kind needs them.
     pub links: &'a [Link],
+    /// One per API replica, by index; empty unless a kind needs them.
+    pub api_links: &'a [Link],
     pub redis: redis::Client,
     /// Picks how long each lasting fault lasts.
     pub rng: ChaCha8Rng,
-    /// Lasting faults last 5 s (CI's run), not 5 to 60.
+    /// Lasting faults last 5 s, partitions 25 s (CI's run), not 5 to 60.
     pub short: bool,
 }
 
@@ -169,16 +196,21 @@ impl Injector<'_> {
             None => Vec::new(),
         };
 
-        let lasts = kind.lasts().then(|| {
-            if self.short {
-                Duration::from_secs(5)
-            } else {
-                Duration::from_secs(self.rng.random_range(5..=60))
-            }
+        let lasts = kind.lasts().then(|| match (self.short, kind.cut()) {
+            (false, _) => Duration::from_secs(self.rng.random_range(5..=60)),
+            // Longer than a lease (15 s) and a reconciler pass, so that the short run too sees
+            // the cut worker's jobs run elsewhere and its late writes refused.
+            (true, Some(_)) => SHORT_PARTITION,
+            (true, None) => Duration::from_secs(5),
         });
         // Copied out, so that the link outlives this borrow of `self`.
-        let links = self.links;
-        let link = victim.as_ref().and_then(|(index, _)| links.get(*index));
+        let (links, api_links) = (self.links, self.api_links);
+        let link = if kind.on_api_link() {
+            let replica = self.rng.random_range(0..api_links.len().max(1));
+            api_links.get(replica)
+        } else {
+            victim.as_ref().and_then(|(index, _)| links.get(*index))
+        };
         let mut redis_settings = Vec::new();
         let injected = Instant::now();
         match (kind, &victim) {
@@ -200,7 +232,7 @@ impl Injector<'_> {
             (FaultKind::RedisMaxmemory, _) => redis_settings = self.fill_redis().await?,
             (FaultKind::PostgresDiskFull, _) => shell(&self.commands.postgres_fill).await?,
             (kind, _) if kind.needs_links() => {
-                let link = link.context("a link fault needs --links")?;
+                let link = link.context("no link for this fault: were the links made?")?;
                 match kind.cut() {
                     Some(cut) => link.partition(cut).await?,
                     None if kind == FaultKind::SlowLink => {
@@ -237,7 +269,15 @@ impl Injector<'_> {
         };
         let (pickup, healed) = tokio::join!(pickup, heal);
         healed.with_context(|| format!("healing {}", kind.label()))?;
-        let recovery = self.until_finished(&unfinished, injected).await;
+        let healed = Instant::now();
+        let rejoined = async {
+            match (&victim, link, lasts) {
+                (Some((_, name)), Some(_), Some(_)) => self.until_claims(name, healed).await,
+                _ => None,
+            }
+        };
+        let recovery = self.until_finished(&unfinished, injected);
+        let (rejoined, recovery) = tokio::join!(rejoined, recovery);
         Ok(Fault {
             kind,
             unfinished: unfinished.len(),
@@ -246,7 +286,22 @@ impl Injector<'_> {
             pickup,
             lasted: lasts,
             after_healing: lasts.zip(recovery).map(|(l, r)| r.saturating_sub(l)),
+            rejoined,
         })
+    }
+
+    /// Waits until `worker` (a registered name, or the prefix of its current process's) claims a
+    /// job after `since`: it works again without a restart.
+    async fn until_claims(&self, worker: &str, since: Instant) -> Option<Duration> {
+        while since.elapsed() < self.patience {
+            let lately = since.elapsed().as_secs_f64();
+            let claimed = report::claimed_lately(&self.pool, worker, lately).await;
+            if claimed.is_ok_and(|n| n > 0) {
+                return Some(since.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// Redis refuses every write from now on (`maxmemory` 1 byte, no eviction); returns the
@@ -270,6 +325,15 @@ impl Injector<'_> {
             .arg(1)
             .query_async::<()>(&mut redis)
             .await?;
+        let probe: redis::RedisResult<()> = redis::cmd("SET")
+            .arg("genq-chaos:probe")
+            .arg(1)
+            .query_async(&mut redis)
+            .await;
+        anyhow::ensure!(
+            probe.is_err_and(|e| e.to_string().contains("OOM")),
+            "Redis still took a write at maxmemory 1 byte"
+        );
         Ok(saved)
     }
 

@@ -1,5 +1,5 @@
-//! Each worker's own network link: a network namespace joined to the host by a veth pair, as a
-//! worker on another machine is joined by a cable. PostgreSQL and Redis listen on 127.0.0.1 only,
+//! Each worker's (and API replica's) own network link: a network namespace joined to the host
+//! by a veth pair, as a process on another machine is joined by a cable. PostgreSQL and Redis listen on 127.0.0.1 only,
 //! so the host's end of the pair runs a forwarder to each ([`relay`]).
 //!
 //! Partitions are real: `iptables` rules inside the namespace drop the worker's packets to
@@ -14,10 +14,13 @@ use tokio::process::Command;
 
 use crate::relay::{Mode, Relay};
 
-/// The host ends of the links take 10.231.N.1, the namespaces' ends 10.231.N.2 (N from 1).
+/// The host ends of the links take 10.231.N.1, the namespaces' ends 10.231.N.2 (N from 1;
+/// workers count from 1, API replicas from [`API_LINKS`]).
 const SUBNET: [u8; 2] = [10, 231];
+/// The first API replica's link number: workers take those below.
+pub const API_LINKS: u8 = 101;
 
-/// Which of the worker's connections a partition drops.
+/// Which of the process's connections a partition drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
     Postgres,
@@ -46,6 +49,8 @@ pub struct Link {
     pub namespace: String,
     host_veth: String,
     host_ip: Ipv4Addr,
+    /// The namespace's own address, where a server inside it listens.
+    pub inner_ip: Ipv4Addr,
     postgres: Relay,
     redis: Relay,
 }
@@ -101,11 +106,12 @@ impl Link {
             namespace,
             host_veth,
             host_ip,
+            inner_ip,
         })
     }
 
-    /// The worker's connection settings: PostgreSQL and Redis through this link.
-    pub fn worker_env(&self, database_url: &str, redis_url: &str) -> Vec<(String, String)> {
+    /// The connection settings of the process inside: PostgreSQL and Redis through this link.
+    pub fn env(&self, database_url: &str, redis_url: &str) -> Vec<(String, String)> {
         let through = |url: &str, relay: &Relay| {
             url.replacen(host_port(url), &relay.address().to_string(), 1)
         };

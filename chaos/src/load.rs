@@ -15,6 +15,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::soak::Samples;
+
 /// How long a client keeps retrying one submission, or polling one job, before giving up on it.
 const PATIENCE: Duration = Duration::from_secs(900);
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -32,9 +34,27 @@ pub struct Seen {
     pub resubmitted: usize,
     /// 500s received anywhere: each one is a bug.
     pub server_errors: usize,
+    /// 503s received, and those of them without `Retry-After` (each one a bug).
+    pub unavailable: usize,
+    pub unavailable_without_retry_after: usize,
+    /// Requests the client gave up on after its 30 s timeout: an API that hangs, not refuses.
+    pub timed_out: usize,
     /// Accepted jobs that `GET /batch_result` later answered 404 for.
     pub vanished: usize,
     pub cancel_requests: usize,
+}
+
+impl Seen {
+    /// Counts a 503, and whether it said when to retry.
+    fn count_unavailable(&mut self, response: &reqwest::Response) {
+        if response.status() == 503 {
+            self.unavailable += 1;
+            let says_when = response
+                .headers()
+                .contains_key(reqwest::header::RETRY_AFTER);
+            self.unavailable_without_retry_after += usize::from(!says_when);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -47,6 +67,10 @@ impl Ledger {
 
     pub fn accepted(&self) -> usize {
         self.with(|s| s.accepted.len())
+    }
+
+    pub fn server_errors(&self) -> usize {
+        self.with(|s| s.server_errors)
     }
 
     pub fn take(&self) -> Seen {
@@ -62,6 +86,8 @@ pub struct Client {
     pub cancel_percent: u32,
     /// The models jobs go to, one chosen at random per job (`None`: name none, the default).
     pub models: Vec<Option<String>>,
+    /// Where to time each job from submission to its final status seen (the soak).
+    pub samples: Option<Arc<Samples>>,
 }
 
 impl Client {
@@ -85,6 +111,7 @@ impl Client {
             rng: ChaCha8Rng::seed_from_u64(seed),
             cancel_percent,
             models,
+            samples: None,
         }
     }
 
@@ -92,6 +119,7 @@ impl Client {
     pub async fn run(mut self, done: impl Fn() -> bool) {
         while !done() {
             let body = self.random_job();
+            let started = Instant::now();
             let Some(id) = self.submit(&body).await else {
                 continue;
             };
@@ -102,6 +130,9 @@ impl Client {
                 self.cancel(id).await;
             }
             let status = self.follow(id).await;
+            if let (Some(samples), Some(_)) = (&self.samples, status) {
+                samples.record("batch", started);
+            }
             self.ledger.with(|s| s.accepted.insert(id, status));
         }
     }
@@ -158,9 +189,13 @@ impl Client {
                 }
                 Ok(r) => self.ledger.with(|s| {
                     s.server_errors += usize::from(r.status() == 500);
+                    s.count_unavailable(&r);
                     s.resubmitted += 1;
                 }),
-                Err(_) => self.ledger.with(|s| s.resubmitted += 1),
+                Err(e) => self.ledger.with(|s| {
+                    s.timed_out += usize::from(e.is_timeout());
+                    s.resubmitted += 1;
+                }),
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
@@ -208,7 +243,10 @@ impl Client {
                 }
                 Ok(r) if r.status() == 500 => self.ledger.with(|s| s.server_errors += 1),
                 // Refused connections (API restarting) and 503s (a store restarting): poll on.
-                _ => {}
+                Ok(r) => self.ledger.with(|s| s.count_unavailable(&r)),
+                Err(e) => self
+                    .ledger
+                    .with(|s| s.timed_out += usize::from(e.is_timeout())),
             }
             tokio::time::sleep(POLL_EVERY).await;
         }

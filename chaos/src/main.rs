@@ -1,16 +1,18 @@
-//! genq-chaos: runs the real genq binaries under load, injects faults one at a time (killed
-//! workers, Redis restarted, flushed or full, PostgreSQL restarted, the API killed, a worker cut
-//! off from PostgreSQL or Redis, its links slow, silent or cut), then audits every job in
-//! PostgreSQL and prints what it found. Exits non-zero if any job was lost or any result
+//! genq-chaos: runs the real genq binaries (API replicas behind a balancer, workers) under load,
+//! injects faults one at a time (killed workers, Redis restarted, flushed or full, PostgreSQL
+//! restarted or its disk full, API replicas killed all at once or in turn, a worker or an API
+//! replica cut off from PostgreSQL or Redis, a worker's links slow, silent or cut), then audits
+//! every job in PostgreSQL and prints what it found. `--soak-minutes` runs the soak instead. Exits non-zero if any job was lost or any result
 //! stored twice.
 //!
 //! `scripts/chaos.sh` builds everything, makes the tiny model and passes the restart commands.
 //!
 //! # Layout
 //! - `load`: the clients; `faults`: injecting faults and timing recoveries.
-//! - `links`: each worker's network namespace and veth pair; `relay`: the forwarder on its host
-//!   end, which can make the link slow, silent or cut.
+//! - `links`: each worker's and API replica's network namespace and veth pair; `relay`: the
+//!   forwarder on its host end, which can make the link slow, silent or cut.
 //! - `audit`: the final count from PostgreSQL; `report`: its tables.
+//! - `soak`: the hour under steady load (`--soak-minutes`), one row a minute.
 //! - The processes (API and workers) are started and stopped by `genq-harness`.
 
 mod audit;
@@ -20,6 +22,7 @@ mod links;
 mod load;
 mod relay;
 mod report;
+mod soak;
 
 use std::{
     path::PathBuf,
@@ -61,11 +64,12 @@ struct Args {
         value_delimiter = ',',
         default_value = "worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart,\
                          api-replicas-in-turn,partition-postgres,partition-redis,partition-both,\
-                         slow-link,stalled-link,dropped-connections,redis-maxmemory"
+                         slow-link,stalled-link,dropped-connections,api-partition-postgres,\
+                         api-partition-redis,redis-maxmemory"
     )]
     kinds: Vec<FaultKind>,
-    /// Faults that last (partitions, slow or silent links, a full Redis) last 5 s rather than
-    /// 5 to 60 s: CI's run.
+    /// Faults that last (partitions, slow or silent links, a full Redis or disk) last 5 s, and
+    /// partitions 25 s (past a lease), rather than 5 to 60 s: CI's run.
     #[arg(long)]
     short_faults: bool,
     #[arg(long, default_value_t = 3)]
@@ -123,6 +127,15 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = ".genq/chaos")]
     logs: PathBuf,
+    /// Instead of the faults: steady mixed traffic for this many minutes, a worker killed every
+    /// `--kill-every-minutes`, one row of memory, latency and store sizes a minute (the soak).
+    #[arg(long)]
+    soak_minutes: Option<u64>,
+    #[arg(long, default_value_t = 10)]
+    kill_every_minutes: u64,
+    /// Minutes of the soak before memory and latency are compared.
+    #[arg(long, default_value_t = 10)]
+    warm_up_minutes: u64,
 }
 
 #[tokio::main]
@@ -166,18 +179,31 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     // Each worker on a network link of its own, where a fault needs one. Declared before the
     // cluster, so dropped after it: the links go once the workers are gone.
-    let links = if args.kinds.iter().any(|k| k.needs_links()) {
-        make_links(&args).await.context(
-            "making each worker's network namespace (partition and link faults need root: ip \
-             netns, iptables)",
-        )?
-    } else {
-        Vec::new()
+    let needs = |which: fn(FaultKind) -> bool| args.kinds.iter().any(|&k| which(k));
+    let why = "making the links of partition and link faults (as root: ip netns, iptables)";
+    let links = match needs(FaultKind::on_worker_link) {
+        true => make_links(&args, 1, args.workers).await.context(why)?,
+        false => Vec::new(),
     };
     for (index, link) in links.iter().enumerate() {
-        config.worker_env_each[index].extend(link.worker_env(&config.database_url, &args.redis));
+        config.worker_env_each[index].extend(link.env(&config.database_url, &args.redis));
     }
     config.worker_wrapper_each = links.iter().map(Link::wrapper).collect();
+    let api_links = match needs(FaultKind::on_api_link) {
+        true => make_links(&args, links::API_LINKS, args.api_replicas)
+            .await
+            .context(why)?,
+        false => Vec::new(),
+    };
+    config.api_env_each = api_links
+        .iter()
+        .map(|link| link.env(&config.database_url, &args.redis))
+        .collect();
+    config.api_wrapper_each = api_links.iter().map(Link::wrapper).collect();
+    config.api_host_each = api_links
+        .iter()
+        .map(|link| Some(link.inner_ip.into()))
+        .collect();
     config.ready_within = Duration::from_secs(120);
     let mut cluster = Cluster::start(config).await?;
     // Every model registered before clients name them.
@@ -191,6 +217,25 @@ async fn main() -> anyhow::Result<()> {
         args.workers,
         args.logs.display()
     );
+
+    if let Some(minutes) = args.soak_minutes {
+        let plan = soak::Plan {
+            minutes,
+            kill_every_minutes: args.kill_every_minutes.max(1),
+            warm_up_minutes: args.warm_up_minutes,
+            // Fewer batch clients than the fault suite: steady load, not a flood.
+            clients: args.clients / 4,
+            interactive_clients: 4,
+            cancel_percent: args.cancel_percent,
+            models: models.clone(),
+            seed: args.seed,
+            csv: args.logs.join("soak.csv"),
+        };
+        let redis = redis::Client::open(args.redis.as_str())?;
+        let outcome = soak::run(&mut cluster, &pool, &redis, plan).await;
+        cluster.stop().await;
+        return outcome;
+    }
 
     let started = Instant::now();
     let ledger = Arc::new(Ledger::default());
@@ -244,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
         commands,
         patience: Duration::from_secs(args.recovery_patience_secs),
         links: &links,
+        api_links: &api_links,
         redis: redis::Client::open(args.redis.as_str())?,
         rng: ChaCha8Rng::seed_from_u64(args.seed.wrapping_add(1)),
         short: args.short_faults,
@@ -293,18 +339,35 @@ async fn main() -> anyhow::Result<()> {
     report::print(&audit, &seen, &faults, elapsed);
     report::print_batches(&batches);
     let all_recovered = faults.iter().all(|f| f.recovery.is_some());
-    if !audit.passed() || !all_recovered || seen.server_errors > 0 || !batches.passed() {
+    // A worker whose link healed must work again by itself, without a restart.
+    let all_rejoined = faults
+        .iter()
+        .filter(|f| f.kind.on_worker_link() && f.lasted.is_some())
+        .all(|f| f.rejoined.is_some());
+    if !audit.passed()
+        || !all_recovered
+        || !all_rejoined
+        || seen.server_errors > 0
+        || seen.unavailable_without_retry_after > 0
+        || !batches.passed()
+    {
         anyhow::bail!("the fault-injection suite FAILED (see the table above)");
     }
     eprintln!("the fault-injection suite passed");
     Ok(())
 }
 
-/// One link per worker, in order.
-async fn make_links(args: &Args) -> anyhow::Result<Vec<Link>> {
-    let mut links = Vec::with_capacity(args.workers);
-    for n in 1..=args.workers {
-        let n = u8::try_from(n).context("at most 255 workers on links")?;
+/// `count` links, numbered from `first`: workers' below [`links::API_LINKS`], API replicas' from
+/// it.
+async fn make_links(args: &Args, first: u8, count: usize) -> anyhow::Result<Vec<Link>> {
+    let last = usize::from(first) + count;
+    anyhow::ensure!(
+        last <= usize::from(links::API_LINKS) || first >= links::API_LINKS && last <= 255,
+        "too many processes on links: at most 100 workers and 154 API replicas"
+    );
+    let mut links = Vec::with_capacity(count);
+    for offset in 0..count {
+        let n = u8::try_from(usize::from(first) + offset).context("too many links")?;
         let postgres = links::host_port(&args.postgres);
         links.push(Link::create("gqchaos", n, postgres, links::host_port(&args.redis)).await?);
     }

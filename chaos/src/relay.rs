@@ -92,9 +92,15 @@ async fn forward(client: TcpStream, target: String, state: watch::Receiver<State
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let mut dropped = state.clone();
+    // Each direction runs until its reader sees the end, so a close passes through whole.
+    let both = async {
+        tokio::join!(
+            pipe(client_read, server_write, state.clone()),
+            pipe(server_read, client_write, state)
+        )
+    };
     tokio::select! {
-        () = pipe(client_read, server_write, state.clone()) => {}
-        () = pipe(server_read, client_write, state) => {}
+        _ = both => {}
         _ = dropped.wait_for(|s| s.generation != born) => {}
     }
 }

@@ -51,6 +51,10 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
         audit.wrong_model
     );
     println!(
+        "| **outcomes written by a claim that had lost its job** (fencing) | **{}** |",
+        audit.stale_claim_writes
+    );
+    println!(
         "| final status the client read differs from PostgreSQL | {} |",
         audit.disagreements
     );
@@ -82,6 +86,14 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
         seen.abandoned
     );
     println!("| HTTP 500 answers | {} |", seen.server_errors);
+    println!(
+        "| HTTP 503 answers (without `Retry-After`) | {} ({}) |",
+        seen.unavailable, seen.unavailable_without_retry_after
+    );
+    println!(
+        "| requests given up after the client's 30 s timeout | {} |",
+        seen.timed_out
+    );
     println!("| cancel requests | {} |", seen.cancel_requests);
     println!(
         "| wall time | {:.0} s ({:.1} jobs/s) |",
@@ -106,9 +118,9 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
     }
     println!();
     println!(
-        "| fault | injected | lasted | unfinished jobs at the fault (max) | recovery: median | recovery: longest | after healing: longest | the hit worker's jobs running again or finished: longest |"
+        "| fault | injected | lasted | unfinished jobs at the fault (max) | recovery: median | recovery: longest | after healing: longest | the hit worker's jobs running again or finished: longest | the hit worker claiming again after healing: longest |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (kind, faults) in &by_kind {
         let unrecovered = faults.iter().filter(|f| f.recovery.is_none()).count();
         let mut recoveries: Vec<Duration> = faults.iter().filter_map(|f| f.recovery).collect();
@@ -149,8 +161,20 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
         } else {
             "-".into()
         };
+        let rejoined = if kind.on_worker_link() && faults.iter().any(|f| f.lasted.is_some()) {
+            match faults
+                .iter()
+                .map(|f| f.rejoined)
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(times) => seconds(times.into_iter().max()),
+                None => "NOT CLAIMING".into(),
+            }
+        } else {
+            "-".into()
+        };
         println!(
-            "| {} | {} | {lasted} | {} | {} | {longest} | {after_healing} | {pickup} |",
+            "| {} | {} | {lasted} | {} | {} | {longest} | {after_healing} | {pickup} | {rejoined} |",
             kind.label(),
             faults.len(),
             faults.iter().map(|f| f.unfinished).max().unwrap_or(0),

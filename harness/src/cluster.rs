@@ -1,7 +1,8 @@
 //! The genq processes under measurement or test: one `genq-api` on a free local port (or several
-//! replicas behind a [`Balancer`]) and N `genq-worker`s, started from the built binaries. Each process slot has one log file,
-//! `{logs}/{name}.log`, emptied when the cluster starts and appended to by every process that
-//! takes the slot, so a restarted process's log follows its predecessor's.
+//! replicas behind a [`Balancer`]) and N `genq-worker`s, started from the built binaries. Each
+//! process slot has one log file, `{logs}/{name}.log`, emptied when the cluster starts and
+//! appended to by every process that takes the slot, so a restarted process's log follows its
+//! predecessor's.
 //!
 //! The API asks for an API key on every route but `/health`, `/ready` and the docs. Once it is
 //! ready the cluster makes a tenant key with no limits, straight in PostgreSQL, and hands out
@@ -49,6 +50,13 @@ pub struct Config {
     /// API replicas: more than one run on ports of their own behind a [`Balancer`], which
     /// [`Cluster::base_url`] then names.
     pub api_replicas: usize,
+    /// As `worker_wrapper_each`, for API replicas (by index).
+    pub api_wrapper_each: Vec<Vec<String>>,
+    /// Set for one API replica (by index), after `env`: its own way to PostgreSQL, say.
+    pub api_env_each: Vec<Vec<(String, String)>>,
+    /// The address an API replica (by index) listens on, where not 127.0.0.1: its own network
+    /// namespace's. The port is one free on this host's loopback.
+    pub api_host_each: Vec<Option<std::net::IpAddr>>,
     /// One per worker: its log file `{logs}/{name}.log` and the prefix of the name it registers
     /// under (`GENQ_WORKER_NAME`; the worker appends its pid and a unique suffix).
     pub worker_names: Vec<String>,
@@ -89,6 +97,9 @@ impl Config {
             logs,
             api_name: "api".into(),
             api_replicas: 1,
+            api_wrapper_each: Vec::new(),
+            api_env_each: Vec::new(),
+            api_host_each: Vec::new(),
             worker_names: vec!["worker".into()],
             env: Vec::new(),
             worker_env: Vec::new(),
@@ -174,7 +185,10 @@ impl Cluster {
         }
         let mut apis = Vec::new();
         for replica in 0..config.api_replicas.max(1) {
-            let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let mut addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            if let Some(Some(host)) = config.api_host_each.get(replica) {
+                addr.set_ip(*host);
+            }
             let process = spawn_api(&config, addr, replica)?;
             apis.push(Api { process, addr });
         }
@@ -254,6 +268,11 @@ impl Cluster {
     /// The pid of the (first) API replica's current process.
     pub fn api_pid(&self) -> u32 {
         self.apis[0].process.pid()
+    }
+
+    /// The pid of API replica `replica`'s current process.
+    pub fn api_replica_pid(&self, replica: usize) -> u32 {
+        self.apis[replica].process.pid()
     }
 
     pub fn api_replicas(&self) -> usize {
@@ -424,9 +443,10 @@ fn spawn_api(config: &Config, addr: SocketAddr, replica: usize) -> anyhow::Resul
         // still override it.
         .chain([("GENQ_AUTH", OsStr::new("on"))])
         .chain(pairs(&config.env))
+        .chain(pairs(each(&config.api_env_each, replica)))
         .collect();
     Process::spawn(Spawn {
-        wrapper: &[],
+        wrapper: each(&config.api_wrapper_each, replica),
         binary: &binary,
         env,
         log: &config.log(&config.api_log_name(replica)),
@@ -441,18 +461,10 @@ fn spawn_worker(config: &Config, addr: SocketAddr, index: usize) -> anyhow::Resu
         .chain(pairs(&config.env))
         .chain([("GENQ_WORKER_NAME", OsStr::new(name))])
         .chain(pairs(&config.worker_env))
-        .chain(pairs(
-            config
-                .worker_env_each
-                .get(index)
-                .map_or(&[][..], Vec::as_slice),
-        ))
+        .chain(pairs(each(&config.worker_env_each, index)))
         .collect();
     Process::spawn(Spawn {
-        wrapper: config
-            .worker_wrapper_each
-            .get(index)
-            .map_or(&[][..], Vec::as_slice),
+        wrapper: each(&config.worker_wrapper_each, index),
         binary: &binary,
         env,
         log: &config.log(name),
@@ -469,6 +481,11 @@ fn common_env<'a>(config: &'a Config, addr: &'a str) -> impl Iterator<Item = (&'
         ("RUST_LOG", OsStr::new("info")),
     ]
     .into_iter()
+}
+
+/// Entry `index` of a per-process list, empty where the list is shorter.
+fn each<T>(list: &[Vec<T>], index: usize) -> &[T] {
+    list.get(index).map_or(&[][..], Vec::as_slice)
 }
 
 fn pairs(env: &[(String, String)]) -> impl Iterator<Item = (&str, &OsStr)> {

@@ -46,6 +46,19 @@ pub async fn ran_on_another_model(pool: &PgPool) -> sqlx::Result<i64> {
     .await
 }
 
+/// Final jobs whose outcome was stored by another claim than their last one: a worker that had
+/// lost its claim (its lease lapsed and the job was claimed again) wrote anyway. Fencing keeps
+/// this at zero.
+pub async fn finished_by_a_stale_claim(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(distinct j.id) from jobs j join job_attempts a on a.job_id = j.id
+           where j.status in ('completed', 'failed') and a.outcome in ('completed', 'failed')
+             and a.attempt <> j.attempt"#,
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Jobs not yet final (queued or running).
 pub async fn unfinished(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(r#"select id from jobs where status in ('queued', 'running')"#)
@@ -95,6 +108,20 @@ pub async fn still_held_by(pool: &PgPool, ids: &[Uuid], dead: &str) -> sqlx::Res
     )
     .bind(ids)
     .bind(dead)
+    .fetch_one(pool)
+    .await
+}
+
+/// How many jobs a worker whose name starts with `worker` has claimed since `seconds_ago`
+/// seconds ago, by PostgreSQL's clock.
+pub async fn claimed_lately(pool: &PgPool, worker: &str, seconds_ago: f64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        r#"select count(*) from job_attempts
+           where left(worker, length($1)) = $1
+             and claimed_at > now() - make_interval(secs => $2)"#,
+    )
+    .bind(worker)
+    .bind(seconds_ago)
     .fetch_one(pool)
     .await
 }
