@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The fault-injection suite: genq's API and three workers on the tiny model under load, while
-# workers are SIGKILLed and restarted, Redis is restarted empty, flushed and filled to maxmemory,
-# PostgreSQL is restarted and its disk filled, the API is killed and restarted, and a worker, each
-# in a network namespace of its own, is cut off from PostgreSQL, Redis or both, or its links turn
-# slow, silent or cut. Then every job is audited in PostgreSQL: it fails (exit 1) if any accepted
-# job was lost or any result stored twice.
+# The fault-injection suite: genq's API (three replicas behind a balancer) and four workers on the
+# tiny model under load, while workers are SIGKILLed and restarted, Redis is restarted empty,
+# flushed and filled to maxmemory, PostgreSQL is restarted and its disk filled, the API replicas
+# are killed, all at once or in turn, and a worker or an API replica, each in a network namespace
+# of its own, is cut off from PostgreSQL, Redis or both, or a worker's links turn slow, silent or
+# cut. Then every job is audited in PostgreSQL: it fails (exit 1) if any accepted job was lost or
+# any result stored twice, or a fault did not heal.
 #
 #   scripts/chaos.sh                 full run: >= 5,000 jobs, 20 faults of each kind
 #   scripts/chaos.sh --short         CI's run: at least 300 jobs, 1 fault of each kind; lasting

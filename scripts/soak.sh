@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The soak: genq's API (three replicas behind a balancer) and three workers on the tiny model under
+# The soak: genq's API (three replicas behind a balancer) and four workers on the tiny model under
 # steady mixed traffic (batches polled and sometimes cancelled, POST /generate, batches followed
 # over SSE, history pages) for an hour, a worker SIGKILLed and restarted every 10 minutes. Every
 # minute a row: each process's resident memory, p50/p99 latency of each kind of request, the sizes

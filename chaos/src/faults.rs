@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::{
     links::{Cut, Link},
+    redis_full,
     relay::Mode,
 };
 
@@ -229,7 +230,9 @@ impl Injector<'_> {
             (FaultKind::RedisRestart, _) => shell(&self.commands.redis_restart).await?,
             (FaultKind::RedisFlushall, _) => shell(&self.commands.redis_flushall).await?,
             (FaultKind::PostgresRestart, _) => shell(&self.commands.postgres_restart).await?,
-            (FaultKind::RedisMaxmemory, _) => redis_settings = self.fill_redis().await?,
+            (FaultKind::RedisMaxmemory, _) => {
+                redis_settings = redis_full::fill(&self.redis).await?
+            }
             (FaultKind::PostgresDiskFull, _) => shell(&self.commands.postgres_fill).await?,
             (kind, _) if kind.needs_links() => {
                 let link = link.context("no link for this fault: were the links made?")?;
@@ -264,7 +267,7 @@ impl Injector<'_> {
                     Ok(())
                 }
                 (FaultKind::PostgresDiskFull, ..) => shell(&self.commands.postgres_free).await,
-                _ => self.restore_redis(&redis_settings).await,
+                _ => redis_full::restore(&self.redis, &redis_settings).await,
             }
         };
         let (pickup, healed) = tokio::join!(pickup, heal);
@@ -302,50 +305,6 @@ impl Injector<'_> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         None
-    }
-
-    /// Redis refuses every write from now on (`maxmemory` 1 byte, no eviction); returns the
-    /// settings it had, for [`Injector::restore_redis`].
-    async fn fill_redis(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let mut redis = self.redis.get_multiplexed_async_connection().await?;
-        let mut saved = Vec::new();
-        for name in ["maxmemory", "maxmemory-policy"] {
-            let (_, value): (String, String) = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut redis)
-                .await?;
-            saved.push((name.to_owned(), value));
-        }
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory-policy")
-            .arg("noeviction")
-            .arg("maxmemory")
-            .arg(1)
-            .query_async::<()>(&mut redis)
-            .await?;
-        let probe: redis::RedisResult<()> = redis::cmd("SET")
-            .arg("genq-chaos:probe")
-            .arg(1)
-            .query_async(&mut redis)
-            .await;
-        anyhow::ensure!(
-            probe.is_err_and(|e| e.to_string().contains("OOM")),
-            "Redis still took a write at maxmemory 1 byte"
-        );
-        Ok(saved)
-    }
-
-    async fn restore_redis(&self, settings: &[(String, String)]) -> anyhow::Result<()> {
-        let mut redis = self.redis.get_multiplexed_async_connection().await?;
-        let mut restore = redis::cmd("CONFIG");
-        restore.arg("SET");
-        for (name, value) in settings {
-            restore.arg(name).arg(value);
-        }
-        restore.query_async::<()>(&mut redis).await?;
-        Ok(())
     }
 
     /// Faults are injected while jobs run, so they land mid-job.

@@ -10,7 +10,8 @@
 //! # Layout
 //! - `load`: the clients; `faults`: injecting faults and timing recoveries.
 //! - `links`: each worker's and API replica's network namespace and veth pair; `relay`: the
-//!   forwarder on its host end, which can make the link slow, silent or cut.
+//!   forwarder on its host end, which can make the link slow, silent or cut; `redis_full`: Redis
+//!   at `maxmemory`.
 //! - `audit`: the final count from PostgreSQL; `report`: its tables.
 //! - `soak`: the hour under steady load (`--soak-minutes`), one row a minute.
 //! - The processes (API and workers) are started and stopped by `genq-harness`.
@@ -20,6 +21,7 @@ mod batches;
 mod faults;
 mod links;
 mod load;
+mod redis_full;
 mod relay;
 mod report;
 mod soak;
@@ -72,7 +74,9 @@ struct Args {
     /// partitions 25 s (past a lease), rather than 5 to 60 s: CI's run.
     #[arg(long)]
     short_faults: bool,
-    #[arg(long, default_value_t = 3)]
+    /// Workers, serving the models in turn: two per model by default, so that the jobs of a
+    /// worker that is cut off or killed can run on another.
+    #[arg(long, default_value_t = 4)]
     workers: usize,
     /// API replicas, behind a TCP balancer that the clients connect to.
     #[arg(long, default_value_t = 3)]
