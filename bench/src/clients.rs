@@ -163,6 +163,24 @@ async fn sse(http: &reqwest::Client, base_url: &str, id: Uuid) -> anyhow::Result
     bail!("no `event: done` for job {id} within {PATIENCE:?}")
 }
 
+/// POSTs `body` as JSON to `url`; any answer but 200 is an error naming the request (`what`, say
+/// `POST /completion`) with the answer's body.
+pub async fn post_ok(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
+    let response = http.post(url).json(body).send().await?;
+    let status = response.status();
+    ensure!(
+        status == 200,
+        "{what} answered {status}: {}",
+        response.text().await.unwrap_or_default()
+    );
+    Ok(response)
+}
+
 /// The path of `url` (after the host), for messages that need not repeat the port.
 fn path_of(url: &str) -> &str {
     url.split("://")

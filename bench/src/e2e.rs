@@ -185,18 +185,8 @@ impl Genq {
             body["stream_options"] = json!({ "include_usage": true });
         }
         let sent = tokio::time::Instant::now();
-        let response = self
-            .http
-            .post(format!("{}/v1/completions", self.base_url))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        ensure!(
-            status == 200,
-            "POST /v1/completions answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
+        let url = format!("{}/v1/completions", self.base_url);
+        let response = clients::post_ok(&self.http, &url, &body, "POST /v1/completions").await?;
         if stream {
             return streamed::read(response, sent, Dialect::OpenAi).await;
         }

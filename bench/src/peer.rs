@@ -225,19 +225,8 @@ impl LlamaServer {
             "cache_prompt": cache_prompt,
             "stream": stream,
         });
-        let response = self
-            .http
-            .post(format!("{}/completion", self.base_url))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        ensure!(
-            status == 200,
-            "POST /completion answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
-        Ok(response)
+        let url = format!("{}/completion", self.base_url);
+        crate::clients::post_ok(&self.http, &url, &body, "POST /completion").await
     }
 
     /// One run of `requests`: every prompt its own `POST /completion`, sent at its request's
