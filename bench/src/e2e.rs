@@ -121,7 +121,7 @@ impl Genq {
         requests: &[Request],
         stream: bool,
     ) -> anyhow::Result<Run> {
-        let model = self.model_name().await?;
+        let model = genq_harness::client::first_model(&self.http, &self.base_url).await?;
         let done = at_arrivals(requests, |request| {
             let genq = Arc::clone(self);
             let model = model.clone();
@@ -140,25 +140,6 @@ impl Genq {
         };
         run.peak_rss_bytes = peak_rss_bytes(self.cluster.worker_pid(0));
         Ok(run)
-    }
-
-    /// The first model `GET /v1/models` lists: the one the worker serves.
-    async fn model_name(&self) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .get(format!("{}/v1/models", self.base_url))
-            .send()
-            .await?;
-        ensure!(
-            response.status() == 200,
-            "GET /v1/models answered {}",
-            response.status()
-        );
-        let models: serde_json::Value = response.json().await?;
-        models["data"][0]["id"]
-            .as_str()
-            .map(str::to_owned)
-            .context("GET /v1/models listed no model")
     }
 
     /// One `POST /v1/completions` of `request`'s one prompt. genq's OpenAI path takes no `top_k`:

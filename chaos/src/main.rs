@@ -263,18 +263,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
 
     // The OpenAI batch path beside the clients, under the same faults.
-    let models: serde_json::Value = cluster
-        .client()
-        .get(format!("{}/v1/models", cluster.base_url()))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let model = models["data"][0]["id"]
-        .as_str()
-        .context("the API lists no model")?
-        .to_owned();
+    let model = genq_harness::client::first_model(&cluster.client(), &cluster.base_url()).await?;
     let batch_client = batches::BatchClient::new(&cluster, model);
     let batches = tokio::spawn({
         let faults_done = faults_done.clone();

@@ -23,3 +23,18 @@ pub async fn submit(http: &reqwest::Client, base_url: &str, body: &Value) -> any
         .context("no task_id")?
         .parse()?)
 }
+
+/// The first model `GET /v1/models` lists: on a cluster of one model, the one its workers serve.
+pub async fn first_model(http: &reqwest::Client, base_url: &str) -> anyhow::Result<String> {
+    let response = http.get(format!("{base_url}/v1/models")).send().await?;
+    ensure!(
+        response.status() == 200,
+        "GET /v1/models answered {}",
+        response.status()
+    );
+    let models: Value = response.json().await?;
+    models["data"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("GET /v1/models listed no model")
+}
