@@ -1,9 +1,9 @@
 //! Injecting faults one at a time while the load runs, and timing each recovery in PostgreSQL.
 //!
 //! Recovery of a fault: from the moment it is injected until every job that was unfinished at
-//! that moment has finished (completed, failed or cancelled). A fault that lasts (a partition, a
-//! slow link, a full Redis) is healed after 5 to 60 s, and its recovery is also timed from the
-//! healing. For a fault that hits one worker the pickup is timed too: until every job the worker
+//! that moment has finished (completed, failed or cancelled), timed while the fault lasts. A
+//! fault that lasts (a partition, a slow link, a full Redis) is healed after 5 to 60 s, and its
+//! recovery is also given from the healing (0 when every job finished before it). For a fault that hits one worker the pickup is timed too: until every job the worker
 //! held runs again elsewhere or has finished.
 
 use std::time::{Duration, Instant};
@@ -16,11 +16,15 @@ use rand_chacha::ChaCha8Rng;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use genq_harness::relay::Mode;
+
 use crate::{
     links::{Cut, Link},
     redis_full,
-    relay::Mode,
 };
+
+/// A partition's jobs must all have finished this long after it healed (the run fails otherwise).
+pub const PARTITION_RECOVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum FaultKind {
@@ -121,7 +125,7 @@ impl FaultKind {
             )
     }
 
-    fn cut(self) -> Option<Cut> {
+    pub fn cut(self) -> Option<Cut> {
         match self {
             FaultKind::PartitionPostgres | FaultKind::ApiPartitionPostgres => Some(Cut::Postgres),
             FaultKind::PartitionRedis | FaultKind::ApiPartitionRedis => Some(Cut::Redis),
@@ -164,6 +168,9 @@ pub struct Fault {
     /// Lasting faults on one worker's links: from the healing until that worker, still the same
     /// process, claimed a job again (`None`: not within patience).
     pub rejoined: Option<Duration>,
+    /// What happened to the job that finished last of those unfinished at the fault, in seconds
+    /// from the injection: where the recovery waited.
+    pub slowest: Option<String>,
 }
 
 pub struct Injector<'a> {
@@ -270,17 +277,20 @@ impl Injector<'_> {
                 _ => redis_full::restore(&self.redis, &redis_settings).await,
             }
         };
-        let (pickup, healed) = tokio::join!(pickup, heal);
-        healed.with_context(|| format!("healing {}", kind.label()))?;
-        let healed = Instant::now();
-        let rejoined = async {
-            match (&victim, link, lasts) {
+        // Timed from the injection, while the fault lasts: jobs may well finish before it heals.
+        let recovery = self.until_finished(&unfinished, injected);
+        let healed_then_rejoined = async {
+            heal.await
+                .with_context(|| format!("healing {}", kind.label()))?;
+            let healed = Instant::now();
+            anyhow::Ok(match (&victim, link, lasts) {
                 (Some((_, name)), Some(_), Some(_)) => self.until_claims(name, healed).await,
                 _ => None,
-            }
+            })
         };
-        let recovery = self.until_finished(&unfinished, injected);
-        let (rejoined, recovery) = tokio::join!(rejoined, recovery);
+        let (pickup, rejoined, recovery) = tokio::join!(pickup, healed_then_rejoined, recovery);
+        let rejoined = rejoined?;
+        let slowest = self.slowest_story(&unfinished, injected).await;
         Ok(Fault {
             kind,
             unfinished: unfinished.len(),
@@ -290,7 +300,42 @@ impl Injector<'_> {
             lasted: lasts,
             after_healing: lasts.zip(recovery).map(|(l, r)| r.saturating_sub(l)),
             rejoined,
+            slowest,
         })
+    }
+
+    /// The job of `ids` that finished last, told in seconds since `injected`.
+    async fn slowest_story(&self, ids: &[Uuid], injected: Instant) -> Option<String> {
+        let story = report::last_to_finish(&self.pool, ids).await.ok()??;
+        let now = injected.elapsed().as_secs_f64();
+        let at = |ago: f64| format!("{:+.1}", now - ago);
+        let attempts: Vec<String> = story
+            .attempts
+            .iter()
+            .map(|a| {
+                let mut parts = a.split(' ');
+                let (worker, claimed, ended, outcome) = (
+                    parts.next().unwrap_or("?"),
+                    parts.next().and_then(|t| t.parse().ok()),
+                    parts.next().and_then(|t| t.parse().ok()),
+                    parts.next().unwrap_or("?"),
+                );
+                format!(
+                    "{worker} claimed {} ended {} {outcome}",
+                    claimed.map_or("?".into(), at),
+                    ended.map_or("-".into(), at)
+                )
+            })
+            .collect();
+        Some(format!(
+            "{} {:?}: created {} queued {} finished {}; claims: [{}]",
+            story.id,
+            story.status,
+            at(story.created_ago),
+            at(story.queued_ago),
+            story.finished_ago.map_or("-".into(), at),
+            attempts.join("; ")
+        ))
     }
 
     /// Waits until `worker` (a registered name, or the prefix of its current process's) claims a

@@ -1,6 +1,7 @@
 //! Each worker's (and API replica's) own network link: a network namespace joined to the host
-//! by a veth pair, as a process on another machine is joined by a cable. PostgreSQL and Redis listen on 127.0.0.1 only,
-//! so the host's end of the pair runs a forwarder to each ([`relay`]).
+//! by a veth pair, as a process on another machine is joined by a cable. PostgreSQL and Redis
+//! listen on 127.0.0.1 only, so the host's end of the pair runs a forwarder to each
+//! ([`genq_harness::relay`]).
 //!
 //! Partitions are real: `iptables` rules inside the namespace drop the worker's packets to
 //! PostgreSQL, Redis or both, as a broken switch or a firewall would, so its connections hang
@@ -12,7 +13,7 @@ use std::{net::Ipv4Addr, process::Stdio};
 use anyhow::{Context, ensure};
 use tokio::process::Command;
 
-use crate::relay::{Mode, Relay};
+use genq_harness::relay::{Mode, Relay};
 
 /// The host ends of the links take 10.231.N.1, the namespaces' ends 10.231.N.2 (N from 1;
 /// workers count from 1, API replicas from [`API_LINKS`]).

@@ -9,9 +9,9 @@
 //!
 //! # Layout
 //! - `load`: the clients; `faults`: injecting faults and timing recoveries.
-//! - `links`: each worker's and API replica's network namespace and veth pair; `relay`: the
-//!   forwarder on its host end, which can make the link slow, silent or cut; `redis_full`: Redis
-//!   at `maxmemory`.
+//! - `links`: each worker's and API replica's network namespace and veth pair, with a forwarder
+//!   (`genq_harness::relay`) on its host end, which can make the link slow, silent or cut;
+//!   `redis_full`: Redis at `maxmemory`.
 //! - `audit`: the final count from PostgreSQL; `report`: its tables.
 //! - `soak`: the hour under steady load (`--soak-minutes`), one row a minute.
 //! - The processes (API and workers) are started and stopped by `genq-harness`.
@@ -22,7 +22,6 @@ mod faults;
 mod links;
 mod load;
 mod redis_full;
-mod relay;
 mod report;
 mod soak;
 
@@ -60,10 +59,12 @@ struct Args {
     /// Faults of each kind to inject.
     #[arg(long, default_value_t = 20)]
     faults_per_kind: usize,
+    /// The last `--kinds` given wins (scripts/chaos.sh passes the kinds this machine can run).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
+        action = clap::ArgAction::Set,
         default_value = "worker-kill,redis-restart,redis-flushall,postgres-restart,api-restart,\
                          api-replicas-in-turn,partition-postgres,partition-redis,partition-both,\
                          slow-link,stalled-link,dropped-connections,api-partition-postgres,\
@@ -311,6 +312,9 @@ async fn main() -> anyhow::Result<()> {
             report::seconds(fault.recovery),
             ledger.accepted(),
         );
+        if let Some(story) = &fault.slowest {
+            eprintln!("           the last to finish: {story}");
+        }
         faults.push(fault);
         tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
     }
@@ -337,9 +341,14 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|f| f.kind.on_worker_link() && f.lasted.is_some())
         .all(|f| f.rejoined.is_some());
+    let partitions_in_time = faults
+        .iter()
+        .filter(|f| f.kind.cut().is_some())
+        .all(|f| f.after_healing <= Some(faults::PARTITION_RECOVERY));
     if !audit.passed()
         || !all_recovered
         || !all_rejoined
+        || !partitions_in_time
         || seen.server_errors > 0
         || seen.unavailable_without_retry_after > 0
         || !batches.passed()

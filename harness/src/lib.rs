@@ -11,12 +11,14 @@
 //! - [`process`]: one child process: its environment and log, SIGTERM with a grace then SIGKILL
 //!   (also the end-to-end tests' second API).
 //! - [`client`]: HTTP requests as users' clients make them (with the cluster's key).
+//! - [`relay`]: a TCP forwarder that turns a link slow, silent or broken.
 
 pub mod balancer;
 pub mod client;
 pub mod cluster;
 pub mod database;
 pub mod process;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 

@@ -162,8 +162,7 @@ impl Reconciler {
         // PostgreSQL is down (apalis reschedules tasks whose handler failed meanwhile).
         let outcome = self.promote_due(&mut pass).await;
         record(&mut pass, "promote_due", outcome);
-        // Held until the pass ends: the transaction's end releases it, as does a connection
-        // that dies with its process.
+        // Held until the pass ends, or its session does (see `jobs::ReconcilerLock`).
         let lock = match jobs::try_reconciler_lock(&self.db, &self.queue).await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
@@ -175,25 +174,29 @@ impl Reconciler {
                 return pass;
             }
         };
-        self.steps(&mut pass).await;
-        // Ending it can fail only with the connection, which releases the lock as well.
-        let _ = lock.commit().await;
+        self.steps(&mut pass, &lock).await;
+        lock.release().await;
         pass
     }
 
-    async fn steps(&mut self, pass: &mut Pass) {
-        let outcome = self.take_back_lost_claims(pass).await;
-        record(pass, "take_back_lost_claims", outcome);
-        let outcome = self.expire_queued(pass).await;
-        record(pass, "expire_queued", outcome);
-        let outcome = self.fall_back_unserved(pass).await;
-        record(pass, "fall_back_unserved", outcome);
-        let outcome = self.redispatch_lost(pass).await;
-        record(pass, "redispatch_lost", outcome);
-        let outcome = self.vacuum_redis(pass).await;
-        record(pass, "vacuum_redis", outcome);
-        let outcome = self.apply_retention(pass).await;
-        record(pass, "apply_retention", outcome);
+    /// The steps in order, while the lock holds: once it is lost, another pass may be running.
+    async fn steps(&mut self, pass: &mut Pass, lock: &jobs::ReconcilerLock) {
+        for step in Step::IN_ORDER {
+            if !lock.is_held() {
+                let lost = anyhow::anyhow!("the lock's session ended mid-pass; the pass stopped");
+                record(pass, "lock", Err(lost));
+                return;
+            }
+            let outcome = match step {
+                Step::TakeBackLostClaims => self.take_back_lost_claims(pass).await,
+                Step::ExpireQueued => self.expire_queued(pass).await,
+                Step::FallBackUnserved => self.fall_back_unserved(pass).await,
+                Step::RedispatchLost => self.redispatch_lost(pass).await,
+                Step::VacuumRedis => self.vacuum_redis(pass).await,
+                Step::ApplyRetention => self.apply_retention(pass).await,
+            };
+            record(pass, step.name(), outcome);
+        }
     }
 
     async fn take_back_lost_claims(&mut self, pass: &mut Pass) -> anyhow::Result<()> {
@@ -427,6 +430,40 @@ impl Reconciler {
 /// The models whose queues the reconciler looks after: every registered one.
 async fn jobs_models(pool: &PgPool) -> sqlx::Result<Vec<String>> {
     crate::db::models::names(pool).await
+}
+
+/// The steps a pass runs under the lock, each on its own (one failing does not stop the next).
+#[derive(Clone, Copy)]
+enum Step {
+    TakeBackLostClaims,
+    ExpireQueued,
+    FallBackUnserved,
+    RedispatchLost,
+    VacuumRedis,
+    ApplyRetention,
+}
+
+impl Step {
+    const IN_ORDER: [Step; 6] = [
+        Step::TakeBackLostClaims,
+        Step::ExpireQueued,
+        Step::FallBackUnserved,
+        Step::RedispatchLost,
+        Step::VacuumRedis,
+        Step::ApplyRetention,
+    ];
+
+    /// As logged and listed among a pass's failed steps.
+    fn name(self) -> &'static str {
+        match self {
+            Step::TakeBackLostClaims => "take_back_lost_claims",
+            Step::ExpireQueued => "expire_queued",
+            Step::FallBackUnserved => "fall_back_unserved",
+            Step::RedispatchLost => "redispatch_lost",
+            Step::VacuumRedis => "vacuum_redis",
+            Step::ApplyRetention => "apply_retention",
+        }
+    }
 }
 
 fn record(pass: &mut Pass, step: &'static str, outcome: anyhow::Result<()>) {

@@ -109,6 +109,18 @@ pub async fn waiting_tasks(ns: &str) -> Vec<String> {
     tasks
 }
 
+/// How many job consumers (apalis workers) have registered on a model's queue: a worker that
+/// has one has finished starting.
+pub async fn consumers(ns: &str) -> usize {
+    let mut redis = redis_connection().await;
+    let workers = genq_shared::queue::storage_config(ns).workers_set();
+    redis::cmd("ZCARD")
+        .arg(workers)
+        .query_async(&mut redis)
+        .await
+        .expect("counting the queue's consumers")
+}
+
 pub fn tiny_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
     MODEL.get_or_init(|| loaded(tiny_model_path())).clone()
@@ -348,6 +360,12 @@ impl TestApp {
     pub async fn start_worker_with(&self, slots: u32, extra: &[&str]) -> TestWorker {
         let mut args = self.worker_args(slots);
         args.extend(extra.iter().map(|a| a.to_string()));
+        self.start_worker_of(args, tiny_model()).await
+    }
+
+    /// Starts an in-process worker on the tiny model with `args` (from [`TestApp::worker_args`],
+    /// changed as the test needs).
+    pub async fn start_worker_from(&self, args: Vec<String>) -> TestWorker {
         self.start_worker_of(args, tiny_model()).await
     }
 

@@ -1,9 +1,11 @@
 //! PostgreSQL or Redis unreachable for one API (through a cut proxy): readiness says which, with
 //! `Retry-After`; a job recorded while Redis is down keeps its id and runs once Redis is back; a
-//! reconciler step that fails does not skip the others.
+//! reconciler step that fails does not skip the others; a worker whose link to PostgreSQL goes
+//! silent stops taking jobs (its `/ready` says why), its job runs on another, and it comes back.
 
 use std::time::Duration;
 
+use genq_harness::relay::{Mode, Relay};
 use genq_shared::{
     config::QueueConfig,
     db, queue,
@@ -11,9 +13,9 @@ use genq_shared::{
     types::JobStatus,
 };
 use genq_tests::{
-    AppOptions, TestApp,
+    AppOptions, TestApp, consumers, free_port,
     proxy::{Proxy, host_port, through},
-    redis_url,
+    redis_url, until,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -166,5 +168,64 @@ async fn a_failed_reconciler_step_does_not_skip_the_others() {
     assert_eq!(app.status(expired).await, JobStatus::Failed);
     assert_eq!(db::jobs::status(&app.pool, finished).await.unwrap(), None);
     redis.restore();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_postgresql_stops_taking_jobs_and_its_job_runs_on_another() {
+    let app = TestApp::spawn().await;
+    // A partition, not a refused connection: the worker's connections stay open and go silent.
+    let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let database = host_port(&app.database_url);
+    let link = Relay::start(local, database.into()).await.unwrap();
+    let mut args = app.worker_args(2);
+    let through_link = app
+        .database_url
+        .replacen(database, &link.address().to_string(), 1);
+    args[2] = format!("--database-url={through_link}");
+    let http = format!("127.0.0.1:{}", free_port());
+    args.push(format!("--http-addr={http}"));
+    let cut_off = app.start_worker_from(args).await;
+    until("the worker has started consuming", || async {
+        consumers(&app.model_queue()).await == 1
+    })
+    .await;
+    let ready = || async {
+        let response = reqwest::get(format!("http://{http}/ready")).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+
+    link.set_mode(Mode::Stall);
+    let id = app
+        .submit(&json!({ "prompts": ["handed over"], "max_tokens": 4 }))
+        .await;
+    // The only worker takes the job's task from Redis, which it still reaches, fails to claim
+    // it, hands it back and stops taking jobs.
+    let unreachable = r#"{"error":{"code":"unavailable","message":"PostgreSQL is unreachable: taking no jobs until it answers"}}"#;
+    until("the cut-off worker says it takes no jobs", || async {
+        ready().await == (503, unreachable.to_owned())
+    })
+    .await;
+    let other = app.start_worker(2).await;
+
+    let view = app.wait_final(id).await;
+    assert_eq!(view.status, JobStatus::Completed);
+    let claims: i64 = sqlx::query_scalar("select count(*) from job_attempts where job_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        claims, 1,
+        "only the other worker's claim reached PostgreSQL"
+    );
+    link.set_mode(Mode::Pass);
+    until("the healed worker is ready again", || async {
+        ready().await.0 == 200
+    })
+    .await;
+    cut_off.stop().await;
+    other.stop().await;
     app.stop().await;
 }

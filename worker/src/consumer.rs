@@ -2,7 +2,8 @@
 //! FLUSHALL that forgets its registration, a slow answer), and its `Monitor` then waits for the
 //! shutdown signal with no consumer left. So the worker is supervised here: rebuilt under a fresh
 //! name after a backoff, for as long as the process runs. Jobs run on their own tasks, so a
-//! consumer that dies mid-job leaves its jobs running to their end.
+//! consumer that dies mid-job leaves its jobs running to their end. It is also stopped while
+//! PostgreSQL cannot be reached (see [`crate::reachability`]), and rebuilt once it answers.
 
 use std::{
     sync::Arc,
@@ -14,12 +15,16 @@ use futures::future::{BoxFuture, Shared};
 use genq_shared::queue;
 use tokio_util::task::TaskTracker;
 
-use crate::runner::JobRunner;
+use crate::{reachability::CLAIM_PATIENCE, runner::JobRunner};
 
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const LONGEST_RETRY: Duration = Duration::from_secs(5);
 /// A consumer that ran this long counts as healthy: its failure restarts the backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// Stopped because PostgreSQL is unreachable, apalis's worker waits for its handlers; past this
+/// it is dropped (it may never finish a stop by itself: see `CONSUMER_STOP_PATIENCE` in lib.rs).
+/// Its jobs go on on their own tasks, and the tasks it held are re-queued by other workers.
+const STOP_PATIENCE: Duration = Duration::from_secs(3);
 
 pub struct Consumer {
     pub name: String,
@@ -80,10 +85,11 @@ impl Consumer {
     /// Consumes until `shutdown` resolves, then lets the jobs in hand finish (fetched but
     /// unstarted ones go back to the queue).
     pub async fn run(self, shutdown: Shared<BoxFuture<'static, ()>>) {
+        let postgres = self.runner.postgres.clone();
         let mut retry = FIRST_RETRY;
         for generation in 0u64.. {
             let started = Instant::now();
-            let stop = shutdown.clone();
+            let (stop, lost) = (shutdown.clone(), postgres.clone());
             let worker = WorkerBuilder::new(format!("{}-{generation}", self.name))
                 .backend(self.storage.clone().poll_with_interval(self.poll))
                 .concurrency(self.max_jobs)
@@ -91,14 +97,31 @@ impl Consumer {
                 .data(self.jobs.clone())
                 .data(self.refill.clone())
                 .build(handle);
-            let ended = worker
-                .run_until(async move {
-                    stop.await;
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
+            let running = worker.run_until(async move {
+                tokio::select! {
+                    _ = stop => {}
+                    _ = lost.lost() => {}
+                }
+                Ok::<_, std::io::Error>(())
+            });
+            let given_up = async {
+                postgres.lost().await;
+                tokio::time::sleep(STOP_PATIENCE).await;
+            };
+            let ended = tokio::select! {
+                ended = running => ended,
+                _ = given_up => Ok(()),
+            };
             if shutdown.peek().is_some() {
                 return;
+            }
+            if postgres.is_unreachable() {
+                tokio::select! {
+                    _ = postgres.until_reachable(&self.runner.db) => {}
+                    _ = shutdown.clone() => return,
+                }
+                retry = FIRST_RETRY;
+                continue;
             }
             if started.elapsed() >= HEALTHY_RUN {
                 retry = FIRST_RETRY;
@@ -127,9 +150,24 @@ async fn handle(
     refill: Data<Refill>,
 ) -> Result<(), BoxDynError> {
     let runner: Arc<JobRunner> = (*runner).clone();
+    let postgres = runner.postgres.clone();
     let job_id = dispatch.job_id;
+    let (claimed, claim_settled) = tokio::sync::oneshot::channel();
     // On its own task: dropping this handler (its consumer died) must not stop the job.
-    let job = jobs.spawn(async move { runner.run(job_id).await });
+    let job = jobs.spawn(async move { runner.run(job_id, claimed).await });
+    if tokio::time::timeout(CLAIM_PATIENCE, claim_settled)
+        .await
+        .is_err()
+    {
+        // The claim goes on (it is a transaction: dropped mid-way, it could leave its pooled
+        // connection inside it, launchbadge/sqlx#4393) and may still take the job once the link
+        // heals; meanwhile another worker may, and only one claim wins.
+        postgres.mark_unreachable("a claim did not settle in time");
+        return Err(format!(
+            "job {job_id}: the claim did not settle within {CLAIM_PATIENCE:?}; handed back"
+        )
+        .into());
+    }
     let ended = job.await;
     // Before the slot frees (this handler returns), so the fetch that fills it finds a task.
     refill.to(refill.free_slots() + 1).await;

@@ -1,6 +1,6 @@
 //! The worker's own small HTTP listener (`GENQ_WORKER_HTTP_ADDR`): `/health` (the process
-//! answers), `/ready` (503 until the model is loaded and the worker registered, and again once the
-//! engine has died or shutdown began) and `/metrics` (Prometheus). Jobs never come this way.
+//! answers), `/ready` (503 until the model is loaded and the worker registered, while PostgreSQL
+//! is unreachable, and once the engine has died or shutdown began) and `/metrics` (Prometheus). Jobs never come this way.
 
 use std::{
     net::SocketAddr,
@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::HeldJobs;
+use crate::{reachability, registry::HeldJobs};
 
 /// Where the listener binds unless told otherwise; taken, it falls back to a free port (several
 /// workers on one host need no settings).
@@ -38,15 +38,24 @@ struct Serving {
     engine: EngineStats,
     held: Arc<HeldJobs>,
     model: String,
+    postgres: reachability::Postgres,
 }
 
 impl Probe {
-    /// The model is loaded and the worker registered: ready, unless the engine dies.
-    pub fn serving(&self, engine: EngineStats, held: Arc<HeldJobs>, model: String) {
+    /// The model is loaded and the worker registered: ready, unless the engine dies or
+    /// PostgreSQL cannot be reached.
+    pub fn serving(
+        &self,
+        engine: EngineStats,
+        held: Arc<HeldJobs>,
+        model: String,
+        postgres: reachability::Postgres,
+    ) {
         let _ = self.serving.set(Serving {
             engine,
             held,
             model,
+            postgres,
         });
     }
 
@@ -116,6 +125,9 @@ async fn ready(State(probe): State<Probe>) -> Response {
     }
     if probe.stopping.is_cancelled() {
         return not_ready("the worker is shutting down");
+    }
+    if serving.postgres.is_unreachable() {
+        return not_ready("PostgreSQL is unreachable: taking no jobs until it answers");
     }
     Json(json!({ "status": "ready", "model": serving.model })).into_response()
 }

@@ -7,6 +7,7 @@
 //!   finish the jobs in hand, then stop.
 //! - `consumer`: takes job ids from Redis through apalis, restarting after Redis failures.
 //! - `runner`: one job's life (claim, generate, store).
+//! - `reachability`: whether PostgreSQL answers; the consumer stops while it does not.
 //! - `registry`: the worker's registration, heartbeat and job leases in PostgreSQL.
 //! - `cache`: the result cache for deterministic requests.
 //! - `live`: running jobs' live events (decoded text, finished prompts) published to Redis.
@@ -16,6 +17,7 @@ mod cache;
 mod consumer;
 mod http;
 mod live;
+mod reachability;
 mod registry;
 mod runner;
 
@@ -297,6 +299,7 @@ async fn serve(
         redis: redis.clone(),
         queue: config.queue.queue.clone(),
         live: LiveEvents::start(redis.clone(), config.queue.queue.clone()),
+        postgres: reachability::Postgres::default(),
     });
     let max_jobs = config
         .max_jobs
@@ -328,7 +331,12 @@ async fn serve(
     };
     let consuming =
         tokio::spawn(consumer.run(stop_consuming.clone().cancelled_owned().boxed().shared()));
-    probe.serving(engine_stats, runner.held.clone(), model_name);
+    probe.serving(
+        engine_stats,
+        runner.held.clone(),
+        model_name,
+        runner.postgres.clone(),
+    );
     let engine_failure = tokio::select! {
         _ = shutdown => None,
         reason = engine_failed => Some(reason),

@@ -21,12 +21,14 @@ use genq_shared::{
     wait::JobWatch,
 };
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     cache::ResultCache,
     live::{LiveEvents, LiveJob, stored_text},
+    reachability,
     registry::{Held, HeldJobs},
 };
 
@@ -48,6 +50,8 @@ pub struct JobRunner {
     pub(crate) queue: String,
     /// Publishes the jobs' live events.
     pub(crate) live: LiveEvents,
+    /// Marked unreachable by a claim that cannot reach PostgreSQL.
+    pub(crate) postgres: reachability::Postgres,
 }
 
 enum Outcome {
@@ -60,12 +64,18 @@ enum Outcome {
 }
 
 impl JobRunner {
-    pub async fn run(self: Arc<Self>, job_id: Uuid) -> anyhow::Result<()> {
+    /// Claims and runs the job. `claimed` is dropped once the claim has settled (taken, refused
+    /// or failed): the consumer hands the task back if that takes too long.
+    pub async fn run(
+        self: Arc<Self>,
+        job_id: Uuid,
+        claimed: oneshot::Sender<()>,
+    ) -> anyhow::Result<()> {
         let span = tracing::info_span!("job", task_id = %job_id, worker = %self.worker_name);
-        self.run_job(job_id).instrument(span).await
+        self.run_job(job_id, claimed).instrument(span).await
     }
 
-    async fn run_job(&self, job_id: Uuid) -> anyhow::Result<()> {
+    async fn run_job(&self, job_id: Uuid, claimed: oneshot::Sender<()>) -> anyhow::Result<()> {
         if self.engine.is_stopped() {
             // This worker is on its way out: hand the job to another without spending an attempt.
             let mut redis = self.redis.clone();
@@ -74,14 +84,22 @@ impl JobRunner {
             return Ok(());
         }
         let model = self.model_name.as_str();
-        let claimed = db::jobs::claim(
+        let claiming = db::jobs::claim(
             &self.db,
             job_id,
             &self.worker_name,
             model,
             &self.model_version,
         );
-        let Some(claim) = claimed.await? else {
+        let claim = claiming.await;
+        drop(claimed);
+        let claim = claim.inspect_err(|e| {
+            if db::is_unavailable(e) {
+                self.postgres
+                    .mark_unreachable("a claim could not reach PostgreSQL");
+            }
+        });
+        let Some(claim) = claim? else {
             // Cancelled, already taken by another delivery, or unknown: nothing to run.
             tracing::info!("job is not queued; skipping");
             return Ok(());

@@ -21,7 +21,7 @@ use anyhow::Context;
 use sqlx::{
     PgPool, Postgres,
     migrate::{MigrateDatabase, Migrator},
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
 
 use crate::config::SecretUrl;
@@ -54,6 +54,24 @@ pub const STATUS_CHANNEL: &str = "genq_job_status";
 /// `key_changes_notify`), so that an API drops the keys it has cached.
 pub const KEY_CHANNEL: &str = "genq_key_changes";
 
+/// A session left idle inside a transaction this long is ended by PostgreSQL, and its locks go
+/// with it. A process cut off mid-transaction (a partition: its connection neither answers nor
+/// closes) would otherwise keep the rows it wrote locked until TCP gives up on the link, hours
+/// later, and every write to them would wait as long: the reconciler's taking back of the jobs
+/// of that very process included. genq never waits on anything else this long inside a
+/// transaction; the reconciler's lock, held across a pass, is kept busy (`jobs::ReconcilerLock`).
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+
+/// How every genq connection is made: `url`, with the session settings above.
+fn connect_options(url: &SecretUrl) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = url
+        .expose()
+        .parse()
+        .with_context(|| format!("reading the PostgreSQL URL {url}"))?;
+    let idle = format!("{}s", IDLE_IN_TRANSACTION.as_secs());
+    Ok(options.options([("idle_in_transaction_session_timeout", idle)]))
+}
+
 /// Connects, creating the database first if it does not exist. Does not migrate.
 pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<PgPool> {
     let exists = Postgres::database_exists(url.expose())
@@ -74,7 +92,7 @@ pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<Pg
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url.expose())
+        .connect_with(connect_options(url)?)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {url}"))
 }
@@ -91,7 +109,7 @@ pub async fn connect_existing(
     match PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url.expose())
+        .connect_with(connect_options(url)?)
         .await
     {
         Ok(pool) => Ok(Some(pool)),

@@ -120,21 +120,6 @@ pub async fn whole_window(pool: &PgPool, grace: Duration) -> sqlx::Result<CheckW
     Ok(CheckWindow { from: None, until })
 }
 
-/// Takes the queue's reconciler lock if no other pass holds it: held until the returned
-/// transaction ends, or its connection does.
-pub async fn try_reconciler_lock(
-    pool: &PgPool,
-    queue: &str,
-) -> sqlx::Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
-    let mut tx = pool.begin().await?;
-    let taken: bool =
-        sqlx::query_scalar(r#"select pg_try_advisory_xact_lock(hashtextextended($1, 0))"#)
-            .bind(format!("genq reconciler {queue}"))
-            .fetch_one(&mut *tx)
-            .await?;
-    Ok(taken.then_some(tx))
-}
-
 /// Up to `limit` queued jobs of the window after `after`, in (queued_at, id) order: an index
 /// range scan of `jobs_queued_at`, whatever the backlog.
 pub async fn queued_in_window(

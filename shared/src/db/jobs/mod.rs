@@ -7,10 +7,12 @@
 //! - [`lifecycle`]: claim, complete or fail fenced by the attempt, cancel.
 //! - [`recovery`]: leases, lost workers, deadlines, lost dispatches, the dead list, retention.
 //! - [`dispatch`]: which apalis task carries each job.
+//! - [`reconciler_lock`]: one reconciler pass at a time per queue.
 //! - [`report`]: read-only figures for the fault suite and the benchmarks.
 
 mod dispatch;
 mod lifecycle;
+mod reconciler_lock;
 mod recovery;
 pub mod report;
 
@@ -20,6 +22,7 @@ use uuid::Uuid;
 
 pub use dispatch::*;
 pub use lifecycle::*;
+pub use reconciler_lock::*;
 pub use recovery::*;
 
 use super::Scope;

@@ -2,6 +2,7 @@
 //! byte is delayed by the same latency without limiting throughput (a chunk waits until its time,
 //! the next is already read), a stall stops reading and writing without closing anything (the
 //! link that accepts and then goes silent), and a drop closes every live connection at once.
+//! The fault suite puts one on each worker's link; the end-to-end tests, in front of PostgreSQL.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -40,11 +41,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Listens on `address` and forwards each connection to `target` (`host:port`).
+    /// Listens on `address` (port 0: a free one) and forwards each connection to `target`
+    /// (`host:port`).
     pub async fn start(address: SocketAddr, target: String) -> anyhow::Result<Relay> {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("binding {address}"))?;
+        let address = listener.local_addr().context("the bound address")?;
         let (state, watching) = watch::channel(State {
             mode: Mode::Pass,
             generation: 0,
