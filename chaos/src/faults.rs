@@ -3,8 +3,9 @@
 //! Recovery of a fault: from the moment it is injected until every job that was unfinished at
 //! that moment has finished (completed, failed or cancelled), timed while the fault lasts. A
 //! fault that lasts (a partition, a slow link, a full Redis) is healed after 5 to 60 s, and its
-//! recovery is also given from the healing (0 when every job finished before it). For a fault that hits one worker the pickup is timed too: until every job the worker
-//! held runs again elsewhere or has finished.
+//! recovery is also given from the healing (0 when every job finished before it). For a fault
+//! that hits one worker the pickup is timed too: until every job the worker held runs again
+//! elsewhere or has finished.
 
 use std::time::{Duration, Instant};
 

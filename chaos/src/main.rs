@@ -341,10 +341,10 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|f| f.kind.on_worker_link() && f.lasted.is_some())
         .all(|f| f.rejoined.is_some());
-    let partitions_in_time = faults
-        .iter()
-        .filter(|f| f.kind.cut().is_some())
-        .all(|f| f.after_healing <= Some(faults::PARTITION_RECOVERY));
+    let partitions_in_time = faults.iter().filter(|f| f.kind.cut().is_some()).all(|f| {
+        f.after_healing
+            .is_some_and(|a| a <= faults::PARTITION_RECOVERY)
+    });
     if !audit.passed()
         || !all_recovered
         || !all_rejoined

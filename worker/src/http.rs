@@ -1,6 +1,7 @@
 //! The worker's own small HTTP listener (`GENQ_WORKER_HTTP_ADDR`): `/health` (the process
 //! answers), `/ready` (503 until the model is loaded and the worker registered, while PostgreSQL
-//! is unreachable, and once the engine has died or shutdown began) and `/metrics` (Prometheus). Jobs never come this way.
+//! is unreachable, and once the engine has died or shutdown began) and `/metrics` (Prometheus).
+//! Jobs never come this way.
 
 use std::{
     net::SocketAddr,

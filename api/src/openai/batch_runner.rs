@@ -559,6 +559,8 @@ async fn finalize(state: &AppState, batch: &BatchRow, status: &str) -> anyhow::R
     // Final: no job of the batch changes any more.
     db::openai_batches::refresh_counts(&state.db, &batch.id).await?;
     let mut tx = state.db.begin().await?;
+    // Open while the pages are read on other connections.
+    db::allow_idle_in(&mut tx).await?;
     let mut output = FileWriter::open(&mut tx, batch, "output").await?;
     let mut errors = FileWriter::open(&mut tx, batch, "error").await?;
     let created = batch.in_progress_at.unwrap_or(batch.created_at).timestamp();

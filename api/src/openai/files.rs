@@ -173,6 +173,8 @@ async fn upload_file(
 
 async fn receive(state: &AppState, caller: &Caller, multipart: &mut Multipart) -> Result<FileRow> {
     let mut tx = state.db.begin().await?;
+    // Open while the client sends the file, at its pace.
+    db::allow_idle_in(&mut tx).await?;
     let id = db::files::new_id();
     let mut purpose: Option<String> = None;
     let mut stored: Option<(String, Stored)> = None;

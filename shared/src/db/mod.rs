@@ -62,6 +62,16 @@ pub const KEY_CHANNEL: &str = "genq_key_changes";
 /// transaction; the reconciler's lock, held across a pass, is kept busy (`jobs::ReconcilerLock`).
 pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
 
+/// Lifts [`IDLE_IN_TRANSACTION`] for the rest of the transaction `tx`: for one that must wait on
+/// something slower between its statements (a client's upload, queries on other connections) and
+/// locks only rows of its own making, which nothing else waits on.
+pub async fn allow_idle_in(tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query(r#"set local idle_in_transaction_session_timeout = 0"#)
+        .execute(tx)
+        .await
+        .map(|_| ())
+}
+
 /// How every genq connection is made: `url`, with the session settings above.
 fn connect_options(url: &SecretUrl) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = url
@@ -201,10 +211,11 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         // SQLSTATE classes 08 (connection exception), 53 (insufficient resources: too many
-        // connections) and 57 (operator intervention: shutting down, starting up).
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|code| ["08", "53", "57"].iter().any(|c| code.starts_with(c))),
+        // connections) and 57 (operator intervention: shutting down, starting up), and 25P03:
+        // the session sat idle in a transaction past IDLE_IN_TRANSACTION (its link was down).
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            code == "25P03" || ["08", "53", "57"].iter().any(|c| code.starts_with(c))
+        }),
         _ => false,
     }
 }

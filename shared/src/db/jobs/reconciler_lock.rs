@@ -4,30 +4,39 @@
 //! the lock of an API replica cut off mid-pass; a live pass, whatever its length, keeps it.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 
-/// Well inside [`crate::db::IDLE_IN_TRANSACTION`].
+use crate::db::IDLE_IN_TRANSACTION;
+
+/// Well inside [`IDLE_IN_TRANSACTION`].
 const KEEP_BUSY_EVERY: Duration = Duration::from_secs(2);
 
+/// When the last beat that PostgreSQL answered was sent; `None` once one failed.
+type Answered = Arc<Mutex<Option<Instant>>>;
+
+fn answered(answered: &Answered) -> Option<Instant> {
+    // One assignment per use: consistent even if a holder panicked.
+    *answered.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub struct ReconcilerLock {
-    lost: Arc<AtomicBool>,
+    answered: Answered,
     release: oneshot::Sender<()>,
     holder: JoinHandle<()>,
 }
 
 impl ReconcilerLock {
-    /// False once the holding session has ended (PostgreSQL restarted, or the link was down
-    /// past the idle timeout): another pass may then hold the lock.
+    /// False once the holding session may have ended: a beat failed (PostgreSQL restarted), or
+    /// none was answered for long enough that PostgreSQL may have ended it as idle (a silent
+    /// link hangs the beat rather than failing it). Another pass may then hold the lock.
     pub fn is_held(&self) -> bool {
-        !self.lost.load(Ordering::Relaxed)
+        answered(&self.answered)
+            .is_some_and(|sent| sent.elapsed() < IDLE_IN_TRANSACTION - KEEP_BUSY_EVERY)
     }
 
     /// Ends the holding transaction, and with it the lock.
@@ -53,11 +62,11 @@ pub async fn try_reconciler_lock(
         tx.rollback().await?;
         return Ok(None);
     }
-    let lost = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(Mutex::new(Some(Instant::now())));
     let (release, released) = oneshot::channel();
-    let holder = tokio::spawn(hold(tx, released, lost.clone()));
+    let holder = tokio::spawn(hold(tx, released, answered.clone()));
     Ok(Some(ReconcilerLock {
-        lost,
+        answered,
         release,
         holder,
     }))
@@ -66,7 +75,7 @@ pub async fn try_reconciler_lock(
 async fn hold(
     mut tx: Transaction<'static, Postgres>,
     mut released: oneshot::Receiver<()>,
-    lost: Arc<AtomicBool>,
+    answered: Answered,
 ) {
     let mut beats = tokio::time::interval(KEEP_BUSY_EVERY);
     beats.tick().await;
@@ -76,10 +85,12 @@ async fn hold(
             _ = &mut released => break,
             // The statement runs to its end, never dropped half-way (launchbadge/sqlx#4393).
             _ = beats.tick() => {
+                let sent = Instant::now();
                 if sqlx::query(r#"select 1"#).execute(&mut *tx).await.is_err() {
-                    lost.store(true, Ordering::Relaxed);
+                    *answered.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     return;
                 }
+                answered.lock().unwrap_or_else(|p| p.into_inner()).replace(sent);
             }
         }
     }
