@@ -125,6 +125,33 @@ ensure_redis() {
     redis-cli ping >/dev/null 2>&1 || { warn "Redis did not start"; exit 1; }
 }
 
+# PostgreSQL's autovacuum is on by default, and genq counts on it: without it no table is ever
+# analyzed or vacuumed, so plans go stale and partial indexes keep every row that ever matched
+# them (the reconciler's scan of running jobs read 150,000 entries for none after two hours).
+# Some CI machines turn it off. The runs that last (the soak, the full fault suite) turn it on
+# with `autovacuum_on`; `autovacuum_give_back` restores what was there.
+autovacuum_give_back_sql=""
+autovacuum_on() {
+    local psql=(psql -h 127.0.0.1 -U postgres -d postgres -qAt) setting set_in
+    read -r setting set_in < <("${psql[@]}" -c \
+        "select setting, coalesce(sourcefile, '-') from pg_settings where name = 'autovacuum'")
+    [ "$setting" = off ] || return 0
+    warn "PostgreSQL's autovacuum is off here: on for this run"
+    case "$set_in" in
+        */postgresql.auto.conf) autovacuum_give_back_sql="alter system set autovacuum = off" ;;
+        *) autovacuum_give_back_sql="alter system reset autovacuum" ;;
+    esac
+    "${psql[@]}" -c "alter system set autovacuum = on" -c "select pg_reload_conf()" >/dev/null
+    sleep 1 # the reload is asynchronous
+    [ "$("${psql[@]}" -c 'show autovacuum')" = on ] ||
+        warn "autovacuum stayed off (set on PostgreSQL's command line?): the figures are without it"
+}
+autovacuum_give_back() {
+    [ -n "$autovacuum_give_back_sql" ] || return 0
+    psql -h 127.0.0.1 -U postgres -d postgres -qAt -c "$autovacuum_give_back_sql" \
+        -c "select pg_reload_conf()" >/dev/null
+}
+
 ensure_services() {
     ensure_build_tools
     ensure_postgres

@@ -26,6 +26,10 @@ fi
 logs="$GENQ_ROOT/.genq/soak"
 mkdir -p "$logs"
 
+# An hour's growth as production would see it: with autovacuum (see lib.sh).
+autovacuum_on
+trap autovacuum_give_back EXIT
+
 say "soaking genq (logs and CSV in $logs)"
 status=0
 "$bin/genq-chaos" --model "$model" --logs "$logs" --kinds worker-kill --soak-minutes 60 "$@" ||

@@ -3,7 +3,10 @@
 //! per prompt, and no result may be stored twice. Beside those, the repeated work the faults
 //! caused, from the job attempts: expected under faults, so reported but never a failure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use genq_shared::{
     db::{
@@ -13,7 +16,7 @@ use genq_shared::{
     },
     types::JobStatus,
 };
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::load::Seen;
@@ -109,4 +112,28 @@ pub async fn run(pool: &PgPool, seen: &Seen) -> anyhow::Result<Audit> {
     audit.stale_claim_writes = report::finished_by_a_stale_claim(pool).await?;
     audit.repeated = attempts::repeated_work(pool).await?;
     Ok(audit)
+}
+
+/// PostgreSQL sessions on the suite's database still open once every genq process has stopped,
+/// waiting up to `within` for them to close: each one a connection slot held for a client that
+/// went away unheard (see `genq_shared::db::SERVER_KEEPALIVE`). Closes `pool` first, so that
+/// only one connection of the suite's own remains, the one asking.
+pub async fn sessions_left(pool: PgPool, url: &str, within: Duration) -> anyhow::Result<i64> {
+    // Every connection of the pool is back in it by now; the bound only guards the report.
+    let _ = tokio::time::timeout(Duration::from_secs(10), pool.close()).await;
+    let mut asking = PgConnection::connect(url).await?;
+    let give_up = Instant::now() + within;
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()
+               and backend_type = 'client backend'",
+        )
+        .fetch_one(&mut asking)
+        .await?;
+        if left == 0 || Instant::now() >= give_up {
+            return Ok(left);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

@@ -310,21 +310,16 @@ impl Injector<'_> {
         let story = report::last_to_finish(&self.pool, ids).await.ok()??;
         let now = injected.elapsed().as_secs_f64();
         let at = |ago: f64| format!("{:+.1}", now - ago);
-        let attempts: Vec<String> = story
-            .attempts
+        let claims: Vec<String> = story
+            .claims
             .iter()
-            .map(|a| {
-                let mut parts = a.split(' ');
-                let (worker, claimed, ended, outcome) = (
-                    parts.next().unwrap_or("?"),
-                    parts.next().and_then(|t| t.parse().ok()),
-                    parts.next().and_then(|t| t.parse().ok()),
-                    parts.next().unwrap_or("?"),
-                );
+            .map(|c| {
                 format!(
-                    "{worker} claimed {} ended {} {outcome}",
-                    claimed.map_or("?".into(), at),
-                    ended.map_or("-".into(), at)
+                    "{} claimed {} ended {} {}",
+                    c.worker,
+                    at(c.claimed_ago),
+                    c.ended_ago.map_or("-".into(), at),
+                    c.outcome.as_deref().unwrap_or("running")
                 )
             })
             .collect();
@@ -335,7 +330,7 @@ impl Injector<'_> {
             at(story.created_ago),
             at(story.queued_ago),
             story.finished_ago.map_or("-".into(), at),
-            attempts.join("; ")
+            claims.join("; ")
         ))
     }
 

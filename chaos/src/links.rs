@@ -8,18 +8,26 @@
 //! rather than close. Slow, stalled and cut connections are the forwarder's doing: this machine
 //! kind's kernel has no `sch_netem`.
 
-use std::{net::Ipv4Addr, process::Stdio};
+use std::{net::Ipv4Addr, process::Stdio, time::Duration};
 
 use anyhow::{Context, ensure};
 use tokio::process::Command;
 
-use genq_harness::relay::{Mode, Relay};
+use genq_harness::relay::{Keepalive, Mode, Relay};
+use genq_shared::db::SERVER_KEEPALIVE;
 
 /// The host ends of the links take 10.231.N.1, the namespaces' ends 10.231.N.2 (N from 1;
 /// workers count from 1, API replicas from [`API_LINKS`]).
 const SUBNET: [u8; 2] = [10, 231];
 /// The first API replica's link number: workers take those below.
 pub const API_LINKS: u8 = 101;
+
+/// Redis's default `tcp-keepalive 300`: on Linux, probes every third of that, three of them.
+const REDIS_KEEPALIVE: Keepalive = Keepalive {
+    idle: Duration::from_secs(300),
+    interval: Duration::from_secs(100),
+    count: 3,
+};
 
 /// Which of the process's connections a partition drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,12 +106,18 @@ impl Link {
         for step in steps {
             run("ip", step).await?;
         }
-        let relay = |port: u16, target: &str| Relay::start((host_ip, port).into(), target.into());
+        // Each forwarder probes its clients as its server would: PostgreSQL as genq's sessions
+        // ask it to, Redis as its default `tcp-keepalive 300` does.
+        let relay = |port: u16, target: &str, keepalive: Keepalive| {
+            Relay::start_probing((host_ip, port).into(), target.into(), Some(keepalive))
+        };
         Ok(Link {
-            postgres: relay(5432, postgres)
+            postgres: relay(5432, postgres, SERVER_KEEPALIVE)
                 .await
                 .context("the PostgreSQL forwarder")?,
-            redis: relay(6379, redis).await.context("the Redis forwarder")?,
+            redis: relay(6379, redis, REDIS_KEEPALIVE)
+                .await
+                .context("the Redis forwarder")?,
             namespace,
             host_veth,
             host_ip,

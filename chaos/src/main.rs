@@ -155,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         None => Database::recreate(&args.postgres, "genq_chaos").await?,
     };
     let pool = database.pool.clone();
+    let suite_url = database.url.clone();
     let mut config = Config::new(
         args.bin_dir
             .clone()
@@ -335,6 +336,14 @@ async fn main() -> anyhow::Result<()> {
     let audit = audit::run(&pool, &seen).await?;
     report::print(&audit, &seen, &faults, elapsed);
     report::print_batches(&batches);
+    // Past the probes' whole course (idle, then every probe unanswered), for a partition that
+    // was the last fault.
+    let within = genq_shared::db::SERVER_KEEPALIVE.gives_up_after() + Duration::from_secs(10);
+    let sessions_left = audit::sessions_left(pool, &suite_url, within).await?;
+    eprintln!(
+        "PostgreSQL sessions left open once genq's processes stopped: {sessions_left} (waited up to {} s)",
+        within.as_secs()
+    );
     let all_recovered = faults.iter().all(|f| f.recovery.is_some());
     // A worker whose link healed must work again by itself, without a restart.
     let all_rejoined = faults
@@ -349,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
         || !all_recovered
         || !all_rejoined
         || !partitions_in_time
+        || sessions_left > 0
         || seen.server_errors > 0
         || seen.unavailable_without_retry_after > 0
         || !batches.passed()

@@ -3,10 +3,16 @@
 //! the next is already read), a stall stops reading and writing without closing anything (the
 //! link that accepts and then goes silent), and a drop closes every live connection at once.
 //! The fault suite puts one on each worker's link; the end-to-end tests, in front of PostgreSQL.
+//!
+//! The forwarder holds the server's end of each connection, so it must also do what the server
+//! does to clients that went away unheard (cut off, then gone): with a [`Keepalive`], it probes
+//! its clients as the server would and closes what goes unanswered, the server's side with it.
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
+pub use genq_shared::db::Keepalive;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
@@ -44,6 +50,15 @@ impl Relay {
     /// Listens on `address` (port 0: a free one) and forwards each connection to `target`
     /// (`host:port`).
     pub async fn start(address: SocketAddr, target: String) -> anyhow::Result<Relay> {
+        Self::start_probing(address, target, None).await
+    }
+
+    /// As [`Relay::start`], probing each client as `keepalive` says.
+    pub async fn start_probing(
+        address: SocketAddr,
+        target: String,
+        keepalive: Option<Keepalive>,
+    ) -> anyhow::Result<Relay> {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("binding {address}"))?;
@@ -55,6 +70,19 @@ impl Relay {
         let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let _ = client.set_nodelay(true);
+                if let Some(keepalive) = keepalive {
+                    let probes = TcpKeepalive::new()
+                        .with_time(keepalive.idle)
+                        .with_interval(keepalive.interval)
+                        .with_retries(keepalive.count);
+                    let socket = SockRef::from(&client);
+                    let set = socket.set_tcp_keepalive(&probes).and_then(|()| {
+                        socket.set_tcp_user_timeout(Some(keepalive.gives_up_after()))
+                    });
+                    if let Err(e) = set {
+                        eprintln!("relay: cannot probe a client of {target}: {e}");
+                    }
+                }
                 tokio::spawn(forward(client, target.clone(), watching.clone()));
             }
         });

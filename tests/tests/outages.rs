@@ -8,7 +8,8 @@ use std::time::Duration;
 use genq_harness::relay::{Mode, Relay};
 use genq_shared::{
     config::QueueConfig,
-    db, queue,
+    db::{self, jobs::CLAIM_LOCK_WAIT},
+    queue,
     reconcile::{ReconcileConfig, Reconciler},
     types::JobStatus,
 };
@@ -19,6 +20,15 @@ use genq_tests::{
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+/// How many claims of job `id` reached PostgreSQL (its attempts).
+async fn claims_of(app: &TestApp, id: Uuid) -> i64 {
+    sqlx::query_scalar("select count(*) from job_attempts where job_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
 
 async fn app_behind(postgres: Option<&Proxy>, redis: Option<&Proxy>) -> TestApp {
     TestApp::spawn_with(AppOptions {
@@ -211,11 +221,7 @@ async fn a_worker_cut_off_from_postgresql_stops_taking_jobs_and_its_job_runs_on_
 
     let view = app.wait_final(id).await;
     assert_eq!(view.status, JobStatus::Completed);
-    let claims: i64 = sqlx::query_scalar("select count(*) from job_attempts where job_id = $1")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let claims = claims_of(&app, id).await;
     assert_eq!(
         claims, 1,
         "only the other worker's claim reached PostgreSQL"
@@ -227,5 +233,117 @@ async fn a_worker_cut_off_from_postgresql_stops_taking_jobs_and_its_job_runs_on_
     .await;
     cut_off.stop().await;
     other.stop().await;
+    app.stop().await;
+}
+
+/// A job's row locked by another session (as a peer cut off mid-transaction holds it until
+/// PostgreSQL ends that session): the claim gives up after `CLAIM_LOCK_WAIT` and its delivery is
+/// retried, again and again past the claim patience, while the worker stays ready; once the lock
+/// goes, the job runs, claimed once.
+#[tokio::test]
+async fn a_claim_on_a_locked_row_is_retried_and_its_worker_stays_ready() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(&json!({ "prompts": ["held by another"], "max_tokens": 4 }))
+        .await;
+    let mut holder = app.pool.begin().await.unwrap();
+    db::allow_idle_in(&mut holder).await.unwrap();
+    sqlx::query("select 1 from jobs where id = $1 for update")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let mut args = app.worker_args(2);
+    let http = format!("127.0.0.1:{}", free_port());
+    args.push(format!("--http-addr={http}"));
+    let worker = app.start_worker_from(args).await;
+    // Each claim shows in pg_stat_activity as a statement waiting on the lock, with the time it
+    // started. Four of them (each waits 1 s, its retries 1, 2 and 3 s later) span past the 5 s
+    // claim patience; none may wait near that patience, nor two at once (one not given up), and
+    // the worker answers ready throughout.
+    let too_long = 3.0 * CLAIM_LOCK_WAIT.as_secs_f64();
+    let waits = std::sync::Mutex::new(std::collections::HashSet::new());
+    // Status 0: not listening yet.
+    let ready = || async {
+        match reqwest::get(format!("http://{http}/ready")).await {
+            Ok(response) => (response.status().as_u16(), response.text().await.unwrap()),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    until("the worker has loaded its model", || async {
+        ready().await.0 == 200
+    })
+    .await;
+    until(
+        "four claims waited on the locked row, each given up",
+        || async {
+            let waiting: Vec<(chrono::DateTime<chrono::Utc>, f64)> = sqlx::query_as(
+                "select query_start, extract(epoch from now() - query_start)::float8
+             from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'
+               and query like 'update jobs set status = ''running''%'",
+            )
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+            assert!(
+                waiting.len() <= 1,
+                "claims piled up on the lock: {waiting:?}"
+            );
+            if let Some((started, waited)) = waiting.first() {
+                assert!(*waited < too_long, "a claim waited {waited} s on the lock");
+                waits.lock().unwrap().insert(*started);
+            }
+            let (status, body) = ready().await;
+            assert_eq!(status, 200, "{body}");
+            waits.lock().unwrap().len() >= 4
+        },
+    )
+    .await;
+
+    holder.rollback().await.unwrap();
+    let view = app.wait_final(id).await;
+    assert_eq!(view.status, JobStatus::Completed);
+    let claims = claims_of(&app, id).await;
+    assert_eq!(claims, 1, "the claims given up left no attempt behind");
+    worker.stop().await;
+    app.stop().await;
+}
+
+/// Every genq session asks PostgreSQL to end it when left idle in a transaction and to probe it
+/// when it goes quiet (`db::IDLE_IN_TRANSACTION`, `db::SERVER_KEEPALIVE`): session settings, sent
+/// at connecting, so no server configuration is needed.
+#[tokio::test]
+async fn genq_sessions_carry_their_idle_and_keepalive_limits() {
+    let app = TestApp::spawn().await;
+    let settings: Vec<(String, String)> = sqlx::query_as(
+        "select name, setting from pg_settings
+         where name in ('idle_in_transaction_session_timeout', 'tcp_keepalives_idle',
+                        'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout')
+         order by name",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let keepalive = db::SERVER_KEEPALIVE;
+    let expected = [
+        (
+            "idle_in_transaction_session_timeout",
+            db::IDLE_IN_TRANSACTION.as_millis(),
+        ),
+        ("tcp_keepalives_count", u128::from(keepalive.count)),
+        ("tcp_keepalives_idle", u128::from(keepalive.idle.as_secs())),
+        (
+            "tcp_keepalives_interval",
+            u128::from(keepalive.interval.as_secs()),
+        ),
+        ("tcp_user_timeout", keepalive.gives_up_after().as_millis()),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    assert_eq!(settings, expected);
     app.stop().await;
 }

@@ -174,7 +174,16 @@ async fn handle(
     match ended {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
-            tracing::error!(error = ?e, task_id = %job_id, "job could not be processed");
+            let locked = e
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(genq_shared::db::is_lock_timeout);
+            match locked {
+                // Held by another session (see `CLAIM_LOCK_WAIT`): apalis delivers it again.
+                true => tracing::warn!(task_id = %job_id, "job's row locked elsewhere; retried"),
+                false => {
+                    tracing::error!(error = ?e, task_id = %job_id, "job could not be processed")
+                }
+            }
             Err(e.into())
         }
         Err(panicked) => {

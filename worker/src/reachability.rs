@@ -12,6 +12,10 @@ use tokio::sync::watch;
 /// A claim is one short transaction; this is past any healthy one, queueing for a pooled
 /// connection included.
 pub const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
+// A claim waiting on a row another session holds locked gives up before this patience does (a
+// locked row says nothing about the link), even after two waits: the row's lock, then its holder.
+const _: () =
+    assert!(2 * genq_shared::db::jobs::CLAIM_LOCK_WAIT.as_millis() < CLAIM_PATIENCE.as_millis());
 /// How often, while cut off, PostgreSQL is asked whether it answers again, and how long an
 /// answer may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);

@@ -62,6 +62,34 @@ pub const KEY_CHANNEL: &str = "genq_key_changes";
 /// transaction; the reconciler's lock, held across a pass, is kept busy (`jobs::ReconcilerLock`).
 pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
 
+/// How PostgreSQL probes a genq session gone quiet: after `idle` without traffic, a probe every
+/// `interval`; `count` unanswered and it ends the session. A process cut off by a partition cannot
+/// close its sessions, and one that gave up on them meanwhile never will: without probes the
+/// server keeps them, and their connection slots, for the kernel's default two hours: in the
+/// fault suite's first hour of partitions, leftovers took 30 of PostgreSQL's 100 slots.
+pub const SERVER_KEEPALIVE: Keepalive = Keepalive {
+    idle: Duration::from_secs(30),
+    interval: Duration::from_secs(10),
+    count: 3,
+};
+
+/// TCP keepalive probes, and how long data sent may go unacknowledged: probes only run while
+/// nothing sent waits for an answer (a notification to a cut-off listener does), so that wait is
+/// bounded alike (`tcp_user_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// When a peer that answers nothing is given up: after the idle time and every probe.
+    pub const fn gives_up_after(&self) -> Duration {
+        Duration::from_secs(self.idle.as_secs() + self.interval.as_secs() * self.count as u64)
+    }
+}
+
 /// Lifts [`IDLE_IN_TRANSACTION`] for the rest of the transaction `tx`: for one that must wait on
 /// something slower between its statements (a client's upload, queries on other connections) and
 /// locks only rows of its own making, which nothing else waits on.
@@ -78,8 +106,23 @@ fn connect_options(url: &SecretUrl) -> anyhow::Result<PgConnectOptions> {
         .expose()
         .parse()
         .with_context(|| format!("reading the PostgreSQL URL {url}"))?;
-    let idle = format!("{}s", IDLE_IN_TRANSACTION.as_secs());
-    Ok(options.options([("idle_in_transaction_session_timeout", idle)]))
+    let seconds = |d: Duration| d.as_secs().to_string();
+    Ok(options.options([
+        (
+            "idle_in_transaction_session_timeout",
+            format!("{}s", IDLE_IN_TRANSACTION.as_secs()),
+        ),
+        ("tcp_keepalives_idle", seconds(SERVER_KEEPALIVE.idle)),
+        (
+            "tcp_keepalives_interval",
+            seconds(SERVER_KEEPALIVE.interval),
+        ),
+        ("tcp_keepalives_count", SERVER_KEEPALIVE.count.to_string()),
+        (
+            "tcp_user_timeout",
+            SERVER_KEEPALIVE.gives_up_after().as_millis().to_string(),
+        ),
+    ]))
 }
 
 /// Connects, creating the database first if it does not exist. Does not migrate.
@@ -218,4 +261,9 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether the statement gave up waiting for a lock (`lock_timeout`, SQLSTATE 55P03).
+pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|code| code == "55P03"))
 }

@@ -1,6 +1,8 @@
 //! A job's lifecycle: a worker claims it, stores its outcome fenced by the claim's attempt, or it
 //! is cancelled. Every claim is an attempt (`super::super::attempts`), written alongside.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
@@ -14,6 +16,13 @@ use crate::{
     },
     types::{ErrorCode, ErrorDetail, JobParams, JobStatus},
 };
+
+/// How long a claim waits for each lock on its job's row (`lock_timeout`). Longer most likely
+/// means a peer cut off mid-transaction holds the row (PostgreSQL ends its session after
+/// [`crate::db::IDLE_IN_TRANSACTION`]): the claim gives up with SQLSTATE 55P03 and its delivery
+/// is retried, rather than outlasting the worker's claim patience, which would count PostgreSQL
+/// as unreachable and stop a worker that reaches it well.
+pub const CLAIM_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// Takes a queued job for `worker`, which serves `model`. `None` when it is not queued
 /// (cancelled, already taken by another delivery, or unknown) or waits for another model (a
@@ -34,6 +43,10 @@ pub async fn claim(
         f64,
     );
     let mut tx = pool.begin().await?;
+    sqlx::query("select set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", CLAIM_LOCK_WAIT.as_millis()))
+        .execute(&mut *tx)
+        .await?;
     let row: Option<Row> = sqlx::query_as(
         r#"update jobs set status = 'running', worker = $2, model = $3, model_version = $4,
                   attempt = attempt + 1, started_at = now(), lease_renewed_at = now()

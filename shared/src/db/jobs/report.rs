@@ -141,36 +141,60 @@ pub async fn completed_by_worker(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Ve
 
 /// What happened to one job, in seconds before now (PostgreSQL's clock): when it was created,
 /// last (re)dispatched and finished, and each claim of it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Story {
     pub id: Uuid,
     pub status: JobStatus,
     pub created_ago: f64,
     pub queued_ago: f64,
     pub finished_ago: Option<f64>,
-    /// `worker claimed-ago ended-ago outcome`, one per claim, in order.
-    pub attempts: Vec<String>,
+    /// In order.
+    pub claims: Vec<StoryClaim>,
+}
+
+/// One claim of a [`Story`]'s job.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoryClaim {
+    pub worker: String,
+    pub claimed_ago: f64,
+    pub ended_ago: Option<f64>,
+    /// `None` while it runs.
+    pub outcome: Option<String>,
 }
 
 /// The story of the job of `ids` that finished last (or is still unfinished): where the fault
 /// suite's slowest recovery waited.
 pub async fn last_to_finish(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Option<Story>> {
-    sqlx::query_as(
-        r#"select j.id, j.status,
-                  extract(epoch from now() - j.created_at)::float8 as created_ago,
-                  extract(epoch from now() - j.queued_at)::float8 as queued_ago,
-                  extract(epoch from now() - j.finished_at)::float8 as finished_ago,
-                  coalesce(array(
-                      select format('%s %s %s %s', a.worker,
-                                    round(extract(epoch from now() - a.claimed_at)::numeric, 2),
-                                    coalesce(round(extract(epoch from now() - a.ended_at)::numeric, 2)::text, '-'),
-                                    coalesce(a.outcome, 'running'))
-                      from job_attempts a where a.job_id = j.id order by a.attempt),
-                    '{}') as attempts
-           from jobs j where j.id = any($1)
-           order by j.finished_at desc nulls first limit 1"#,
+    let job: Option<(Uuid, JobStatus, f64, f64, Option<f64>)> = sqlx::query_as(
+        r#"select id, status,
+                  extract(epoch from now() - created_at)::float8,
+                  extract(epoch from now() - queued_at)::float8,
+                  extract(epoch from now() - finished_at)::float8
+           from jobs where id = any($1)
+           order by finished_at desc nulls first limit 1"#,
     )
     .bind(ids)
     .fetch_optional(pool)
-    .await
+    .await?;
+    let Some((id, status, created_ago, queued_ago, finished_ago)) = job else {
+        return Ok(None);
+    };
+    let claims = sqlx::query_as(
+        r#"select worker,
+                  extract(epoch from now() - claimed_at)::float8 as claimed_ago,
+                  extract(epoch from now() - ended_at)::float8 as ended_ago,
+                  outcome
+           from job_attempts where job_id = $1 order by attempt"#,
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(Story {
+        id,
+        status,
+        created_ago,
+        queued_ago,
+        finished_ago,
+        claims,
+    }))
 }
