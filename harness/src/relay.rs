@@ -70,18 +70,10 @@ impl Relay {
         let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let _ = client.set_nodelay(true);
-                if let Some(keepalive) = keepalive {
-                    let probes = TcpKeepalive::new()
-                        .with_time(keepalive.idle)
-                        .with_interval(keepalive.interval)
-                        .with_retries(keepalive.count);
-                    let socket = SockRef::from(&client);
-                    let set = socket.set_tcp_keepalive(&probes).and_then(|()| {
-                        socket.set_tcp_user_timeout(Some(keepalive.gives_up_after()))
-                    });
-                    if let Err(e) = set {
-                        eprintln!("relay: cannot probe a client of {target}: {e}");
-                    }
+                if let Some(keepalive) = keepalive
+                    && let Err(e) = probe(&client, keepalive)
+                {
+                    eprintln!("relay: cannot probe a client of {target}: {e}");
                 }
                 tokio::spawn(forward(client, target.clone(), watching.clone()));
             }
@@ -112,6 +104,17 @@ impl Drop for Relay {
         // Ends every forwarding task too.
         self.drop_connections();
     }
+}
+
+/// Probes `client` as a server with `keepalive` would, and gives it up as that server would.
+fn probe(client: &TcpStream, keepalive: Keepalive) -> std::io::Result<()> {
+    let probes = TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.count);
+    let socket = SockRef::from(client);
+    socket.set_tcp_keepalive(&probes)?;
+    socket.set_tcp_user_timeout(Some(keepalive.gives_up_after()))
 }
 
 async fn forward(client: TcpStream, target: String, state: watch::Receiver<State>) {
