@@ -41,6 +41,7 @@ use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
     db, events, queue,
     reconcile::{ReconcileConfig, Reconciler},
+    startup,
     wait::JobWatch,
 };
 use sqlx::PgPool;
@@ -217,9 +218,21 @@ impl Application {
     /// vocabulary if configured, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         genq_shared::metrics::start();
-        let pool = db::connect(&config.database.database_url, config.db_max_connections).await?;
+        let pool = startup::patiently(
+            "PostgreSQL",
+            startup::PATIENCE,
+            db::connect_unavailable,
+            || db::connect(&config.database.database_url, config.db_max_connections),
+        )
+        .await?;
         db::migrate(&pool).await?;
-        let redis = queue::connect(&config.queue).await?;
+        let redis = startup::patiently(
+            "Redis",
+            startup::PATIENCE,
+            queue::connect_unavailable,
+            || queue::connect(&config.queue),
+        )
+        .await?;
         let redis_client = redis::Client::open(config.queue.redis_url.expose())
             .with_context(|| format!("invalid Redis URL {}", config.queue.redis_url))?;
         let watch = JobWatch::listen(pool.clone())

@@ -10,6 +10,7 @@
 //! - [`redact`]: the output filter (card numbers, SSNs, e-mail addresses).
 //! - [`wait`]: waking waiters of a job when its status changes (`LISTEN`) or it has new events.
 //! - [`events`]: a running job's live events (decoded text, finished prompts) in Redis streams.
+//! - [`startup`]: waiting at start for PostgreSQL and Redis to accept the services.
 //! - [`telemetry`]: tracing setup for the binaries.
 //! - [`metrics`]: the Prometheus metrics' names and the process's recorder.
 //! - [`webhook_signing`]: signing webhooks as Standard Webhooks does.
@@ -22,6 +23,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod redact;
 pub mod routing;
+pub mod startup;
 pub mod telemetry;
 pub mod types;
 pub mod wait;

@@ -14,6 +14,8 @@ use tokio::{
 pub struct Proxy {
     address: SocketAddr,
     cut: watch::Sender<bool>,
+    /// Connections closed at once because the proxy was cut.
+    refused: watch::Receiver<usize>,
     accepting: JoinHandle<()>,
 }
 
@@ -23,10 +25,12 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
         let address = listener.local_addr().expect("bound address");
         let (cut, cut_watch) = watch::channel(false);
+        let (refusals, refused) = watch::channel(0);
         let target = target.to_owned();
         let accepting = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *cut_watch.borrow() {
+                    refusals.send_modify(|n| *n += 1);
                     continue; // dropped: the connection closes at once
                 }
                 tokio::spawn(forward(client, target.clone(), cut_watch.clone()));
@@ -35,6 +39,7 @@ impl Proxy {
         Proxy {
             address,
             cut,
+            refused,
             accepting,
         }
     }
@@ -47,6 +52,15 @@ impl Proxy {
     /// The service becomes unreachable through the proxy.
     pub fn cut(&self) {
         self.cut.send_replace(true);
+    }
+
+    /// Returns once `count` connections in all were closed at once because the proxy was cut.
+    pub async fn refused(&self, count: usize) {
+        let mut refused = self.refused.clone();
+        refused
+            .wait_for(|&n| n >= count)
+            .await
+            .expect("the proxy accepts until it is dropped");
     }
 
     /// The service is reachable again.

@@ -1,7 +1,8 @@
 //! PostgreSQL or Redis unreachable for one API (through a cut proxy): readiness says which, with
 //! `Retry-After`; a job recorded while Redis is down keeps its id and runs once Redis is back; a
 //! reconciler step that fails does not skip the others; a worker whose link to PostgreSQL goes
-//! silent stops taking jobs (its `/ready` says why), its job runs on another, and it comes back.
+//! silent stops taking jobs (its `/ready` says why), its job runs on another, and it comes back;
+//! an API started before PostgreSQL and Redis accept it waits for them.
 
 use std::time::Duration;
 
@@ -28,6 +29,47 @@ async fn claims_of(app: &TestApp, id: Uuid) -> i64 {
         .fetch_one(&app.pool)
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn an_api_started_before_postgresql_and_redis_accept_it_waits_for_them() {
+    let app = TestApp::spawn().await;
+    let postgres = Proxy::start(host_port(&app.database_url)).await;
+    let redis = Proxy::start(host_port(&redis_url())).await;
+    postgres.cut();
+    redis.cut();
+    // Each is let in only once the API has retried rather than exit: after two refusals for
+    // PostgreSQL, after eight for Redis, whose connection manager itself tries seven times.
+    let let_in_after_retries = async {
+        postgres.refused(2).await;
+        postgres.restore();
+        redis.refused(8).await;
+        redis.restore();
+    };
+    let database_url = through(&app.database_url, &postgres);
+    let redis_via_proxy = through(&redis_url(), &redis);
+    let settings = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", redis_via_proxy.as_str()),
+    ];
+    let (api, ()) = tokio::join!(app.spawn_api_process_with(&settings), let_in_after_retries);
+    let health = app
+        .client
+        .get(format!("{}/ready", api.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let log = api.stop().await;
+    for waited_for in [
+        "PostgreSQL is not reachable yet",
+        "Redis is not reachable yet",
+    ] {
+        assert!(
+            log.contains(waited_for),
+            "no {waited_for:?} in the log:\n{log}"
+        );
+    }
 }
 
 async fn app_behind(postgres: Option<&Proxy>, redis: Option<&Proxy>) -> TestApp {

@@ -31,7 +31,7 @@ use futures::FutureExt;
 use genq_engine::{Engine, EngineConfig, Kernel, Model, Placement, Tuning};
 use genq_shared::{
     config::{DatabaseConfig, QueueConfig},
-    db, queue,
+    db, queue, startup,
     wait::JobWatch,
 };
 
@@ -200,7 +200,13 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     probe: Probe,
 ) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database.database_url, 8).await?;
+    let pool = startup::patiently(
+        "PostgreSQL",
+        startup::PATIENCE,
+        db::connect_unavailable,
+        || db::connect(&config.database.database_url, 8),
+    )
+    .await?;
     db::migrate(&pool).await?;
     let engine_config = EngineConfig {
         slots: config.slots.unwrap_or_else(genq_engine::default_slots),
@@ -271,7 +277,13 @@ async fn serve(
         engine_stats.clone(),
     )
     .await?;
-    let redis = queue::connect(&config.queue).await?;
+    let redis = startup::patiently(
+        "Redis",
+        startup::PATIENCE,
+        queue::connect_unavailable,
+        || queue::connect(&config.queue),
+    )
+    .await?;
     let watch = JobWatch::listen(pool.clone()).await?;
     tracing::info!(
         worker = %name,

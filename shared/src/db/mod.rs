@@ -150,6 +150,13 @@ pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<Pg
         .with_context(|| format!("connecting to PostgreSQL at {url}"))
 }
 
+/// Whether `connect`'s error is worth retrying at start ([`crate::startup::patiently`]).
+pub fn connect_unavailable(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<sqlx::Error>()
+        .is_some_and(is_unavailable)
+}
+
 /// Connects to a database that must already exist, for tools that must not create or change a
 /// schema behind the services' back (`genqctl`: only `genqctl migrate` does that). `Ok(None)` when
 /// the database does not exist; an error when PostgreSQL cannot be reached. Does not migrate.

@@ -142,6 +142,14 @@ pub async fn connect(config: &QueueConfig) -> anyhow::Result<ConnectionManager> 
         .with_context(|| format!("cannot reach Redis at {}", config.redis_url))
 }
 
+/// Whether `connect`'s error is worth retrying at start ([`crate::startup::patiently`]): Redis
+/// refused, dropped or did not answer the connection, or is still loading its data.
+pub fn connect_unavailable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+        e.is_io_error() || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+    })
+}
+
 /// The apalis task id of a dispatch (see `db::jobs::renew_dispatches`).
 pub fn task_id(dispatch_id: Uuid) -> TaskId {
     TaskId::from_ulid(ulid::Ulid(dispatch_id.as_u128()))
