@@ -218,29 +218,39 @@ impl Application {
     /// vocabulary if configured, and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         genq_shared::metrics::start();
-        let pool = startup::patiently(
+        let (pool, watch) = startup::patiently(
             "PostgreSQL",
             startup::PATIENCE,
             db::connect_unavailable,
-            || db::connect(&config.database.database_url, config.db_max_connections),
-        )
-        .await?;
-        db::migrate(&pool).await?;
-        let redis = startup::patiently(
-            "Redis",
-            startup::PATIENCE,
-            queue::connect_unavailable,
-            || queue::connect(&config.queue),
+            || async {
+                let pool =
+                    db::connect(&config.database.database_url, config.db_max_connections).await?;
+                db::migrate(&pool).await?;
+                let watch = JobWatch::listen(pool.clone())
+                    .await
+                    .context("listening for job status changes")?;
+                Ok((pool, watch))
+            },
         )
         .await?;
         let redis_client = redis::Client::open(config.queue.redis_url.expose())
             .with_context(|| format!("invalid Redis URL {}", config.queue.redis_url))?;
-        let watch = JobWatch::listen(pool.clone())
-            .await
-            .context("listening for job status changes")?
-            .with_events(redis_client, events::channel(&config.queue.queue))
-            .await
-            .context("subscribing to job events")?;
+        let events_channel = events::channel(&config.queue.queue);
+        let (redis, watch) = startup::patiently(
+            "Redis",
+            startup::PATIENCE,
+            queue::connect_unavailable,
+            || async {
+                let redis = queue::connect(&config.queue).await?;
+                let watch = watch
+                    .clone()
+                    .with_events(redis_client.clone(), events_channel.clone())
+                    .await
+                    .context("subscribing to job events")?;
+                Ok((redis, watch))
+            },
+        )
+        .await?;
         let context = match &config.model {
             Some(path) => {
                 let path = path.clone();

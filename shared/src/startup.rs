@@ -20,8 +20,9 @@ pub const PATIENCE: Patience = Patience {
 };
 
 /// Runs `attempt` until it succeeds, its error is not `transient`, or the next try would start
-/// after `patience.total`; the last error is returned. Each retried failure is logged as a
-/// warning naming `what`.
+/// after `patience.total`; the last error is returned. A try still running at `patience.total`
+/// (a connection whose packets are dropped waits minutes for TCP) is given up. Each retried
+/// failure is logged as a warning naming `what`.
 pub async fn patiently<T, F, Fut>(
     what: &str,
     patience: Patience,
@@ -35,7 +36,15 @@ where
     let deadline = tokio::time::Instant::now() + patience.total;
     let mut pause = patience.first_pause;
     loop {
-        match attempt().await {
+        let outcome = tokio::time::timeout_at(deadline, attempt())
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "{what} did not answer within {:?}",
+                    patience.total
+                ))
+            });
+        match outcome {
             Ok(value) => return Ok(value),
             Err(e) if transient(&e) && tokio::time::Instant::now() + pause <= deadline => {
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?pause, "{what} is not reachable yet");
@@ -53,11 +62,12 @@ mod tests {
 
     use super::*;
 
-    /// Pauses of 10, 20 and 40 ms fit in 100 ms; the next, 80 ms, would end past it.
+    /// Pauses of 0.1, 0.2 and 0.4 s fit in 1 s; the next, 0.8 s, would end past it. The margins
+    /// (0.3 s and more) absorb a loaded machine's scheduling.
     const SHORT: Patience = Patience {
-        total: Duration::from_millis(100),
-        first_pause: Duration::from_millis(10),
-        longest_pause: Duration::from_millis(80),
+        total: Duration::from_secs(1),
+        first_pause: Duration::from_millis(100),
+        longest_pause: Duration::from_millis(800),
     };
 
     #[tokio::test]
@@ -113,5 +123,24 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.to_string(), "refused");
         assert_eq!(tries.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_try_that_hangs_is_given_up_at_the_deadline() {
+        let started = tokio::time::Instant::now();
+        let error = patiently(
+            "thing",
+            SHORT,
+            |_| true,
+            || async { std::future::pending::<anyhow::Result<()>>().await },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.to_string(), "thing did not answer within 1s");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -46,6 +46,14 @@ impl ApiProcess {
         panic!("genq-api found no free port in 5 tries");
     }
 
+    /// The log of an API expected to exit before it is ready; panics if it became ready.
+    pub(crate) async fn exit_log(database_url: &str, queue: &str, env: &[(&str, &str)]) -> String {
+        match Self::try_spawn(database_url, queue, env).await {
+            Err(log) => log,
+            Ok(api) => panic!("genq-api became ready at {}", api.address),
+        }
+    }
+
     /// The API once it answers `/ready`, or its log if it exited before.
     async fn try_spawn(
         database_url: &str,

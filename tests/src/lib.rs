@@ -282,6 +282,12 @@ impl TestApp {
         ApiProcess::spawn(&self.database_url, &self.queue, env).await
     }
 
+    /// What the real `genq-api` logged, started as [`TestApp::spawn_api_process_with`] would,
+    /// when it is expected to exit before it is ready.
+    pub async fn api_process_exit_log(&self, env: &[(&str, &str)]) -> String {
+        ApiProcess::exit_log(&self.database_url, &self.queue, env).await
+    }
+
     /// Starts an in-process worker on the shared tiny model.
     pub async fn start_worker(&self, slots: u32) -> TestWorker {
         self.start_worker_with(slots, &[]).await

@@ -2,7 +2,8 @@
 //! `Retry-After`; a job recorded while Redis is down keeps its id and runs once Redis is back; a
 //! reconciler step that fails does not skip the others; a worker whose link to PostgreSQL goes
 //! silent stops taking jobs (its `/ready` says why), its job runs on another, and it comes back;
-//! an API started before PostgreSQL and Redis accept it waits for them.
+//! an API started before PostgreSQL and Redis accept it waits for them, and one refused for a
+//! reason that waiting cannot mend exits at once, naming it.
 
 use std::time::Duration;
 
@@ -39,11 +40,13 @@ async fn an_api_started_before_postgresql_and_redis_accept_it_waits_for_them() {
     postgres.cut();
     redis.cut();
     // Each is let in only once the API has retried rather than exit: after two refusals for
-    // PostgreSQL, after eight for Redis, whose connection manager itself tries seven times.
+    // PostgreSQL; for Redis, one more than redis's connection manager makes in one connect.
+    let tries_per_redis_connect =
+        redis::aio::ConnectionManagerConfig::new().number_of_retries() + 1;
     let let_in_after_retries = async {
         postgres.refused(2).await;
         postgres.restore();
-        redis.refused(8).await;
+        redis.refused(tries_per_redis_connect + 1).await;
         redis.restore();
     };
     let database_url = through(&app.database_url, &postgres);
@@ -68,6 +71,33 @@ async fn an_api_started_before_postgresql_and_redis_accept_it_waits_for_them() {
         assert!(
             log.contains(waited_for),
             "no {waited_for:?} in the log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_api_refused_for_a_reason_waiting_cannot_mend_exits_naming_it() {
+    let app = TestApp::spawn().await;
+    // This machine's PostgreSQL has no TLS, and genq's sqlx is built without it; the Redis has no
+    // password.
+    let tls_required = format!("{}?sslmode=require", app.database_url);
+    let redis_with_password = redis_url().replacen("redis://", "redis://:not-the-password@", 1);
+    for (setting, url, reason) in [
+        ("DATABASE_URL", tls_required.as_str(), "TLS"),
+        (
+            "REDIS_URL",
+            redis_with_password.as_str(),
+            "authentication failed",
+        ),
+    ] {
+        let log = app.api_process_exit_log(&[(setting, url)]).await;
+        assert!(
+            log.contains(reason),
+            "{setting}: no {reason:?} in the log:\n{log}"
+        );
+        assert!(
+            !log.contains("is not reachable yet"),
+            "{setting}: retried a refusal that waiting cannot mend:\n{log}"
         );
     }
 }

@@ -200,14 +200,26 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     probe: Probe,
 ) -> anyhow::Result<()> {
-    let pool = startup::patiently(
+    // Both before the worker registers: it must not show as live while it cannot take jobs.
+    let (pool, watch) = startup::patiently(
         "PostgreSQL",
         startup::PATIENCE,
         db::connect_unavailable,
-        || db::connect(&config.database.database_url, 8),
+        || async {
+            let pool = db::connect(&config.database.database_url, 8).await?;
+            db::migrate(&pool).await?;
+            let watch = JobWatch::listen(pool.clone()).await?;
+            Ok((pool, watch))
+        },
     )
     .await?;
-    db::migrate(&pool).await?;
+    let redis = startup::patiently(
+        "Redis",
+        startup::PATIENCE,
+        queue::connect_unavailable,
+        || queue::connect(&config.queue),
+    )
+    .await?;
     let engine_config = EngineConfig {
         slots: config.slots.unwrap_or_else(genq_engine::default_slots),
         threads: config.threads.unwrap_or(EngineConfig::default().threads),
@@ -277,14 +289,6 @@ async fn serve(
         engine_stats.clone(),
     )
     .await?;
-    let redis = startup::patiently(
-        "Redis",
-        startup::PATIENCE,
-        queue::connect_unavailable,
-        || queue::connect(&config.queue),
-    )
-    .await?;
-    let watch = JobWatch::listen(pool.clone()).await?;
     tracing::info!(
         worker = %name,
         model = %model_name,

@@ -150,11 +150,16 @@ pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<Pg
         .with_context(|| format!("connecting to PostgreSQL at {url}"))
 }
 
-/// Whether `connect`'s error is worth retrying at start ([`crate::startup::patiently`]).
+/// Whether an error of connecting, migrating or listening is worth retrying at start
+/// ([`crate::startup::patiently`]): PostgreSQL unavailable, but not a TLS or protocol error, which
+/// a wrong URL or `sslmode` gives and waiting does not mend.
 pub fn connect_unavailable(error: &anyhow::Error) -> bool {
     error
-        .downcast_ref::<sqlx::Error>()
-        .is_some_and(is_unavailable)
+        .chain()
+        .find_map(|e| e.downcast_ref::<sqlx::Error>())
+        .is_some_and(|e| {
+            !matches!(e, sqlx::Error::Tls(_) | sqlx::Error::Protocol(_)) && is_unavailable(e)
+        })
 }
 
 /// Connects to a database that must already exist, for tools that must not create or change a

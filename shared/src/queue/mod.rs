@@ -142,12 +142,14 @@ pub async fn connect(config: &QueueConfig) -> anyhow::Result<ConnectionManager> 
         .with_context(|| format!("cannot reach Redis at {}", config.redis_url))
 }
 
-/// Whether `connect`'s error is worth retrying at start ([`crate::startup::patiently`]): Redis
-/// refused, dropped or did not answer the connection, or is still loading its data.
+/// Whether an error of connecting or subscribing is worth retrying at start
+/// ([`crate::startup::patiently`]): Redis refused, dropped or did not answer the connection. A
+/// refused password is not (redis's connection manager has already tried it seven times).
 pub fn connect_unavailable(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<redis::RedisError>().is_some_and(|e| {
-        e.is_io_error() || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-    })
+    error
+        .chain()
+        .find_map(|e| e.downcast_ref::<redis::RedisError>())
+        .is_some_and(redis::RedisError::is_io_error)
 }
 
 /// The apalis task id of a dispatch (see `db::jobs::renew_dispatches`).
