@@ -409,8 +409,9 @@ impl Reconciler {
         }
     }
 
-    /// Runs a pass every `interval` until `shutdown` resolves; failed steps are logged and tried
-    /// again at the next tick (PostgreSQL or Redis may be down for a while).
+    /// Runs a pass at once, then one [`next_pause`] after each, until `shutdown` resolves;
+    /// failed steps are logged and tried again next pass (PostgreSQL or Redis may be down for a
+    /// while).
     pub async fn run(mut self, interval: Duration, shutdown: impl Future<Output = ()>) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -425,6 +426,16 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// `interval`, give or take half, at random, after each pass. Replicas on fixed ticks (started
+/// together, as a rollout or a fault does) kept their order for good, and the one whose try for
+/// the lock came first ran every pass, even while it could not reach Redis: the others never
+/// dispatched what it could not (the full fault run met that, a job held 113 s). A pause after
+/// the pass lets a slow pass fall behind; the random draw also parts replicas whose passes take
+/// as long.
+fn next_pause(interval: Duration) -> Duration {
+    interval.mul_f64(rand::random_range(0.5..1.5))
 }
 
 /// The models whose queues the reconciler looks after: every registered one.
@@ -471,5 +482,26 @@ fn record(pass: &mut Pass, step: &'static str, outcome: anyhow::Result<()>) {
         let error = format!("{e:#}");
         tracing::warn!(step, error, "reconciler step failed; retrying next pass");
         pass.failed_steps.push(FailedStep { step, error });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_are_spread_around_their_interval() {
+        let interval = Duration::from_secs(5);
+        let pauses: Vec<Duration> = (0..1000).map(|_| next_pause(interval)).collect();
+        let (shortest, longest) = (pauses.iter().min().unwrap(), pauses.iter().max().unwrap());
+        assert!(
+            *shortest >= interval / 2 && *longest < interval * 3 / 2,
+            "{shortest:?}..{longest:?}"
+        );
+        // Two replicas in step draw different pauses, so their order changes.
+        assert!(
+            *longest - *shortest > interval / 2,
+            "{shortest:?}..{longest:?}"
+        );
     }
 }

@@ -253,6 +253,113 @@ async fn a_failed_reconciler_step_does_not_skip_the_others() {
     app.stop().await;
 }
 
+/// The fault suite's target for a partition's jobs, after the healing.
+const PARTITION_RECOVERY: Duration = Duration::from_secs(30);
+
+async fn dispatch_of(app: &TestApp, id: Uuid) -> Uuid {
+    sqlx::query_scalar("select dispatch_id from jobs where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replica_cut_from_redis_does_not_keep_the_reconciler_from_the_others() {
+    let app = TestApp::spawn().await;
+    // A job Redis lost (its queue's keys gone), waiting long enough to be checked.
+    let lost = app.submit(&json!({ "prompts": ["lost"] })).await;
+    let mut redis = queue::connect(&QueueConfig {
+        redis_url: redis_url().parse().unwrap(),
+        queue: app.queue.clone(),
+    })
+    .await
+    .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", app.queue))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    sqlx::query("update jobs set queued_at = now() - interval '1 minute' where id = $1")
+        .bind(lost)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let first_dispatch = dispatch_of(&app, lost).await;
+
+    // Replica A reaches Redis through a link that goes silent: each of its passes waits out
+    // Redis's timeouts, about a second of them while it holds the queue's lock. B reaches Redis
+    // and starts while A holds the lock, at the API's default interval: at a fixed interval,
+    // B's every try would come while A holds it, as in the fault suite's run.
+    let redis_address = host_port(&redis_url()).to_owned();
+    let link = Relay::start("127.0.0.1:0".parse().unwrap(), redis_address.clone())
+        .await
+        .unwrap();
+    let silent_redis = QueueConfig {
+        redis_url: redis_url()
+            .replacen(&redis_address, &link.address().to_string(), 1)
+            .parse()
+            .unwrap(),
+        queue: app.queue.clone(),
+    };
+    let config = ReconcileConfig {
+        worker_stale_secs: 15,
+        redispatch_after_secs: 10,
+        retention_secs: 0,
+    };
+    let a = Reconciler::new(
+        app.pool.clone(),
+        queue::connect(&silent_redis).await.unwrap(),
+        app.queue.clone(),
+        config.clone(),
+    );
+    link.set_mode(Mode::Stall);
+    let b = app.reconciler(0).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = |reconciler: Reconciler| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(reconciler.run(Duration::from_secs(5), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    };
+    let replica_a = run(a);
+    until("replica A holds the reconciler's lock", || async {
+        sqlx::query_scalar::<_, bool>(
+            "select exists (select 1 from pg_locks l join pg_database d on d.oid = l.database
+                            where l.locktype = 'advisory' and l.granted
+                              and d.datname = current_database())",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let replica_b = run(b);
+
+    let dispatched_again = tokio::time::timeout(
+        PARTITION_RECOVERY,
+        until("replica B dispatches the lost job again", || async {
+            dispatch_of(&app, lost).await != first_dispatch
+        }),
+    )
+    .await;
+    stop.send_replace(true);
+    link.set_mode(Mode::Pass);
+    replica_a.await.unwrap();
+    replica_b.await.unwrap();
+    assert!(
+        dispatched_again.is_ok(),
+        "no replica dispatched the lost job within {:?}",
+        PARTITION_RECOVERY
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_worker_cut_off_from_postgresql_stops_taking_jobs_and_its_job_runs_on_another() {
     let app = TestApp::spawn().await;
