@@ -413,17 +413,17 @@ impl Reconciler {
     /// failed steps are logged and tried again next pass (PostgreSQL or Redis may be down for a
     /// while).
     pub async fn run(mut self, interval: Duration, shutdown: impl Future<Output = ()>) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let mut pause = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = ticks.tick() => {
+                _ = tokio::time::sleep(pause) => {
                     let pass = self.pass().await;
                     tracing::debug!(?pass, "reconciled");
                 }
             }
+            pause = next_pause(interval);
         }
     }
 }
