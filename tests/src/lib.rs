@@ -308,6 +308,22 @@ impl TestApp {
         .await;
     }
 
+    /// Deletes every Redis key of this app's queue, as Redis restarted empty would, for this
+    /// queue only (other tests share the server).
+    pub async fn empty_redis_namespace(&self) {
+        let mut redis = redis_connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.queue))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+
     /// A reconciler of this app's database and queue, as the API runs it (tests run its passes
     /// themselves), with retention after `retention_secs` (0: none).
     pub async fn reconciler(&self, retention_secs: u64) -> genq_shared::reconcile::Reconciler {

@@ -450,18 +450,7 @@ async fn queued_jobs_redis_lost_are_dispatched_again() {
     let id = app
         .submit(&json!({ "prompts": ["lost and found"], "max_tokens": 4 }))
         .await;
-    // Redis restarted empty, for this queue's namespace (other tests share the server).
-    let mut redis = redis_connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", app.queue))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    app.empty_redis_namespace().await;
     sqlx::query("update jobs set queued_at = now() - interval '1 minute'")
         .execute(&app.pool)
         .await

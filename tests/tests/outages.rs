@@ -269,22 +269,7 @@ async fn a_replica_cut_from_redis_does_not_keep_the_reconciler_from_the_others()
     let app = TestApp::spawn().await;
     // A job Redis lost (its queue's keys gone), waiting long enough to be checked.
     let lost = app.submit(&json!({ "prompts": ["lost"] })).await;
-    let mut redis = queue::connect(&QueueConfig {
-        redis_url: redis_url().parse().unwrap(),
-        queue: app.queue.clone(),
-    })
-    .await
-    .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", app.queue))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    app.empty_redis_namespace().await;
     sqlx::query("update jobs set queued_at = now() - interval '1 minute' where id = $1")
         .bind(lost)
         .execute(&app.pool)
