@@ -233,8 +233,7 @@ impl Application {
             },
         )
         .await?;
-        let redis_client = redis::Client::open(config.queue.redis_url.expose())
-            .with_context(|| format!("invalid Redis URL {}", config.queue.redis_url))?;
+        let redis_client = queue::client(&config.queue.redis_url)?;
         let events_channel = events::channel(&config.queue.queue);
         let (redis, watch) = startup::patiently(
             "Redis",

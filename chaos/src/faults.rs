@@ -167,7 +167,8 @@ pub struct Fault {
     pub lasted: Option<Duration>,
     pub after_healing: Option<Duration>,
     /// Lasting faults on one worker's links: from the healing until that worker, still the same
-    /// process, claimed a job again (`None`: not within patience).
+    /// process, claimed a job again; on an API replica's: until it answered `/ready` with 200
+    /// again (`None`: not within patience).
     pub rejoined: Option<Duration>,
     /// What happened to the job that finished last of those unfinished at the fault, in seconds
     /// from the injection: where the recovery waited.
@@ -214,11 +215,12 @@ impl Injector<'_> {
         });
         // Copied out, so that the link outlives this borrow of `self`.
         let (links, api_links) = (self.links, self.api_links);
-        let link = if kind.on_api_link() {
-            let replica = self.rng.random_range(0..api_links.len().max(1));
-            api_links.get(replica)
-        } else {
-            victim.as_ref().and_then(|(index, _)| links.get(*index))
+        let replica = kind
+            .on_api_link()
+            .then(|| self.rng.random_range(0..api_links.len().max(1)));
+        let link = match replica {
+            Some(replica) => api_links.get(replica),
+            None => victim.as_ref().and_then(|(index, _)| links.get(*index)),
         };
         let mut redis_settings = Vec::new();
         let injected = Instant::now();
@@ -284,8 +286,12 @@ impl Injector<'_> {
             heal.await
                 .with_context(|| format!("healing {}", kind.label()))?;
             let healed = Instant::now();
-            anyhow::Ok(match (&victim, link, lasts) {
-                (Some((_, name)), Some(_), Some(_)) => self.until_claims(name, healed).await,
+            anyhow::Ok(match (&victim, replica, link, lasts) {
+                (Some((_, name)), _, Some(_), Some(_)) => self.until_claims(name, healed).await,
+                (None, Some(replica), Some(_), Some(_)) => {
+                    let ready = self.cluster.replica_ready_within(replica, self.patience);
+                    ready.await.then(|| healed.elapsed())
+                }
                 _ => None,
             })
         };

@@ -303,8 +303,14 @@ async fn main() -> anyhow::Result<()> {
         let lasted = fault
             .lasted
             .map_or(String::new(), |l| format!(" after {} s", l.as_secs()));
+        let back = report::seconds(fault.rejoined);
+        let rejoined = match (fault.lasted, kind.on_api_link(), kind.on_worker_link()) {
+            (Some(_), true, _) => format!(", the replica ready again {back} after healing"),
+            (Some(_), _, true) => format!(", the worker claiming again {back} after healing"),
+            _ => String::new(),
+        };
         eprintln!(
-            "[{:>7.1} s] fault {}/{}: {:<28} {:>4} unfinished jobs, recovered in {}{lasted}{pickup}; {} jobs accepted so far",
+            "[{:>7.1} s] fault {}/{}: {:<28} {:>4} unfinished jobs, recovered in {}{lasted}{pickup}{rejoined}; {} jobs accepted so far",
             started.elapsed().as_secs_f64(),
             n + 1,
             schedule.len(),
@@ -345,10 +351,10 @@ async fn main() -> anyhow::Result<()> {
         within.as_secs()
     );
     let all_recovered = faults.iter().all(|f| f.recovery.is_some());
-    // A worker whose link healed must work again by itself, without a restart.
+    // A worker or an API replica whose link healed must work again by itself, without a restart.
     let all_rejoined = faults
         .iter()
-        .filter(|f| f.kind.on_worker_link() && f.lasted.is_some())
+        .filter(|f| (f.kind.on_worker_link() || f.kind.on_api_link()) && f.lasted.is_some())
         .all(|f| f.rejoined.is_some());
     let partitions_in_time = faults.iter().filter(|f| f.kind.cut().is_some()).all(|f| {
         f.after_healing

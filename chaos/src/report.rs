@@ -118,7 +118,7 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
     }
     println!();
     println!(
-        "| fault | injected | lasted | unfinished jobs at the fault (max) | recovery: median | recovery: longest | after healing: longest | the hit worker's jobs running again or finished: longest | the hit worker claiming again after healing: longest |"
+        "| fault | injected | lasted | unfinished jobs at the fault (max) | recovery: median | recovery: longest | after healing: longest | the hit worker's jobs running again or finished: longest | the hit worker claiming again, or the cut API replica ready again, after healing: longest |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (kind, faults) in &by_kind {
@@ -161,13 +161,15 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
         } else {
             "-".into()
         };
-        let rejoined = if kind.on_worker_link() && faults.iter().any(|f| f.lasted.is_some()) {
+        let on_a_link = kind.on_worker_link() || kind.on_api_link();
+        let rejoined = if on_a_link && faults.iter().any(|f| f.lasted.is_some()) {
             match faults
                 .iter()
                 .map(|f| f.rejoined)
                 .collect::<Option<Vec<_>>>()
             {
                 Some(times) => seconds(times.into_iter().max()),
+                None if kind.on_api_link() => "NOT READY".into(),
                 None => "NOT CLAIMING".into(),
             }
         } else {

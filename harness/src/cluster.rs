@@ -346,6 +346,21 @@ impl Cluster {
         )
     }
 
+    /// Whether replica `replica`'s `/ready` answers 200 within `patience`: for a caller that
+    /// watches the rest of the cluster meanwhile (a replica that exited never answers).
+    pub async fn replica_ready_within(&self, replica: usize, patience: Duration) -> bool {
+        let give_up = Instant::now() + patience;
+        let url = format!("http://{}/ready", self.apis[replica].addr);
+        while Instant::now() < give_up {
+            let ready = self.http.get(&url).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        false
+    }
+
     /// Waits until every worker has registered in the database `pool` reaches (each registers
     /// once its model is loaded and its engine started). On a database of its own the live
     /// workers are this cluster's. Fails at once if a worker process has exited.

@@ -3,9 +3,9 @@
 //! reconciler step that fails does not skip the others; a worker whose link to PostgreSQL goes
 //! silent stops taking jobs (its `/ready` says why), its job runs on another, and it comes back;
 //! an API started before PostgreSQL and Redis accept it waits for them, and one refused for a
-//! reason that waiting cannot mend exits at once, naming it.
+//! reason that waiting cannot mend exits at once, naming it; Redis connections end a dead link.
 
-use std::time::Duration;
+use std::{net::SocketAddr, os::fd::BorrowedFd, time::Duration};
 
 use genq_harness::relay::{Mode, Relay};
 use genq_shared::{
@@ -21,6 +21,7 @@ use genq_tests::{
     redis_url, until,
 };
 use serde_json::{Value, json};
+use socket2::SockRef;
 use uuid::Uuid;
 
 /// How many claims of job `id` reached PostgreSQL (its attempts).
@@ -510,4 +511,86 @@ async fn genq_sessions_carry_their_idle_and_keepalive_limits() {
         .collect();
     assert_eq!(settings, expected);
     app.stop().await;
+}
+
+/// Every genq connection to Redis ends a link that stops acknowledging what it sent, probes one
+/// gone quiet, and sends small commands at once (`queue::client`, `queue::CLIENT_KEEPALIVE`).
+/// Without them an API replica cut from Redis kept its dead connection 56 s after the link came
+/// back. A cut the kernel sees needs root (the fault suite makes it); this reads the settings off
+/// the socket of the connection `queue::connect` makes (found by its addresses: Redis must be
+/// reached directly, not through NAT).
+#[tokio::test]
+async fn redis_connections_end_a_dead_link_and_probe_a_quiet_one() {
+    let mut redis = queue::connect(&QueueConfig {
+        redis_url: redis_url().parse().unwrap(),
+        queue: "unused".into(),
+    })
+    .await
+    .unwrap();
+    let info: String = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // The connection as Redis sees it: `addr` the client's end, `laddr` its own.
+    let address = |name: &str| -> SocketAddr {
+        info.split_whitespace()
+            .find_map(|field| field.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in CLIENT INFO: {info}"))
+            .parse()
+            .unwrap()
+    };
+    let (ours, redis_end) = (address("addr="), address("laddr="));
+    let keepalive = queue::CLIENT_KEEPALIVE;
+    let settings = socket_connecting(ours, redis_end, |socket| {
+        (
+            socket.tcp_nodelay().unwrap(),
+            socket.keepalive().unwrap(),
+            socket.tcp_keepalive_time().unwrap(),
+            socket.tcp_keepalive_interval().unwrap(),
+            socket.tcp_keepalive_retries().unwrap(),
+            socket.tcp_user_timeout().unwrap(),
+        )
+    });
+    assert_eq!(
+        settings,
+        (
+            true,
+            true,
+            keepalive.idle,
+            keepalive.interval,
+            keepalive.count,
+            Some(keepalive.gives_up_after()),
+        )
+    );
+}
+
+/// Reads what `read` wants off this process's TCP socket from `local` to `peer`.
+fn socket_connecting<T>(
+    local: SocketAddr,
+    peer: SocketAddr,
+    read: impl Fn(&SockRef<'_>) -> T,
+) -> T {
+    let address = |a: std::io::Result<socket2::SockAddr>| a.ok().and_then(|a| a.as_socket());
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // SAFETY: only getsockname, getpeername and getsockopt are called on it. Should another
+        // test close it meanwhile, they fail or read another socket's addresses: no memory is
+        // touched.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = SockRef::from(&fd);
+        if address(socket.local_addr()) == Some(local) && address(socket.peer_addr()) == Some(peer)
+        {
+            return read(&socket);
+        }
+    }
+    panic!("no socket of this process connects {local} to {peer}");
 }

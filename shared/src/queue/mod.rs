@@ -14,11 +14,18 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::Context;
 use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
+use redis::{
+    IntoConnectionInfo,
+    io::tcp::{TcpSettings, socket2::TcpKeepalive},
+};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{config::QueueConfig, db};
+use crate::{
+    config::{QueueConfig, SecretUrl},
+    db::{self, Keepalive},
+};
 
 mod due;
 pub mod lanes;
@@ -127,17 +134,48 @@ pub async fn finish_full_check(
     Ok(done == 1)
 }
 
+/// How genq's Redis connections probe a link gone quiet, and how long what they sent may go
+/// unacknowledged before the kernel ends the connection. redis's connection manager replaces a
+/// connection only once it is closed, not after response timeouts, and the kernel's
+/// retransmissions to a peer cut off back off to a minute and more: a replica kept a dead
+/// connection 56 s after its link healed (docs/reliability.md). Once the kernel ends it, a command
+/// or two fail and the next connects anew. Blocking commands and an idle subscription are
+/// unaffected: the server's kernel acknowledges them at once.
+pub const CLIENT_KEEPALIVE: Keepalive = Keepalive {
+    idle: Duration::from_secs(5),
+    interval: Duration::from_secs(2),
+    count: 3,
+};
+
+/// A Redis client whose connections carry [`CLIENT_KEEPALIVE`], and send small commands at once
+/// (`TCP_NODELAY`, as redis-py does; redis's default leaves Nagle's algorithm on).
+pub fn client(url: &SecretUrl) -> anyhow::Result<redis::Client> {
+    let keepalive = TcpKeepalive::new()
+        .with_time(CLIENT_KEEPALIVE.idle)
+        .with_interval(CLIENT_KEEPALIVE.interval)
+        .with_retries(CLIENT_KEEPALIVE.count);
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive)
+        .set_user_timeout(CLIENT_KEEPALIVE.gives_up_after());
+    let info = url
+        .expose()
+        .into_connection_info()
+        .with_context(|| format!("invalid Redis URL {url}"))?
+        .set_tcp_settings(tcp);
+    Ok(redis::Client::open(info)?)
+}
+
 /// Connects to Redis lazily: the connection is made (and remade) on first use, so a caller whose
 /// other work does not need Redis (`genqctl queue reconcile`) can run while it is down.
 pub fn connect_lazy(config: &QueueConfig) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(config.redis_url.expose())
-        .with_context(|| format!("invalid Redis URL {}", config.redis_url))?;
-    ConnectionManager::new_lazy_with_config(client, Default::default())
+    ConnectionManager::new_lazy_with_config(client(&config.redis_url)?, Default::default())
         .with_context(|| format!("cannot reach Redis at {}", config.redis_url))
 }
 
 pub async fn connect(config: &QueueConfig) -> anyhow::Result<ConnectionManager> {
-    apalis_redis::connect(config.redis_url.expose())
+    client(&config.redis_url)?
+        .get_connection_manager()
         .await
         .with_context(|| format!("cannot reach Redis at {}", config.redis_url))
 }
