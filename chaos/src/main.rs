@@ -354,7 +354,7 @@ async fn main() -> anyhow::Result<()> {
     // A worker or an API replica whose link healed must work again by itself, without a restart.
     let all_rejoined = faults
         .iter()
-        .filter(|f| (f.kind.on_worker_link() || f.kind.on_api_link()) && f.lasted.is_some())
+        .filter(|f| f.kind.needs_links() && f.lasted.is_some())
         .all(|f| f.rejoined.is_some());
     let partitions_in_time = faults.iter().filter(|f| f.kind.cut().is_some()).all(|f| {
         f.after_healing

@@ -161,8 +161,7 @@ pub fn print(audit: &Audit, seen: &Seen, faults: &[Fault], elapsed: Duration) {
         } else {
             "-".into()
         };
-        let on_a_link = kind.on_worker_link() || kind.on_api_link();
-        let rejoined = if on_a_link && faults.iter().any(|f| f.lasted.is_some()) {
+        let rejoined = if kind.needs_links() && faults.iter().any(|f| f.lasted.is_some()) {
             match faults
                 .iter()
                 .map(|f| f.rejoined)
